@@ -1,0 +1,360 @@
+//! Framing: how [`Frame`]s travel on a byte stream.
+//!
+//! Every frame is a 4-byte big-endian length followed by that many bytes (the layout of
+//! tokio-util's [`LengthDelimitedCodec`], which does the reading and refuses a length
+//! above [`MAX_FRAME_BYTES`] before allocating). The first byte of a frame is a tag:
+//!
+//! | tag | frame     | body                                                      |
+//! |-----|-----------|-----------------------------------------------------------|
+//! | `H` | Hello     | magic, version (u16 LE), bincode [`Hello`]                |
+//! | `W` | Welcome   | magic, version (u16 LE), bincode [`Welcome`]              |
+//! | `X` | Refused   | magic, version (u16 LE), UTF-8 reason                     |
+//! | `Q` | Request   | bincode [`Request`]                                       |
+//! | `R` | Reply     | bincode [`Reply`]                                         |
+//! | `D` | Data      | part id (u64 LE), raw bytes                               |
+//!
+//! Bulk data is never bincode-encoded: a data frame's payload is the very bytes the
+//! kernel reads, and on the receiving side it is handed on without a copy.
+
+use std::io::{self, Read, Write};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::protocol::{Hello, Reply, Request, Welcome, MAGIC, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+
+/// One unit on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The client's opening frame.
+    Hello(Hello),
+    /// The server's acceptance of the handshake.
+    Welcome(Welcome),
+    /// The server's refusal of the handshake, with a reason for the user.
+    Refused(String),
+    /// A client request.
+    Request(Request),
+    /// A server reply.
+    Reply(Reply),
+    /// A chunk of a part's input.
+    Data {
+        /// The part this chunk belongs to.
+        part_id: u64,
+        /// The chunk's bytes.
+        bytes: Bytes,
+    },
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stream failed, or announced a frame longer than [`MAX_FRAME_BYTES`].
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A frame with no bytes at all.
+    #[error("empty frame")]
+    Empty,
+    /// The first byte is not a known tag.
+    #[error("unknown frame tag 0x{0:02x}")]
+    UnknownTag(u8),
+    /// A handshake frame without [`MAGIC`]: the peer does not speak the pool protocol.
+    #[error("not a pool peer (bad magic bytes)")]
+    BadMagic,
+    /// The peer speaks another version of the protocol.
+    #[error(
+        "peer speaks pool protocol version {peer}, this program speaks version {PROTOCOL_VERSION}"
+    )]
+    VersionMismatch {
+        /// The version the peer announced.
+        peer: u16,
+    },
+    /// The frame is shorter than its tag requires.
+    #[error("truncated frame")]
+    Truncated,
+    /// The body did not decode to the message its tag announced.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+}
+
+/// The tokio codec for [`Frame`]s, used with `Framed` on sockets.
+#[derive(Debug)]
+pub struct FrameCodec {
+    lengths: LengthDelimitedCodec,
+}
+
+impl FrameCodec {
+    /// A codec accepting frames up to [`MAX_FRAME_BYTES`].
+    pub fn new() -> Self {
+        FrameCodec {
+            lengths: LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME_BYTES)
+                .new_codec(),
+        }
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.lengths.decode(src)? {
+            Some(body) => decode_body(body.freeze()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = FrameError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(&frame, dst)
+    }
+}
+
+/// Appends `frame`, length prefix included, to `dst`.
+pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
+    let start = dst.len();
+    dst.put_u32(0); // length, patched below
+    match frame {
+        Frame::Hello(hello) => put_handshake(dst, b'H', &bincode_bytes(hello)?),
+        Frame::Welcome(welcome) => put_handshake(dst, b'W', &bincode_bytes(welcome)?),
+        Frame::Refused(reason) => put_handshake(dst, b'X', reason.as_bytes()),
+        Frame::Request(request) => {
+            dst.put_u8(b'Q');
+            dst.put_slice(&bincode_bytes(request)?);
+        }
+        Frame::Reply(reply) => {
+            dst.put_u8(b'R');
+            dst.put_slice(&bincode_bytes(reply)?);
+        }
+        Frame::Data { part_id, bytes } => {
+            dst.reserve(9 + bytes.len());
+            dst.put_u8(b'D');
+            dst.put_u64_le(*part_id);
+            dst.put_slice(bytes);
+        }
+    }
+    let len = dst.len() - start - 4;
+    if len > MAX_FRAME_BYTES {
+        dst.truncate(start);
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
+        )));
+    }
+    dst[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Decodes one frame's body (the bytes after the length prefix).
+pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
+    if body.is_empty() {
+        return Err(FrameError::Empty);
+    }
+    let tag = body.get_u8();
+    match tag {
+        b'H' => Ok(Frame::Hello(from_bincode(&take_handshake(&mut body)?)?)),
+        b'W' => Ok(Frame::Welcome(from_bincode(&take_handshake(&mut body)?)?)),
+        b'X' => {
+            // A refusal is readable whatever the peer's version: it is plain text.
+            take_handshake_header(&mut body)?;
+            Ok(Frame::Refused(String::from_utf8_lossy(&body).into_owned()))
+        }
+        b'Q' => Ok(Frame::Request(from_bincode(&body)?)),
+        b'R' => Ok(Frame::Reply(from_bincode(&body)?)),
+        b'D' => {
+            if body.len() < 8 {
+                return Err(FrameError::Truncated);
+            }
+            let part_id = body.get_u64_le();
+            Ok(Frame::Data {
+                part_id,
+                bytes: body,
+            })
+        }
+        other => Err(FrameError::UnknownTag(other)),
+    }
+}
+
+/// Writes one frame to a blocking writer (a child process's pipe).
+pub fn write_frame_blocking(writer: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf)?;
+    writer.write_all(&buf)?;
+    Ok(())
+}
+
+/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of stream.
+pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
+    let mut prefix = [0u8; 4];
+    match reader.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
+        )));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            e.into()
+        }
+    })?;
+    decode_body(Bytes::from(body)).map(Some)
+}
+
+fn put_handshake(dst: &mut BytesMut, tag: u8, body: &[u8]) {
+    dst.put_u8(tag);
+    dst.put_slice(&MAGIC);
+    dst.put_u16_le(PROTOCOL_VERSION);
+    dst.put_slice(body);
+}
+
+/// Checks magic and version, leaving `body` at what follows them.
+fn take_handshake_header(body: &mut Bytes) -> Result<u16, FrameError> {
+    if body.len() < 6 {
+        return Err(FrameError::Truncated);
+    }
+    if body[..4] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    body.advance(4);
+    Ok(body.get_u16_le())
+}
+
+fn take_handshake(body: &mut Bytes) -> Result<Bytes, FrameError> {
+    let version = take_handshake_header(body)?;
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::VersionMismatch { peer: version });
+    }
+    Ok(body.split_off(0))
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    // The limit makes bincode refuse an announced length (of a string, say) larger than
+    // a frame could hold, instead of trying to allocate it.
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+}
+
+fn bincode_bytes(value: &impl Serialize) -> Result<Vec<u8>, FrameError> {
+    bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|e| FrameError::Decode(format!("cannot encode: {e}")))
+}
+
+fn from_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+        .map_err(|e| FrameError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(FrameError::Decode(format!(
+            "{} trailing bytes after the message",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{LoopPart, PartTask};
+
+    fn round_trip(frame: Frame) -> Frame {
+        let mut buf = BytesMut::new();
+        encode_frame(&frame, &mut buf).unwrap();
+        FrameCodec::new().decode(&mut buf).unwrap().unwrap()
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let frames = [
+            Frame::Hello(Hello { client: "c".into() }),
+            Frame::Welcome(Welcome {
+                server: "s".into(),
+                workers: 3,
+            }),
+            Frame::Refused("no".into()),
+            Frame::Request(Request::RunPart {
+                part_id: 7,
+                task: PartTask::Loop(LoopPart { lo: 1, hi: 9 }),
+            }),
+            Frame::Data {
+                part_id: 7,
+                bytes: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
+            },
+        ];
+        for frame in frames {
+            assert_eq!(round_trip(frame.clone()), frame);
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocating() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, b'Q'][..]);
+        assert!(matches!(
+            FrameCodec::new().decode(&mut buf),
+            Err(FrameError::Io(_))
+        ));
+        assert!(read_frame_blocking(&mut &[0xffu8, 0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn version_mismatch_is_named() {
+        let mut body = BytesMut::new();
+        body.put_u8(b'H');
+        body.put_slice(&MAGIC);
+        body.put_u16_le(PROTOCOL_VERSION + 1);
+        let err = decode_body(body.freeze()).unwrap_err();
+        assert!(
+            matches!(err, FrameError::VersionMismatch { peer } if peer == PROTOCOL_VERSION + 1)
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for body in [
+            &b""[..],
+            b"H",
+            b"HPOOX",
+            b"HXXXX\x01\x00",
+            b"Q\xff\xff\xff\xff\xff",
+            b"D\x01",
+            b"Z",
+        ] {
+            assert!(
+                decode_body(Bytes::copy_from_slice(body)).is_err(),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_announced_string_length_beyond_the_frame_is_refused() {
+        // A Hello whose string claims 2^60 bytes must not allocate them.
+        let mut body = BytesMut::new();
+        body.put_u8(b'H');
+        body.put_slice(&MAGIC);
+        body.put_u16_le(PROTOCOL_VERSION);
+        body.put_u8(255);
+        body.put_u64_le(1 << 60);
+        assert!(matches!(
+            decode_body(body.freeze()),
+            Err(FrameError::Decode(_))
+        ));
+    }
+}

@@ -1,0 +1,130 @@
+//! The messages of the pool protocol.
+//!
+//! A connection starts with a handshake: the client sends [`Frame::Hello`], the server
+//! answers [`Frame::Welcome`] or [`Frame::Refused`]. Both carry [`MAGIC`] and
+//! [`PROTOCOL_VERSION`] in a fixed layout that never changes between versions, so a
+//! version mismatch is always reported as such rather than as garbage.
+//!
+//! After the handshake the client sends [`Request`]s and [`Frame::Data`] chunks, and the
+//! server answers each part with one [`Reply`]. Parts are identified by a `part_id` the
+//! client chooses; several parts may be in flight on one connection.
+//!
+//! [`Frame::Hello`]: crate::codec::Frame::Hello
+//! [`Frame::Welcome`]: crate::codec::Frame::Welcome
+//! [`Frame::Refused`]: crate::codec::Frame::Refused
+//! [`Frame::Data`]: crate::codec::Frame::Data
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::jobs::{PartResult, PartTask};
+
+/// The first four bytes of every handshake frame: tells a pool peer from anything else.
+pub const MAGIC: [u8; 4] = *b"POOL";
+
+/// Bumped whenever a message's encoding changes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bulk data travels in chunks of at most this many bytes (a multiple of 8).
+pub const DATA_CHUNK_BYTES: usize = 4 << 20;
+
+/// The largest frame either side accepts: a full data chunk plus its header, with room
+/// to spare. A length prefix above this is rejected before anything is allocated.
+pub const MAX_FRAME_BYTES: usize = DATA_CHUNK_BYTES + 4096;
+
+/// What the client says after the magic and version when it connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The client program and its version, for the server's log.
+    pub client: String,
+}
+
+/// The server's acceptance of a handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The server program and its version.
+    pub server: String,
+    /// How many parts the server computes at once (its `--workers`).
+    pub workers: u32,
+}
+
+/// What a client asks of a server once connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Compute one part. If `task` takes input bytes, exactly that many follow in
+    /// [`Frame::Data`](crate::codec::Frame::Data) frames carrying the same `part_id`.
+    RunPart {
+        /// Chosen by the client, unique among its parts in flight on this connection.
+        part_id: u64,
+        /// What to compute.
+        task: PartTask,
+    },
+}
+
+/// What a server answers to one part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The part was computed.
+    PartDone {
+        /// The part this answers.
+        part_id: u64,
+        /// The part's result.
+        result: PartResult,
+        /// Time the server spent computing this part, in nanoseconds. A duration on the
+        /// server's clock, never compared with the client's clock.
+        compute_nanos: u64,
+    },
+    /// The part could not be computed.
+    PartFailed {
+        /// The part this answers.
+        part_id: u64,
+        /// Why.
+        error: RemoteError,
+    },
+    /// The server ends the whole connection (e.g. a malformed request); the reason
+    /// applies to every part still in flight on it.
+    Closing {
+        /// Why.
+        error: RemoteError,
+    },
+}
+
+/// An error reported by a server, shown to the user by the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    /// What kind of failure, so a client can decide whether a retry elsewhere may help.
+    pub code: ErrorCode,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Builds an error from a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// The kinds of error a server reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request was malformed or inconsistent (a bug or a hostile peer).
+    BadRequest,
+    /// The request exceeds one of the server's limits; the message names the flag.
+    LimitExceeded,
+    /// The server is shutting down and did not compute the part.
+    ShuttingDown,
+    /// Something went wrong inside the server.
+    Internal,
+}
