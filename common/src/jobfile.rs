@@ -1,1 +1,517 @@
+//! The job file (`job.toml`): its schema, and validation with errors that name the file,
+//! line and column to fix.
+//!
+//! ```toml
+//! parts = 6                        # how many parts to split the job into
+//! servers = ["10.0.0.5:7000"]      # or servers_file = "servers.txt", or local = 3
+//! seed = 42                        # optional: makes the choice of servers reproducible
+//! placement = "shuffle"            # or "random"
+//!
+//! [job]
+//! kind = "loop"                    # or "matrix-sum"
+//! iterations = 3_000_000_000
+//! ```
+//!
+//! The README's job file reference lists every key.
 
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::jobs::{loop_sum, matrix_sum, Job, Matrix};
+
+/// The largest matrix the client agrees to hold in memory, in bytes.
+pub const MAX_MATRIX_BYTES: u64 = 32 << 30;
+
+/// The most servers `local = N` may start.
+pub const MAX_LOCAL_SERVERS: u64 = 64;
+
+/// A validated job file.
+#[derive(Debug, Clone)]
+pub struct JobFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Server addresses (`host:port`) from `servers` or `servers_file`, in file order.
+    pub servers: Vec<String>,
+    /// `local = N`: start N servers on this machine for the run.
+    pub local_servers: Option<usize>,
+    /// Number of parts.
+    pub parts: usize,
+    /// Seed for the random choice of servers; `None` picks a fresh one each run.
+    pub seed: Option<u64>,
+    /// How parts are assigned to servers.
+    pub placement: Placement,
+    /// What to compute.
+    pub job: JobSpec,
+    /// Where `parts` was written, to point at it when it proves too large.
+    parts_location: Location,
+}
+
+/// How the client assigns parts to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Servers in a random order, dealt round-robin: random, but no server gets more
+    /// than one part more than another. The default.
+    #[default]
+    Shuffle,
+    /// Each part goes to a server drawn independently at random, as in the original
+    /// paper: simple, but several parts may land on one server while another idles.
+    Random,
+}
+
+/// The job a file describes, before its data is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobSpec {
+    /// The counting loop.
+    Loop {
+        /// Total iterations.
+        iterations: u64,
+    },
+    /// The sum of a matrix.
+    MatrixSum(MatrixSource),
+}
+
+/// Where a matrix comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatrixSource {
+    /// Generated from a seed (see [`Matrix::generate`]).
+    Generated {
+        /// Rows.
+        rows: u64,
+        /// Columns.
+        cols: u64,
+        /// Seed of the generator.
+        seed: u64,
+    },
+    /// Read from a CSV file (path resolved against the job file's folder).
+    Csv(PathBuf),
+}
+
+/// A line and column in a file, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+/// A job file that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct JobFileError {
+    /// The file at fault (the job file, or a file it names).
+    pub path: String,
+    /// Where in that file, when known.
+    pub location: Option<Location>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for JobFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(at) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path, at.line, at.column, self.message
+            ),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobFile {
+    parts: Spanned<u64>,
+    servers: Option<Vec<Spanned<String>>>,
+    servers_file: Option<Spanned<String>>,
+    local: Option<Spanned<u64>>,
+    seed: Option<u64>,
+    #[serde(default)]
+    placement: Placement,
+    job: Spanned<RawJob>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    kind: Spanned<String>,
+    iterations: Option<Spanned<u64>>,
+    rows: Option<Spanned<u64>>,
+    cols: Option<Spanned<u64>>,
+    seed: Option<Spanned<u64>>,
+    csv: Option<Spanned<String>>,
+}
+
+/// Reads and validates a job file. Files it names (servers file, CSV) are resolved
+/// against the job file's folder; the servers file is read now, a CSV matrix later by
+/// [`JobFile::load_job`].
+pub fn read(path: &Path) -> Result<JobFile, JobFileError> {
+    let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
+        path: path.display().to_string(),
+        location: None,
+        message: format!("cannot read the job file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Validates a job file's text; `path` is used in messages and to resolve file names.
+pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
+    let error_at = |span: Option<Range<usize>>, message: String| JobFileError {
+        path: path.display().to_string(),
+        location: span.map(|s| location_of(text, s.start)),
+        message,
+    };
+    let raw: RawJobFile =
+        toml::from_str(text).map_err(|e| error_at(e.span(), e.message().trim().to_string()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+
+    let parts = *raw.parts.get_ref();
+    if parts == 0 {
+        return Err(error_at(
+            Some(raw.parts.span()),
+            "parts must be at least 1".into(),
+        ));
+    }
+    let parts_usize = usize::try_from(parts).map_err(|_| {
+        error_at(
+            Some(raw.parts.span()),
+            format!("parts = {parts} is more than this machine can count"),
+        )
+    })?;
+
+    if let (Some(_), Some(file)) = (&raw.servers, &raw.servers_file) {
+        return Err(error_at(
+            Some(file.span()),
+            "give either servers or servers_file, not both".into(),
+        ));
+    }
+    let mut servers = Vec::new();
+    for server in raw.servers.iter().flatten() {
+        check_address(server.get_ref()).map_err(|m| error_at(Some(server.span()), m))?;
+        servers.push(server.get_ref().clone());
+    }
+    if let Some(file) = &raw.servers_file {
+        servers = read_servers_file(&base.join(file.get_ref()))?;
+    }
+    let local_servers = match &raw.local {
+        None => None,
+        Some(n) if (1..=MAX_LOCAL_SERVERS).contains(n.get_ref()) => Some(*n.get_ref() as usize),
+        Some(n) => {
+            return Err(error_at(
+                Some(n.span()),
+                format!("local must be between 1 and {MAX_LOCAL_SERVERS} (servers to start on this machine)"),
+            ))
+        }
+    };
+
+    let job = parse_job(raw.job, base, &error_at)?;
+    if let JobSpec::Loop { iterations } = job {
+        if parts > iterations {
+            return Err(error_at(
+                Some(raw.parts.span()),
+                format!("parts = {parts} is more than the {iterations} iterations to split"),
+            ));
+        }
+    }
+    if let JobSpec::MatrixSum(MatrixSource::Generated { rows, .. }) = job {
+        if parts > rows {
+            return Err(error_at(
+                Some(raw.parts.span()),
+                format!("parts = {parts} is more than the {rows} matrix rows to split"),
+            ));
+        }
+    }
+
+    Ok(JobFile {
+        path: path.to_path_buf(),
+        servers,
+        local_servers,
+        parts: parts_usize,
+        seed: raw.seed,
+        placement: raw.placement,
+        job,
+        parts_location: location_of(text, raw.parts.span().start),
+    })
+}
+
+fn parse_job(
+    raw: Spanned<RawJob>,
+    base: &Path,
+    error_at: &dyn Fn(Option<Range<usize>>, String) -> JobFileError,
+) -> Result<JobSpec, JobFileError> {
+    let job_span = raw.span();
+    let job = raw.into_inner();
+    let kind = job.kind.get_ref().as_str();
+    // Reject keys that belong to another kind, so a typo'd kind is not silently ignored.
+    let not_for = |key: &str, span: Range<usize>| {
+        error_at(Some(span), format!("`{key}` is not a key of a {kind} job"))
+    };
+    match kind {
+        loop_sum::KIND => {
+            for (key, span) in [
+                ("rows", job.rows.as_ref().map(Spanned::span)),
+                ("cols", job.cols.as_ref().map(Spanned::span)),
+                ("seed", job.seed.as_ref().map(Spanned::span)),
+                ("csv", job.csv.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    return Err(not_for(key, span));
+                }
+            }
+            let iterations = job.iterations.ok_or_else(|| {
+                error_at(Some(job_span), "a loop job needs `iterations = N`".into())
+            })?;
+            if *iterations.get_ref() == 0 {
+                return Err(error_at(
+                    Some(iterations.span()),
+                    "iterations must be at least 1".into(),
+                ));
+            }
+            Ok(JobSpec::Loop {
+                iterations: iterations.into_inner(),
+            })
+        }
+        matrix_sum::KIND => {
+            if let Some(it) = &job.iterations {
+                return Err(not_for("iterations", it.span()));
+            }
+            if let Some(csv) = job.csv {
+                for (key, span) in [
+                    ("rows", job.rows.as_ref().map(Spanned::span)),
+                    ("cols", job.cols.as_ref().map(Spanned::span)),
+                    ("seed", job.seed.as_ref().map(Spanned::span)),
+                ] {
+                    if let Some(span) = span {
+                        return Err(error_at(
+                            Some(span),
+                            format!("`{key}` cannot be combined with `csv`: a CSV matrix has its own size"),
+                        ));
+                    }
+                }
+                return Ok(JobSpec::MatrixSum(MatrixSource::Csv(
+                    base.join(csv.get_ref()),
+                )));
+            }
+            let (Some(rows), Some(cols)) = (job.rows, job.cols) else {
+                return Err(error_at(
+                    Some(job_span),
+                    "a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`".into(),
+                ));
+            };
+            for dim in [&rows, &cols] {
+                if *dim.get_ref() == 0 {
+                    return Err(error_at(
+                        Some(dim.span()),
+                        "a matrix dimension must be at least 1".into(),
+                    ));
+                }
+            }
+            let bytes = rows
+                .get_ref()
+                .checked_mul(*cols.get_ref())
+                .and_then(|n| n.checked_mul(8));
+            if bytes.is_none_or(|b| b > MAX_MATRIX_BYTES) {
+                return Err(error_at(
+                    Some(cols.span()),
+                    format!(
+                        "a {} x {} matrix of 8-byte integers is larger than the {} GiB the client may hold",
+                        rows.get_ref(),
+                        cols.get_ref(),
+                        MAX_MATRIX_BYTES >> 30
+                    ),
+                ));
+            }
+            Ok(JobSpec::MatrixSum(MatrixSource::Generated {
+                rows: rows.into_inner(),
+                cols: cols.into_inner(),
+                seed: job.seed.map_or(0, Spanned::into_inner),
+            }))
+        }
+        other => Err(error_at(
+            Some(job.kind.span()),
+            format!(
+                "unknown job kind {other:?}; the kinds are {:?} and {:?}",
+                loop_sum::KIND,
+                matrix_sum::KIND
+            ),
+        )),
+    }
+}
+
+impl JobFile {
+    /// Builds the job, loading its data (a CSV matrix is read here), and checks that it
+    /// splits into [`parts`](Self::parts).
+    pub fn load_job(&self) -> Result<Job, JobFileError> {
+        let job = match &self.job {
+            JobSpec::Loop { iterations } => Job::Loop {
+                iterations: *iterations,
+            },
+            JobSpec::MatrixSum(MatrixSource::Generated { rows, cols, seed }) => {
+                Job::MatrixSum(Matrix::generate(*rows, *cols, *seed))
+            }
+            JobSpec::MatrixSum(MatrixSource::Csv(path)) => {
+                Job::MatrixSum(Matrix::read_csv(path).map_err(|e| JobFileError {
+                    path: path.display().to_string(),
+                    location: None,
+                    message: e.to_string(),
+                })?)
+            }
+        };
+        if self.parts as u64 > job.split_units() {
+            return Err(JobFileError {
+                path: self.path.display().to_string(),
+                location: Some(self.parts_location),
+                message: format!(
+                    "parts = {} is more than the {} units this {} job splits into",
+                    self.parts,
+                    job.split_units(),
+                    job.kind()
+                ),
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// Reads a servers file: one `host:port` per line; `#` starts a comment; blank lines are
+/// skipped.
+pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
+        path: shown.clone(),
+        location: None,
+        message: format!("cannot read the servers file: {e}"),
+    })?;
+    let mut servers = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        check_address(entry).map_err(|message| JobFileError {
+            path: shown.clone(),
+            location: Some(Location {
+                line: index + 1,
+                column: line.find(entry).unwrap_or(0) + 1,
+            }),
+            message,
+        })?;
+        servers.push(entry.to_string());
+    }
+    if servers.is_empty() {
+        return Err(JobFileError {
+            path: shown,
+            location: None,
+            message: "no servers listed: write one host:port per line".into(),
+        });
+    }
+    Ok(servers)
+}
+
+/// Checks that `address` looks like `host:port` with a port number.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{address:?} is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
+        ))
+    }
+}
+
+fn location_of(text: &str, offset: usize) -> Location {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Location { line, column }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        parse(text, Path::new("job.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_loop_job_parses() {
+        let file = parse(
+            "parts = 3\nservers = [\"a:1\", \"b:2\"]\nseed = 4\n[job]\nkind = \"loop\"\niterations = 10\n",
+            Path::new("dir/job.toml"),
+        )
+        .unwrap();
+        assert_eq!(file.parts, 3);
+        assert_eq!(file.servers, ["a:1", "b:2"]);
+        assert_eq!(file.seed, Some(4));
+        assert_eq!(file.placement, Placement::Shuffle);
+        assert_eq!(file.job, JobSpec::Loop { iterations: 10 });
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let base = "parts = 2\n[job]\nkind = \"loop\"\niterations = 10\n";
+        assert_eq!(
+            error(&format!("{base}colour = 3\n")),
+            "job.toml:5:1: unknown field `colour`, expected one of `kind`, `iterations`, `rows`, `cols`, `seed`, `csv`"
+        );
+        assert_eq!(
+            error("parts = 0\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:1:9: parts must be at least 1"
+        );
+        assert_eq!(
+            error("parts = 20\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:1:9: parts = 20 is more than the 10 iterations to split"
+        );
+        assert_eq!(
+            error("parts = \"two\"\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:1:9: invalid type: string \"two\", expected u64"
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\nkind = \"lop\"\niterations = 10\n"),
+            "job.toml:3:8: unknown job kind \"lop\"; the kinds are \"loop\" and \"matrix-sum\""
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\nkind = \"loop\"\nrows = 10\n"),
+            "job.toml:4:8: `rows` is not a key of a loop job"
+        );
+        assert!(
+            error("parts = 2\n").starts_with("job.toml:1:1: missing field `job`"),
+            "{}",
+            error("parts = 2\n")
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\nkind = \"matrix-sum\"\nrows = 4294967296\ncols = 4294967296\n"),
+            "job.toml:5:8: a 4294967296 x 4294967296 matrix of 8-byte integers is larger than the 32 GiB the client may hold"
+        );
+        assert_eq!(
+            error("parts = 2\nservers = [\"nowhere\"]\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:2:12: \"nowhere\" is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
+        );
+    }
+
+    #[test]
+    fn servers_file_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("pool-jobfile-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("servers.txt");
+        std::fs::write(&path, "# lab\n127.0.0.1:7001  # first\n\n  bad-entry\n").unwrap();
+        let err = read_servers_file(&path).unwrap_err();
+        assert_eq!(err.location, Some(Location { line: 4, column: 3 }));
+        std::fs::write(&path, "# lab\n127.0.0.1:7001  # first\n\nhost:7002\n").unwrap();
+        assert_eq!(
+            read_servers_file(&path).unwrap(),
+            ["127.0.0.1:7001", "host:7002"]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,1 +1,123 @@
+//! `pool-server`: computes parts of jobs for `pool-client`s.
+//!
+//! * [`listener`]: the accept loop, the connection limit and graceful shutdown.
+//! * [`connection`]: one connection's life, from handshake to the last reply.
+//! * [`executor`]: the bounded pool of OS threads where kernels run.
+//! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
+//!
+//! To embed a server (tests do), call [`start`] inside a tokio runtime.
 
+pub mod cli;
+pub mod connection;
+pub mod executor;
+pub mod listener;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use executor::Executor;
+
+/// A server's limits and sizes. [`ServerConfig::default`] has the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Threads computing parts at once.
+    pub workers: usize,
+    /// Connections served at once; further clients wait in the accept queue.
+    pub max_connections: usize,
+    /// Parts one connection may have in flight.
+    pub max_parts_per_connection: usize,
+    /// Time a new connection has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// Time a connection with no part in flight may stay silent.
+    pub idle_timeout: Duration,
+    /// On shutdown, how long parts in flight may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            max_connections: 1024,
+            max_parts_per_connection: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by every connection of one server.
+pub struct Shared {
+    /// The configuration the server was started with.
+    pub config: ServerConfig,
+    /// Where kernels run.
+    pub executor: Executor,
+    /// Parts answered with a result since start.
+    pub parts_served: AtomicU64,
+    /// When the server started.
+    pub started: Instant,
+    /// Cancelled when the shutdown grace period is over: connections still open end
+    /// and their parts are cancelled.
+    pub force_stop: CancellationToken,
+}
+
+/// A running server, as returned by [`start`].
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets parts in flight finish (within the grace period), and
+    /// waits until the server has stopped.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`ServerHandle::shutdown_token`] fires).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A token that starts the graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds `addr` and serves on the current tokio runtime until shut down.
+pub async fn start(
+    addr: impl ToSocketAddrs,
+    config: ServerConfig,
+) -> std::io::Result<ServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        executor: Executor::new(config.workers),
+        config,
+        parts_served: AtomicU64::new(0),
+        started: Instant::now(),
+        force_stop: CancellationToken::new(),
+    });
+    let task = tokio::spawn(listener::run(listener, shared, shutdown.clone()));
+    Ok(ServerHandle {
+        local_addr,
+        shutdown,
+        task,
+    })
+}

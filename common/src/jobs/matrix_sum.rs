@@ -48,6 +48,17 @@ impl MatrixPart {
     }
 }
 
+/// Checks that a data chunk holds whole elements.
+pub fn check_chunk(len: usize) -> Result<(), String> {
+    if len as u64 % ELEMENT_BYTES == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "a chunk of {len} bytes does not hold whole 8-byte elements"
+        ))
+    }
+}
+
 /// The sum of `bytes` read as little-endian `i64`s. `bytes.len()` must be a multiple of
 /// 8; a trailing partial element is ignored (servers refuse such chunks first).
 pub fn sum_le_i64(bytes: &[u8]) -> i128 {

@@ -89,6 +89,14 @@ impl PartTask {
         }
     }
 
+    /// Checks that a data chunk of `len` bytes can belong to this task (whole elements).
+    pub fn check_chunk(&self, len: usize) -> Result<(), String> {
+        match self {
+            PartTask::Loop(_) => Err("a loop part takes no data".into()),
+            PartTask::MatrixSum(_) => matrix_sum::check_chunk(len),
+        }
+    }
+
     /// Checks the task's own consistency; a server refuses a task that fails this.
     pub fn validate(&self) -> Result<(), String> {
         match self {

@@ -1,0 +1,119 @@
+//! The server's command line, shared by `pool-server` and `pool-client serve`.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{start, ServerConfig};
+
+/// Options of a pool server.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Address to listen on: 0.0.0.0 for every interface, 127.0.0.1 for this machine only.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: String,
+
+    /// TCP port to listen on; 0 lets the OS choose a free one (printed at start).
+    #[arg(long, short, default_value_t = 7000)]
+    pub port: u16,
+
+    /// Parts computed at once, each on its own OS thread [default: number of cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Connections served at once; more clients wait until one leaves.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Parts one connection may have in flight.
+    #[arg(long, default_value_t = 1024)]
+    pub max_parts_per_connection: usize,
+
+    /// Seconds that parts in flight get to finish after Ctrl-C or SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace: u64,
+
+    /// Shut down when standard input closes: lets a parent process (pool-client's
+    /// `local = N`) be sure its servers never outlive it.
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+/// Sends logs to standard error; the level comes from `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a server until Ctrl-C, SIGTERM (or the end of standard input, if asked), then
+/// shuts it down gracefully. Prints `pool-server listening on ADDR` on standard output
+/// once it accepts connections.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let defaults = ServerConfig::default();
+    let config = ServerConfig {
+        workers: args.workers.unwrap_or(defaults.workers).max(1),
+        max_connections: args.max_connections.max(1),
+        max_parts_per_connection: args.max_parts_per_connection.max(1),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        ..defaults
+    };
+    let workers = config.workers;
+    let server = start((args.bind.as_str(), args.port), config)
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+    let mut stdout = std::io::stdout();
+    writeln!(
+        stdout,
+        "pool-server listening on {} with {workers} workers",
+        server.local_addr()
+    )?;
+    stdout.flush()?;
+    info!(addr = %server.local_addr(), workers, "listening");
+
+    let stop = server.shutdown_token();
+    if args.exit_with_stdin {
+        watch_stdin(stop.clone());
+    }
+    tokio::select! {
+        () = stop.cancelled() => info!("standard input closed; shutting down"),
+        signal = shutdown_signal() => info!(signal, "shutting down; parts in flight may finish"),
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Cancels `stop` when standard input reaches its end (the parent went away).
+fn watch_stdin(stop: CancellationToken) {
+    // A plain thread: tokio's stdin would keep the runtime from shutting down.
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        stop.cancel();
+    });
+}
+
+/// Waits for Ctrl-C or (on Unix) SIGTERM and says which.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot listen for SIGTERM");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}

@@ -1,0 +1,399 @@
+//! One connection's life: handshake, requests, data, replies, and cleanup.
+//!
+//! A connection is served by a single task that owns all of its state, so nothing here
+//! needs a lock. The task waits on three things at once: the next frame from the
+//! client, the next kernel computation finishing on the executor, and shutdown. Every
+//! part moves through the same steps: the request is checked against the limits, its
+//! input chunks (if any) are handed to the executor as they arrive, and when all of its
+//! input has arrived and every chunk is computed, the chunk results are combined and
+//! sent back. When the client goes away, every part still running is cancelled, so the
+//! worker threads are free again within about 100 ms.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use pool_common::codec::{Frame, FrameCodec, FrameError};
+use pool_common::jobs::{compute_chunk, CancelFlag, Cancelled, PartResult, PartTask};
+use pool_common::protocol::{ErrorCode, RemoteError, Reply, Request, Welcome, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::executor::WorkLost;
+use crate::Shared;
+
+/// Why a connection ended early; logged by the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The peer sent something that is not a valid frame.
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer did not complete the handshake in time.
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The peer sent nothing for too long while no part of its was running.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// A chunk computation finished on the executor.
+struct Computed {
+    part_id: u64,
+    outcome: Result<Result<PartResult, Cancelled>, WorkLost>,
+    elapsed: Duration,
+}
+
+/// A part accepted on this connection and not yet answered.
+struct PartState {
+    task: Arc<PartTask>,
+    /// Input bytes still to arrive.
+    remaining_input: u64,
+    /// Chunk computations submitted and not yet finished.
+    pending: usize,
+    /// The chunk results combined so far.
+    partial: Option<PartResult>,
+    /// Time the executor spent on this part's chunks.
+    compute: Duration,
+    cancel: Arc<CancelFlag>,
+    /// Set when the part was refused but its input is still arriving: the input is read
+    /// and dropped, and no reply is sent on completion (the refusal was the reply).
+    refused: bool,
+}
+
+/// Serves one accepted connection until the client leaves, the server shuts down, or the
+/// client breaks the protocol.
+pub struct Connection {
+    framed: Framed<TcpStream, FrameCodec>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    parts: HashMap<u64, PartState>,
+    computations: FuturesUnordered<futures::future::BoxFuture<'static, Computed>>,
+    parts_served: u64,
+}
+
+impl Connection {
+    /// Wraps an accepted socket.
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Connection {
+            framed: Framed::new(socket, FrameCodec::new()),
+            peer,
+            shared,
+            shutdown,
+            parts: HashMap::new(),
+            computations: FuturesUnordered::new(),
+            parts_served: 0,
+        }
+    }
+
+    /// Runs the connection to its end. Parts still running are cancelled on return
+    /// (see the `Drop` impl).
+    pub async fn run(mut self) -> Result<u64, ConnectionError> {
+        self.serve().await.map(|()| self.parts_served)
+    }
+
+    async fn serve(&mut self) -> Result<(), ConnectionError> {
+        self.handshake().await?;
+        let config = &self.shared.config;
+        let idle_timeout = config.idle_timeout;
+        let max_pending_chunks = config.workers.max(2) * 2;
+        let mut shutting_down = false;
+        loop {
+            // Stop reading while many chunks wait for the executor: the client then
+            // waits on TCP, and this connection's memory stays bounded.
+            let can_read = self.computations.len() < max_pending_chunks;
+            let idle = self.parts.is_empty();
+            tokio::select! {
+                frame = self.framed.next(), if can_read => match frame {
+                    None => return Ok(()),
+                    Some(frame) => self.on_frame(frame?, shutting_down).await?,
+                },
+                Some(done) = self.computations.next() => self.on_computed(done).await?,
+                () = self.shutdown.cancelled(), if !shutting_down => {
+                    shutting_down = true;
+                    if self.parts.is_empty() {
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep(idle_timeout), if idle => {
+                    return Err(ConnectionError::Idle(idle_timeout));
+                }
+                () = self.shared.force_stop.cancelled() => {
+                    return Err(ConnectionError::Protocol("server stopped after the grace period".into()));
+                }
+            }
+            if shutting_down && self.parts.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), ConnectionError> {
+        let timeout = self.shared.config.handshake_timeout;
+        let first = tokio::time::timeout(timeout, self.framed.next())
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?;
+        match first {
+            Some(Ok(Frame::Hello(hello))) => {
+                debug!(peer = %self.peer, client = %hello.client, "handshake");
+                let welcome = Welcome {
+                    server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+                    workers: self.shared.executor.workers() as u32,
+                };
+                self.framed.send(Frame::Welcome(welcome)).await?;
+                Ok(())
+            }
+            Some(Err(FrameError::VersionMismatch { peer })) => {
+                let reason = format!(
+                    "this server speaks pool protocol version {PROTOCOL_VERSION}, the client version {peer}: \
+                     run the same pool release on both sides"
+                );
+                let _ = self.framed.send(Frame::Refused(reason)).await;
+                Err(ConnectionError::Frame(FrameError::VersionMismatch { peer }))
+            }
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(other)) => Err(ConnectionError::Protocol(format!(
+                "expected a handshake, got {}",
+                frame_name(&other)
+            ))),
+            None => Err(ConnectionError::Protocol(
+                "closed before the handshake".into(),
+            )),
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame, shutting_down: bool) -> Result<(), ConnectionError> {
+        match frame {
+            Frame::Request(Request::RunPart { part_id, task }) => {
+                self.on_run_part(part_id, task, shutting_down).await
+            }
+            Frame::Data { part_id, bytes } => self.on_data(part_id, bytes),
+            other => Err(ConnectionError::Protocol(format!(
+                "unexpected {} frame",
+                frame_name(&other)
+            ))),
+        }
+    }
+
+    async fn on_run_part(
+        &mut self,
+        part_id: u64,
+        task: PartTask,
+        shutting_down: bool,
+    ) -> Result<(), ConnectionError> {
+        if self.parts.contains_key(&part_id) {
+            return self
+                .close_with(format!("part id {part_id} is already in flight"))
+                .await;
+        }
+        let Some(input_bytes) = task.input_bytes() else {
+            return self
+                .close_with(format!("part {part_id}: its input size overflows"))
+                .await;
+        };
+        let config = &self.shared.config;
+        let refusal = if shutting_down {
+            Some(RemoteError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            ))
+        } else if let Err(reason) = task.validate() {
+            Some(RemoteError::new(ErrorCode::BadRequest, reason))
+        } else if self.parts.len() >= config.max_parts_per_connection {
+            Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "more than {} parts in flight on one connection (raise the server's --max-parts-per-connection)",
+                    config.max_parts_per_connection
+                ),
+            ))
+        } else {
+            None
+        };
+        let cancel = Arc::new(CancelFlag::new());
+        let mut state = PartState {
+            task: Arc::new(task),
+            remaining_input: input_bytes,
+            pending: 0,
+            partial: None,
+            compute: Duration::ZERO,
+            cancel,
+            refused: refusal.is_some(),
+        };
+        if let Some(error) = refusal {
+            info!(peer = %self.peer, part_id, %error, "part refused");
+            self.send(Reply::PartFailed { part_id, error }).await?;
+            if input_bytes > 0 {
+                self.parts.insert(part_id, state);
+            }
+            return Ok(());
+        }
+        debug!(peer = %self.peer, part_id, task = ?state.task, "part accepted");
+        if input_bytes == 0 {
+            self.submit(part_id, &mut state, Bytes::new());
+        }
+        self.parts.insert(part_id, state);
+        Ok(())
+    }
+
+    fn on_data(&mut self, part_id: u64, bytes: Bytes) -> Result<(), ConnectionError> {
+        let Some(mut state) = self.parts.remove(&part_id) else {
+            return Err(ConnectionError::Protocol(format!(
+                "data for part {part_id}, which is not in flight"
+            )));
+        };
+        let len = bytes.len() as u64;
+        if len > state.remaining_input {
+            return Err(ConnectionError::Protocol(format!(
+                "part {part_id}: {len} bytes of data where {} remained",
+                state.remaining_input
+            )));
+        }
+        if let Err(reason) = state.task.check_chunk(bytes.len()) {
+            return Err(ConnectionError::Protocol(format!(
+                "part {part_id}: {reason}"
+            )));
+        }
+        state.remaining_input -= len;
+        if state.refused {
+            if state.remaining_input > 0 {
+                self.parts.insert(part_id, state);
+            }
+            return Ok(());
+        }
+        self.submit(part_id, &mut state, bytes);
+        self.parts.insert(part_id, state);
+        Ok(())
+    }
+
+    /// Hands one chunk of a part to the executor.
+    fn submit(&mut self, part_id: u64, state: &mut PartState, chunk: Bytes) {
+        let task = Arc::clone(&state.task);
+        let cancel = Arc::clone(&state.cancel);
+        let work = self.shared.executor.run(move || {
+            let started = Instant::now();
+            let result = compute_chunk(&task, &chunk, &cancel);
+            (result, started.elapsed())
+        });
+        state.pending += 1;
+        self.computations.push(Box::pin(async move {
+            match work.await {
+                Ok((result, elapsed)) => Computed {
+                    part_id,
+                    outcome: Ok(result),
+                    elapsed,
+                },
+                Err(lost) => Computed {
+                    part_id,
+                    outcome: Err(lost),
+                    elapsed: Duration::ZERO,
+                },
+            }
+        }));
+    }
+
+    async fn on_computed(&mut self, done: Computed) -> Result<(), ConnectionError> {
+        let Some(state) = self.parts.get_mut(&done.part_id) else {
+            return Ok(()); // already answered with an error
+        };
+        state.pending -= 1;
+        state.compute += done.elapsed;
+        let failure = match done.outcome {
+            Ok(Ok(result)) => match state.partial.map_or(Some(result), |p| p.combine(result)) {
+                Some(combined) => {
+                    state.partial = Some(combined);
+                    None
+                }
+                None => Some(RemoteError::new(
+                    ErrorCode::Internal,
+                    "chunk results of different kinds",
+                )),
+            },
+            Ok(Err(Cancelled)) => Some(RemoteError::new(
+                ErrorCode::ShuttingDown,
+                "the part was cancelled",
+            )),
+            Err(WorkLost) => Some(RemoteError::new(
+                ErrorCode::Internal,
+                "the kernel failed (see the server log)",
+            )),
+        };
+        let part_id = done.part_id;
+        if let Some(error) = failure {
+            warn!(peer = %self.peer, part_id, %error, "part failed");
+            let state = self.parts.get_mut(&part_id).expect("present");
+            state.refused = true;
+            state.cancel.cancel();
+            if state.remaining_input == 0 && state.pending == 0 {
+                self.parts.remove(&part_id);
+            }
+            return self.send(Reply::PartFailed { part_id, error }).await;
+        }
+        if state.remaining_input > 0 || state.pending > 0 {
+            return Ok(());
+        }
+        let state = self.parts.remove(&part_id).expect("present");
+        if state.refused {
+            return Ok(());
+        }
+        let result = state.partial.expect("a finished part has a result");
+        info!(peer = %self.peer, part_id, task = ?state.task, compute = ?state.compute, "part done");
+        self.parts_served += 1;
+        self.shared
+            .parts_served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.send(Reply::PartDone {
+            part_id,
+            result,
+            compute_nanos: state.compute.as_nanos().min(u64::MAX as u128) as u64,
+        })
+        .await
+    }
+
+    async fn send(&mut self, reply: Reply) -> Result<(), ConnectionError> {
+        self.framed.send(Frame::Reply(reply)).await?;
+        Ok(())
+    }
+
+    /// Tells the client why the connection ends, then ends it.
+    async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
+        let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
+        let _ = self.send(Reply::Closing { error }).await;
+        Err(ConnectionError::Protocol(reason))
+    }
+}
+
+impl Drop for Connection {
+    /// However the connection ends (even if its task is dropped), no kernel keeps
+    /// computing for it.
+    fn drop(&mut self) {
+        for part in self.parts.values() {
+            part.cancel.cancel();
+        }
+    }
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "Hello",
+        Frame::Welcome(_) => "Welcome",
+        Frame::Refused(_) => "Refused",
+        Frame::Request(_) => "Request",
+        Frame::Reply(_) => "Reply",
+        Frame::Data { .. } => "Data",
+    }
+}

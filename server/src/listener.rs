@@ -1,0 +1,76 @@
+//! The accept loop: one task per connection, a limit on connections, and graceful
+//! shutdown.
+//!
+//! The limit is a semaphore: the loop takes a permit before it accepts, so when
+//! `max_connections` clients are connected, further clients wait in the kernel's accept
+//! queue until one leaves. Shutdown is a [`CancellationToken`]: the loop stops
+//! accepting, every connection stops taking new parts and finishes the ones it has, and
+//! the server waits for them up to the grace period before the executor is stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::connection::Connection;
+use crate::Shared;
+
+/// Accepts connections until `shutdown` is cancelled, then drains them.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&limit).acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before accept: neither is
+                // a reason to stop serving the others.
+                error!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            info!(%peer, "connection opened");
+            match Connection::new(socket, peer, shared, shutdown).run().await {
+                Ok(parts) => info!(%peer, parts, "connection closed"),
+                Err(e) => warn!(%peer, error = %e, "connection closed"),
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    let grace = shared.config.shutdown_grace;
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            "parts still running after the grace period; cancelling them"
+        );
+        shared.force_stop.cancel();
+        connections.wait().await;
+    }
+    let executor_owner = Arc::clone(&shared);
+    // Queued work was cancelled with its connection, so this returns promptly unless a
+    // kernel ignores its cancel flag.
+    let _ = tokio::task::spawn_blocking(move || executor_owner.executor.shutdown()).await;
+    info!("server stopped");
+}
