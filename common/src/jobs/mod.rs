@@ -89,6 +89,15 @@ impl PartTask {
         }
     }
 
+    /// Whether `result` is of the kind this task produces (a peer could send another).
+    pub fn produces(&self, result: &PartResult) -> bool {
+        matches!(
+            (self, result),
+            (PartTask::Loop(_), PartResult::Loop(_))
+                | (PartTask::MatrixSum(_), PartResult::MatrixSum(_))
+        )
+    }
+
     /// Checks that a data chunk of `len` bytes can belong to this task (whole elements).
     pub fn check_chunk(&self, len: usize) -> Result<(), String> {
         match self {

@@ -1,0 +1,179 @@
+//! The local baselines: the same parts, computed by the same kernel, on this machine.
+//!
+//! * sequential: one thread, parts in order;
+//! * threaded: one OS thread per part, all at once;
+//! * multi-process: one child process per part, all at once. The child is this very
+//!   program run as `pool-client part`; the part's task and data go in over its
+//!   standard input and the result comes back over its standard output, in the same
+//!   frames a server would receive and send.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use pool_common::codec::{read_frame_blocking, write_frame_blocking, Frame};
+use pool_common::jobs::{combine_all, compute_chunk, CancelFlag, Part, PartResult};
+use pool_common::protocol::{Reply, Request};
+
+/// The combined result of some parts and how long computing them took.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalRun {
+    /// The combined result.
+    pub result: PartResult,
+    /// Wall-clock time for all the parts, on the client's monotonic clock.
+    pub elapsed: Duration,
+}
+
+/// Computes the parts one after another on this thread.
+pub fn sequential(parts: &[Part]) -> LocalRun {
+    let cancel = CancelFlag::new();
+    let started = Instant::now();
+    let results: Vec<PartResult> = parts
+        .iter()
+        .map(|part| part.compute(&cancel).expect("never cancelled"))
+        .collect();
+    finish(results, started)
+}
+
+/// Computes each part on its own OS thread, all at once.
+pub fn threaded(parts: &[Part]) -> LocalRun {
+    let cancel = CancelFlag::new();
+    let started = Instant::now();
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(|| part.compute(&cancel).expect("never cancelled")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a kernel thread panicked"))
+            .collect::<Vec<_>>()
+    });
+    finish(results, started)
+}
+
+/// Computes each part in its own child process (`exe part`), all at once.
+pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
+    let started = Instant::now();
+    let mut children = Vec::with_capacity(parts.len());
+    for _ in parts {
+        let child = Command::new(exe)
+            .arg("part")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {} as a worker process", exe.display()))?;
+        children.push(child);
+    }
+    // One thread per child feeds it and reads its answer, so no pipe fills up while
+    // another child is being served.
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = children
+            .iter_mut()
+            .zip(parts)
+            .map(|(child, part)| {
+                let stdin = child.stdin.take().expect("piped");
+                let stdout = child.stdout.take().expect("piped");
+                scope.spawn(move || -> anyhow::Result<PartResult> {
+                    let mut input = BufWriter::new(stdin);
+                    send_part(&mut input, part)?;
+                    drop(input);
+                    match read_frame_blocking(&mut BufReader::new(stdout))? {
+                        Some(Frame::Reply(Reply::PartDone { result, .. })) => Ok(result),
+                        other => Err(anyhow!(
+                            "part {}: worker process answered {other:?}",
+                            part.index
+                        )),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a feeder thread panicked"))
+            .collect::<anyhow::Result<Vec<_>>>()
+    });
+    for mut child in children {
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("a worker process exited with {status}");
+        }
+    }
+    Ok(finish(results?, started))
+}
+
+fn send_part(out: &mut impl Write, part: &Part) -> anyhow::Result<()> {
+    let request = Frame::Request(Request::RunPart {
+        part_id: part.index as u64,
+        task: part.task.clone(),
+    });
+    write_frame_blocking(out, &request)?;
+    for bytes in part.chunks() {
+        write_frame_blocking(
+            out,
+            &Frame::Data {
+                part_id: part.index as u64,
+                bytes,
+            },
+        )?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The body of a worker process (`pool-client part`): reads one part from standard
+/// input, computes it chunk by chunk as the data arrives, writes the reply to standard
+/// output.
+pub fn worker_process_main() -> anyhow::Result<()> {
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let Some(Frame::Request(Request::RunPart { part_id, task })) = read_frame_blocking(&mut input)?
+    else {
+        bail!("a worker process expects a part on standard input");
+    };
+    let cancel = CancelFlag::new();
+    let mut remaining = task
+        .input_bytes()
+        .ok_or_else(|| anyhow!("the part's input size overflows"))?;
+    let mut compute = Duration::ZERO;
+    let mut timed = |chunk: &[u8]| {
+        let started = Instant::now();
+        let result = compute_chunk(&task, chunk, &cancel).expect("never cancelled");
+        compute += started.elapsed();
+        result
+    };
+    let mut results = Vec::new();
+    if remaining == 0 {
+        results.push(timed(&[]));
+    }
+    while remaining > 0 {
+        let Some(Frame::Data { bytes, .. }) = read_frame_blocking(&mut input)? else {
+            bail!("the part's data ended {remaining} bytes early");
+        };
+        task.check_chunk(bytes.len()).map_err(|e| anyhow!(e))?;
+        remaining = remaining
+            .checked_sub(bytes.len() as u64)
+            .ok_or_else(|| anyhow!("more data than the part declares"))?;
+        results.push(timed(&bytes));
+    }
+    let result = combine_all(results).ok_or_else(|| anyhow!("chunk results of different kinds"))?;
+    let reply = Frame::Reply(Reply::PartDone {
+        part_id,
+        result,
+        compute_nanos: compute.as_nanos() as u64,
+    });
+    let mut out = std::io::stdout().lock();
+    write_frame_blocking(&mut out, &reply)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn finish(results: Vec<PartResult>, started: Instant) -> LocalRun {
+    let elapsed = started.elapsed();
+    LocalRun {
+        result: combine_all(results).expect("a job has at least one part of one kind"),
+        elapsed,
+    }
+}
