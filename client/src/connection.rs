@@ -24,7 +24,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServerError {
     /// No TCP connection could be made.
-    #[error("cannot connect to server {address}: {reason}")]
+    #[error("cannot connect to server {address}: {reason} (is pool-server running there, and can this machine reach its port?)")]
     Connect {
         /// The server as the user wrote it.
         address: String,

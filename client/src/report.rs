@@ -203,12 +203,15 @@ impl Report {
     }
 }
 
-/// A duration for a table: seconds with two decimals, or milliseconds below a second.
+/// A duration for a table: seconds with two decimals, or milliseconds or microseconds
+/// for short ones.
 fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 1.0 {
         format!("{s:.2} s")
-    } else {
+    } else if s >= 1e-3 {
         format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{:.0} µs", s * 1e6)
     }
 }

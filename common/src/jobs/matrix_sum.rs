@@ -50,7 +50,7 @@ impl MatrixPart {
 
 /// Checks that a data chunk holds whole elements.
 pub fn check_chunk(len: usize) -> Result<(), String> {
-    if len as u64 % ELEMENT_BYTES == 0 {
+    if (len as u64).is_multiple_of(ELEMENT_BYTES) {
         Ok(())
     } else {
         Err(format!(
