@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
+use pool_common::jobfile::ClientSettings;
 use pool_common::jobs::{Part, PartResult};
 use pool_common::protocol::{Hello, RemoteError, Reply, Request, Welcome};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -75,23 +76,40 @@ pub enum ServerError {
     },
 }
 
-/// How long a client waits for each step of talking to a server.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+/// What a connection needs besides the address: how long to wait for each step, and
+/// the token to present.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
     /// For the TCP connection to be made.
-    pub connect: Duration,
+    pub connect_timeout: Duration,
     /// For the server to answer the handshake.
-    pub handshake: Duration,
+    pub handshake_timeout: Duration,
+    /// For a part's result, from the start of sending it; `None` derives it from the
+    /// work queued on the connection (see [`ServerConnection::run_part`]).
+    pub part_timeout: Option<Duration>,
+    /// The shared secret for servers started with `--token`.
+    pub token: Option<String>,
 }
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(5),
-            handshake: Duration::from_secs(5),
+impl ConnectOptions {
+    /// The options a job file asks for.
+    pub fn from_settings(settings: &ClientSettings) -> Self {
+        ConnectOptions {
+            connect_timeout: settings.connect_timeout,
+            handshake_timeout: settings.handshake_timeout,
+            part_timeout: settings.part_timeout,
+            token: settings.token.clone(),
         }
     }
 }
+
+/// The least time a part is given when its timeout is derived.
+const PART_TIMEOUT_BASE: Duration = Duration::from_secs(30);
+
+/// A pessimistic compute time per work item (loop iteration or matrix element): several
+/// times what a slow core needs, so a derived timeout fires only on a server that is
+/// gone or stuck, never on one that is merely busy.
+const PESSIMISTIC_NANOS_PER_ITEM: u64 = 10;
 
 /// A server's answer to one part, with the times that explain it.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +140,9 @@ pub struct ServerConnection {
     writer: tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, FrameCodec>>,
     waiting: Arc<Mutex<Waiting>>,
     next_part_id: AtomicU64,
+    /// Pessimistic compute time, in nanoseconds, of the parts in flight here.
+    queued_nanos: AtomicU64,
+    part_timeout: Option<Duration>,
     reader: JoinHandle<()>,
 }
 
@@ -129,16 +150,16 @@ impl ServerConnection {
     /// Connects to `address` (`host:port`) and completes the handshake.
     pub async fn connect(
         address: &str,
-        timeouts: Timeouts,
+        options: &ConnectOptions,
     ) -> Result<ServerConnection, ServerError> {
         let timeout = |what, timeout| ServerError::Timeout {
             address: address.to_string(),
             what,
             timeout,
         };
-        let socket = tokio::time::timeout(timeouts.connect, TcpStream::connect(address))
+        let socket = tokio::time::timeout(options.connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| timeout("connect", timeouts.connect))?
+            .map_err(|_| timeout("connect", options.connect_timeout))?
             .map_err(|e| ServerError::Connect {
                 address: address.to_string(),
                 reason: e.to_string(),
@@ -154,13 +175,14 @@ impl ServerConnection {
         };
         let hello = Hello {
             client: format!("pool-client {}", env!("CARGO_PKG_VERSION")),
+            token: options.token.clone(),
         };
-        let answer = tokio::time::timeout(timeouts.handshake, async {
+        let answer = tokio::time::timeout(options.handshake_timeout, async {
             writer.send(Frame::Hello(hello)).await?;
             reader.next().await.transpose()
         })
         .await
-        .map_err(|_| timeout("handshake", timeouts.handshake))?
+        .map_err(|_| timeout("handshake", options.handshake_timeout))?
         .map_err(protocol)?;
         let welcome = match answer {
             Some(Frame::Welcome(welcome)) => welcome,
@@ -195,6 +217,8 @@ impl ServerConnection {
             writer: tokio::sync::Mutex::new(writer),
             waiting,
             next_part_id: AtomicU64::new(0),
+            queued_nanos: AtomicU64::new(0),
+            part_timeout: options.part_timeout,
             reader,
         })
     }
@@ -209,8 +233,49 @@ impl ServerConnection {
         &self.welcome
     }
 
+    /// Whether the connection has failed; a failed connection fails every part at once.
+    pub fn is_broken(&self) -> bool {
+        self.waiting
+            .lock()
+            .expect("waiting lock poisoned")
+            .failed
+            .is_some()
+    }
+
     /// Sends `part` (its task and its data) and waits for the server's answer.
+    ///
+    /// Without a fixed part timeout, the part is given [`PART_TIMEOUT_BASE`] plus a
+    /// pessimistic compute time for itself and every part in flight before it on this
+    /// connection, since the server may compute those first.
     pub async fn run_part(&self, part: &Part) -> Result<PartReply, ServerError> {
+        let estimate = part
+            .task
+            .work_items()
+            .saturating_mul(PESSIMISTIC_NANOS_PER_ITEM);
+        let queued = self
+            .queued_nanos
+            .fetch_add(estimate, Ordering::Relaxed)
+            .saturating_add(estimate);
+        let timeout = self
+            .part_timeout
+            .unwrap_or(PART_TIMEOUT_BASE.saturating_add(Duration::from_nanos(queued)));
+        let outcome = tokio::time::timeout(timeout, self.send_and_wait(part)).await;
+        self.queued_nanos.fetch_sub(estimate, Ordering::Relaxed);
+        outcome.unwrap_or_else(|_| {
+            let error = ServerError::Timeout {
+                address: self.address.clone(),
+                what: "a part's result",
+                timeout,
+            };
+            // The part may have been cut off mid-send, and a server this late is not to
+            // be trusted with more: give up on the whole connection.
+            fail_all(&self.waiting, error.clone());
+            self.reader.abort();
+            Err(error)
+        })
+    }
+
+    async fn send_and_wait(&self, part: &Part) -> Result<PartReply, ServerError> {
         let part_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -220,14 +285,12 @@ impl ServerConnection {
             }
             waiting.parts.insert(part_id, reply_tx);
         }
+        let _forget_on_exit = ForgetWaiter {
+            waiting: &self.waiting,
+            part_id,
+        };
         let started = Instant::now();
-        self.send_part(part_id, part).await.inspect_err(|_| {
-            self.waiting
-                .lock()
-                .expect("waiting lock poisoned")
-                .parts
-                .remove(&part_id);
-        })?;
+        self.send_part(part_id, part).await?;
         let send = started.elapsed();
         let reply = reply_rx.await.unwrap_or_else(|_| {
             Err(ServerError::Closed {
@@ -324,9 +387,30 @@ async fn route_replies(
         };
         break ServerError::Closed { address, reason };
     };
+    fail_all(&waiting, failure);
+}
+
+/// Marks the connection failed: every part waiting on it, and every later one, gets
+/// `failure`.
+fn fail_all(waiting: &Mutex<Waiting>, failure: ServerError) {
     let mut waiting = waiting.lock().expect("waiting lock poisoned");
     for (_, waiter) in waiting.parts.drain() {
         let _ = waiter.send(Err(failure.clone()));
     }
-    waiting.failed = Some(failure);
+    waiting.failed.get_or_insert(failure);
+}
+
+/// Removes a part's waiter however its wait ends (answer, error or timeout), so a late
+/// reply finds no one and is dropped.
+struct ForgetWaiter<'a> {
+    waiting: &'a Mutex<Waiting>,
+    part_id: u64,
+}
+
+impl Drop for ForgetWaiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.parts.remove(&self.part_id);
+        }
+    }
 }

@@ -16,13 +16,16 @@ pub mod report;
 pub mod servers;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use pool_common::jobfile::JobFile;
+use pool_common::jobs::CancelFlag;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use connection::Timeouts;
+use connection::ConnectOptions;
+use dispatch::FaultPolicy;
 use report::{Mode, ModeRun, Report};
 use servers::LocalServers;
 
@@ -40,8 +43,9 @@ pub struct RunOptions {
     /// The `pool-client` executable, run as worker processes (`part`) and local servers
     /// (`serve`).
     pub exe: PathBuf,
-    /// Waits when talking to servers.
-    pub timeouts: Timeouts,
+    /// Set to stop the local modes' kernels (on Ctrl-C); the pool mode stops when its
+    /// future is dropped.
+    pub cancel: Arc<CancelFlag>,
 }
 
 /// Loads the job, runs each mode on the same parts, and checks every result against the
@@ -57,7 +61,9 @@ pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Rep
         bail!("no modes to run");
     }
 
-    // Servers first: a job file without servers should fail before any work is done.
+    // The job's data first (a CSV may be malformed), then the servers: every mistake in
+    // the job file shows before any server is started or contacted.
+    let job = job_file.load_job()?;
     let local_count = options.local_servers.or(if options.servers.is_some() {
         None
     } else {
@@ -85,42 +91,55 @@ pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Rep
         );
     };
 
-    let job = job_file.load_job()?;
     let parts = job.split(job_file.parts);
+    let cancelled = || anyhow::anyhow!("interrupted");
     let mut runs = Vec::new();
     let mut pool = None;
     for mode in modes {
         let run = match mode {
             Mode::Sequential => {
-                let parts = parts.clone();
-                let run = tokio::task::spawn_blocking(move || local::sequential(&parts)).await?;
-                mode_run(mode, 1, job_file.parts, run)
+                let (parts, cancel) = (parts.clone(), Arc::clone(&options.cancel));
+                let run =
+                    tokio::task::spawn_blocking(move || local::sequential(&parts, &cancel)).await?;
+                mode_run(mode, 1, job_file.parts, run.map_err(|_| cancelled())?)
             }
             Mode::Threaded => {
-                let parts = parts.clone();
-                let run = tokio::task::spawn_blocking(move || local::threaded(&parts)).await?;
-                mode_run(mode, job_file.parts, job_file.parts, run)
+                let (parts, cancel) = (parts.clone(), Arc::clone(&options.cancel));
+                let run =
+                    tokio::task::spawn_blocking(move || local::threaded(&parts, &cancel)).await?;
+                mode_run(
+                    mode,
+                    job_file.parts,
+                    job_file.parts,
+                    run.map_err(|_| cancelled())?,
+                )
             }
             Mode::MultiProcess => {
-                let (parts, exe) = (parts.clone(), options.exe.clone());
-                let run = tokio::task::spawn_blocking(move || local::multi_process(&parts, &exe))
-                    .await??;
+                let (parts, exe, cancel) = (
+                    parts.clone(),
+                    options.exe.clone(),
+                    Arc::clone(&options.cancel),
+                );
+                let run = tokio::task::spawn_blocking(move || {
+                    local::multi_process(&parts, &exe, &cancel)
+                })
+                .await??;
                 mode_run(mode, job_file.parts, job_file.parts, run)
             }
             Mode::Pool => {
-                let mut rng = match options.seed.or(job_file.seed) {
+                let rng = match options.seed.or(job_file.seed) {
                     Some(seed) => StdRng::seed_from_u64(seed),
                     None => rand::make_rng(),
                 };
-                let pool_run = dispatch::run_pool(
-                    &parts,
-                    &servers,
-                    job_file.placement,
-                    &mut rng,
-                    options.timeouts,
-                )
-                .await
-                .context("the pool mode failed")?;
+                let policy = FaultPolicy {
+                    max_attempts: job_file.client.max_attempts,
+                    fallback: job_file.client.fallback,
+                };
+                let connect = ConnectOptions::from_settings(&job_file.client);
+                let pool_run =
+                    dispatch::run_pool(&parts, &servers, job_file.placement, rng, &connect, policy)
+                        .await
+                        .context("the pool mode failed")?;
                 let run = ModeRun {
                     mode,
                     workers: pool_run.workers() as usize,

@@ -10,11 +10,13 @@
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use pool_common::codec::{read_frame_blocking, write_frame_blocking, Frame};
-use pool_common::jobs::{combine_all, compute_chunk, CancelFlag, Part, PartResult};
+use pool_common::jobs::{combine_all, compute_chunk, CancelFlag, Cancelled, Part, PartResult};
 use pool_common::protocol::{Reply, Request};
 
 /// The combined result of some parts and how long computing them took.
@@ -27,35 +29,34 @@ pub struct LocalRun {
 }
 
 /// Computes the parts one after another on this thread.
-pub fn sequential(parts: &[Part]) -> LocalRun {
-    let cancel = CancelFlag::new();
+pub fn sequential(parts: &[Part], cancel: &CancelFlag) -> Result<LocalRun, Cancelled> {
     let started = Instant::now();
-    let results: Vec<PartResult> = parts
+    let results = parts
         .iter()
-        .map(|part| part.compute(&cancel).expect("never cancelled"))
-        .collect();
-    finish(results, started)
+        .map(|part| part.compute(cancel))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(finish(results, started))
 }
 
 /// Computes each part on its own OS thread, all at once.
-pub fn threaded(parts: &[Part]) -> LocalRun {
-    let cancel = CancelFlag::new();
+pub fn threaded(parts: &[Part], cancel: &CancelFlag) -> Result<LocalRun, Cancelled> {
     let started = Instant::now();
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
-            .map(|part| scope.spawn(|| part.compute(&cancel).expect("never cancelled")))
+            .map(|part| scope.spawn(|| part.compute(cancel)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("a kernel thread panicked"))
-            .collect::<Vec<_>>()
-    });
-    finish(results, started)
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(finish(results, started))
 }
 
-/// Computes each part in its own child process (`exe part`), all at once.
-pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
+/// Computes each part in its own child process (`exe part`), all at once. If `cancel`
+/// is set meanwhile, the children are killed.
+pub fn multi_process(parts: &[Part], exe: &Path, cancel: &CancelFlag) -> anyhow::Result<LocalRun> {
     let started = Instant::now();
     let mut children = Vec::with_capacity(parts.len());
     for _ in parts {
@@ -68,15 +69,33 @@ pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
             .with_context(|| format!("cannot start {} as a worker process", exe.display()))?;
         children.push(child);
     }
+    let children = Mutex::new(children);
+    let all_answered = AtomicBool::new(false);
     // One thread per child feeds it and reads its answer, so no pipe fills up while
-    // another child is being served.
+    // another child is being served; one more watches for cancellation.
     let results = std::thread::scope(|scope| {
-        let handles: Vec<_> = children
-            .iter_mut()
+        scope.spawn(|| {
+            while !all_answered.load(Ordering::Relaxed) {
+                if cancel.is_cancelled() {
+                    for child in children.lock().expect("children lock poisoned").iter_mut() {
+                        let _ = child.kill();
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut pipes = Vec::new();
+        for child in children.lock().expect("children lock poisoned").iter_mut() {
+            pipes.push((
+                child.stdin.take().expect("piped"),
+                child.stdout.take().expect("piped"),
+            ));
+        }
+        let handles: Vec<_> = pipes
+            .into_iter()
             .zip(parts)
-            .map(|(child, part)| {
-                let stdin = child.stdin.take().expect("piped");
-                let stdout = child.stdout.take().expect("piped");
+            .map(|((stdin, stdout), part)| {
                 scope.spawn(move || -> anyhow::Result<PartResult> {
                     let mut input = BufWriter::new(stdin);
                     send_part(&mut input, part)?;
@@ -91,12 +110,17 @@ pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
                 })
             })
             .collect();
-        handles
+        let results = handles
             .into_iter()
             .map(|h| h.join().expect("a feeder thread panicked"))
-            .collect::<anyhow::Result<Vec<_>>>()
+            .collect::<anyhow::Result<Vec<_>>>();
+        all_answered.store(true, Ordering::Relaxed);
+        results
     });
-    for mut child in children {
+    if cancel.is_cancelled() {
+        bail!("interrupted");
+    }
+    for child in children.lock().expect("children lock poisoned").iter_mut() {
         let status = child.wait()?;
         if !status.success() {
             bail!("a worker process exited with {status}");

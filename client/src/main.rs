@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pool_client::connection::Timeouts;
 use pool_client::report::Mode;
 use pool_client::{local, run, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
+use pool_common::jobs::CancelFlag;
 use pool_server::cli::ServerArgs;
 
 /// Exit code for a bad job file or command line.
@@ -93,10 +95,13 @@ fn run_job(args: RunArgs) -> ExitCode {
         eprintln!("error: give a job file, e.g. pool-client examples/quickstart.toml (see --help)");
         return ExitCode::from(EXIT_USAGE);
     };
-    let job_file = match jobfile::read(&job_path) {
+    let mut job_file = match jobfile::read(&job_path) {
         Ok(job_file) => job_file,
         Err(e) => return usage_error(&e),
     };
+    if job_file.client.token.is_none() {
+        job_file.client.token = std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty());
+    }
     for server in args.servers.iter().flatten() {
         if let Err(message) = jobfile::check_address(server) {
             eprintln!("error: --servers: {message}");
@@ -113,7 +118,7 @@ fn run_job(args: RunArgs) -> ExitCode {
         local_servers: args.local,
         seed: args.seed,
         exe,
-        timeouts: Timeouts::default(),
+        cancel: Arc::new(CancelFlag::new()),
     };
     let runtime = match tokio_runtime() {
         Ok(runtime) => runtime,
@@ -125,8 +130,10 @@ fn run_job(args: RunArgs) -> ExitCode {
             _ = tokio::signal::ctrl_c() => None,
         }
     });
-    // Dropping the runtime drops the run: connections close, local servers stop.
-    drop(runtime);
+    // On Ctrl-C the run's future was dropped above: its connections are closed and its
+    // local servers stopped. The cancel flag stops local kernels and worker processes.
+    options.cancel.cancel();
+    runtime.shutdown_timeout(Duration::from_secs(2));
     let report = match outcome {
         None => {
             eprintln!("interrupted");

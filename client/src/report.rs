@@ -120,10 +120,24 @@ impl Report {
                     out,
                     "{:>4}  {:<22} {:>10} {:>11}",
                     part.part,
-                    part.server,
+                    part.computed_by.to_string(),
                     seconds(part.reply.compute),
                     seconds(part.reply.round_trip)
                 );
+            }
+            let retried: Vec<_> = pool.retried().collect();
+            if !retried.is_empty() {
+                let _ = writeln!(out, "\nretried parts:");
+                for part in retried {
+                    for failed in &part.failed_attempts {
+                        let _ = writeln!(
+                            out,
+                            "  part {} failed on {}: {}",
+                            part.part, failed.server, failed.error
+                        );
+                    }
+                    let _ = writeln!(out, "  part {} computed by {}", part.part, part.computed_by);
+                }
             }
         }
         let _ = writeln!(
@@ -180,11 +194,16 @@ impl Report {
                 "servers": pool.servers.iter().map(|s| json!({
                     "address": s.address,
                     "workers": s.workers,
-                    "connect_s": s.connect.as_secs_f64(),
+                    "connect_s": s.connect.map(|c| c.as_secs_f64()),
+                    "failure": s.failure,
                 })).collect::<Vec<_>>(),
                 "parts": pool.parts.iter().map(|p| json!({
                     "part": p.part,
-                    "server": p.server,
+                    "server": p.computed_by.to_string(),
+                    "failed_attempts": p.failed_attempts.iter().map(|f| json!({
+                        "server": f.server,
+                        "error": f.error,
+                    })).collect::<Vec<_>>(),
                     "send_s": p.reply.send.as_secs_f64(),
                     "compute_s": p.reply.compute.as_secs_f64(),
                     "round_trip_s": p.reply.round_trip.as_secs_f64(),

@@ -283,7 +283,10 @@ mod tests {
     #[test]
     fn every_frame_round_trips() {
         let frames = [
-            Frame::Hello(Hello { client: "c".into() }),
+            Frame::Hello(Hello {
+                client: "c".into(),
+                token: Some("t".into()),
+            }),
             Frame::Welcome(Welcome {
                 server: "s".into(),
                 workers: 3,

@@ -17,6 +17,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -46,6 +47,8 @@ pub struct JobFile {
     pub placement: Placement,
     /// What to compute.
     pub job: JobSpec,
+    /// How the client talks to servers and copes with their failures.
+    pub client: ClientSettings,
     /// Where `parts` was written, to point at it when it proves too large.
     parts_location: Location,
 }
@@ -61,6 +64,48 @@ pub enum Placement {
     /// Each part goes to a server drawn independently at random, as in the original
     /// paper: simple, but several parts may land on one server while another idles.
     Random,
+}
+
+/// How the client talks to servers and copes with their failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Time allowed for a TCP connection to be made (`connect_timeout`, seconds).
+    pub connect_timeout: Duration,
+    /// Time allowed for a server to answer the handshake (`handshake_timeout`).
+    pub handshake_timeout: Duration,
+    /// Time allowed for a part, from sending it to its result (`part_timeout`); `None`
+    /// derives it from the part's size and the work queued before it.
+    pub part_timeout: Option<Duration>,
+    /// Servers a part is tried on before it counts as failed (`max_attempts`).
+    pub max_attempts: u32,
+    /// What to do with parts no server could compute (`fallback`).
+    pub fallback: Fallback,
+    /// The shared secret for servers started with `--token` (`token`).
+    pub token: Option<String>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            part_timeout: None,
+            max_attempts: 3,
+            fallback: Fallback::None,
+            token: None,
+        }
+    }
+}
+
+/// What the client does with parts that every attempt failed to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// The job fails, naming each server and what happened to it. The default.
+    #[default]
+    None,
+    /// The client computes them itself, and says so.
+    Local,
 }
 
 /// The job a file describes, before its data is loaded.
@@ -134,6 +179,13 @@ struct RawJobFile {
     seed: Option<u64>,
     #[serde(default)]
     placement: Placement,
+    connect_timeout: Option<Spanned<f64>>,
+    handshake_timeout: Option<Spanned<f64>>,
+    part_timeout: Option<Spanned<f64>>,
+    max_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    fallback: Fallback,
+    token: Option<String>,
     job: Spanned<RawJob>,
 }
 
@@ -210,6 +262,41 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         }
     };
 
+    let seconds =
+        |value: &Option<Spanned<f64>>, key: &str| -> Result<Option<Duration>, JobFileError> {
+            let Some(value) = value else { return Ok(None) };
+            Duration::try_from_secs_f64(*value.get_ref())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(Some)
+                .ok_or_else(|| {
+                    error_at(
+                        Some(value.span()),
+                        format!("{key} must be a positive number of seconds"),
+                    )
+                })
+        };
+    let defaults = ClientSettings::default();
+    let client = ClientSettings {
+        connect_timeout: seconds(&raw.connect_timeout, "connect_timeout")?
+            .unwrap_or(defaults.connect_timeout),
+        handshake_timeout: seconds(&raw.handshake_timeout, "handshake_timeout")?
+            .unwrap_or(defaults.handshake_timeout),
+        part_timeout: seconds(&raw.part_timeout, "part_timeout")?,
+        max_attempts: match &raw.max_attempts {
+            None => defaults.max_attempts,
+            Some(n) if *n.get_ref() >= 1 => *n.get_ref(),
+            Some(n) => {
+                return Err(error_at(
+                    Some(n.span()),
+                    "max_attempts must be at least 1".into(),
+                ))
+            }
+        },
+        fallback: raw.fallback,
+        token: raw.token.filter(|t| !t.is_empty()),
+    };
+
     let job = parse_job(raw.job, base, &error_at)?;
     if let JobSpec::Loop { iterations } = job {
         if parts > iterations {
@@ -236,6 +323,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         seed: raw.seed,
         placement: raw.placement,
         job,
+        client,
         parts_location: location_of(text, raw.parts.span().start),
     })
 }
@@ -455,6 +543,20 @@ mod tests {
         assert_eq!(file.seed, Some(4));
         assert_eq!(file.placement, Placement::Shuffle);
         assert_eq!(file.job, JobSpec::Loop { iterations: 10 });
+        assert_eq!(file.client, ClientSettings::default());
+        let file = parse(
+            "parts = 1\nconnect_timeout = 0.5\npart_timeout = 60\nmax_attempts = 5\nfallback = \"local\"\n\
+             token = \"s3cret\"\n[job]\nkind = \"loop\"\niterations = 10\n",
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(file.client.connect_timeout, Duration::from_millis(500));
+        assert_eq!(file.client.part_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            (file.client.max_attempts, file.client.fallback),
+            (5, Fallback::Local)
+        );
+        assert_eq!(file.client.token.as_deref(), Some("s3cret"));
     }
 
     #[test]
@@ -492,6 +594,14 @@ mod tests {
         assert_eq!(
             error("parts = 2\n[job]\nkind = \"matrix-sum\"\nrows = 4294967296\ncols = 4294967296\n"),
             "job.toml:5:8: a 4294967296 x 4294967296 matrix of 8-byte integers is larger than the 32 GiB the client may hold"
+        );
+        assert_eq!(
+            error("parts = 2\npart_timeout = -1\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:2:16: part_timeout must be a positive number of seconds"
+        );
+        assert_eq!(
+            error("parts = 2\nfallback = \"remote\"\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:2:12: unknown variant `remote`, expected `none` or `local`"
         );
         assert_eq!(
             error("parts = 2\nservers = [\"nowhere\"]\n[job]\nkind = \"loop\"\niterations = 10\n"),

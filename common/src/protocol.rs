@@ -33,10 +33,22 @@ pub const DATA_CHUNK_BYTES: usize = 4 << 20;
 pub const MAX_FRAME_BYTES: usize = DATA_CHUNK_BYTES + 4096;
 
 /// What the client says after the magic and version when it connects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The client program and its version, for the server's log.
     pub client: String,
+    /// The shared secret, for servers started with `--token`.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Hello {
+    /// Never shows the token, so it cannot end up in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hello")
+            .field("client", &self.client)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// The server's acceptance of a handshake.

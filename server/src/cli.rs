@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{start, ServerConfig};
 
@@ -31,6 +31,24 @@ pub struct ServerArgs {
     /// Parts one connection may have in flight.
     #[arg(long, default_value_t = 1024)]
     pub max_parts_per_connection: usize,
+
+    /// Input bytes one part may ship (a matrix block); larger parts are refused.
+    #[arg(long, default_value_t = ServerConfig::default().max_part_bytes)]
+    pub max_part_bytes: u64,
+
+    /// Work items one part may declare (loop iterations, matrix elements); the
+    /// default is about half an hour of loop on one core.
+    #[arg(long, default_value_t = ServerConfig::default().max_part_work)]
+    pub max_part_work: u64,
+
+    /// Seconds a connection may stay silent while the server waits for it.
+    #[arg(long, default_value_t = ServerConfig::default().idle_timeout.as_secs())]
+    pub idle_timeout: u64,
+
+    /// A shared secret clients must send (job file key `token`, or POOL_TOKEN on the
+    /// client). Without it, anyone who can reach the port can use this machine's CPUs.
+    #[arg(long, env = "POOL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     /// Seconds that parts in flight get to finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
@@ -61,10 +79,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         workers: args.workers.unwrap_or(defaults.workers).max(1),
         max_connections: args.max_connections.max(1),
         max_parts_per_connection: args.max_parts_per_connection.max(1),
+        max_part_bytes: args.max_part_bytes,
+        max_part_work: args.max_part_work,
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        token: args.token.filter(|t| !t.is_empty()),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..defaults
     };
     let workers = config.workers;
+    let open_to_all = config.token.is_none();
     let server = start((args.bind.as_str(), args.port), config)
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
@@ -76,6 +99,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )?;
     stdout.flush()?;
     info!(addr = %server.local_addr(), workers, "listening");
+    if open_to_all && !server.local_addr().ip().is_loopback() {
+        warn!(
+            "no --token set and listening on {}: anyone who can reach this port can use this machine's CPUs",
+            server.local_addr()
+        );
+    }
 
     let stop = server.shutdown_token();
     if args.exit_with_stdin {

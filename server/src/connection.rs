@@ -37,7 +37,7 @@ pub enum ConnectionError {
     /// The peer did not complete the handshake in time.
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
-    /// The peer sent nothing for too long while no part of its was running.
+    /// The peer sent nothing (or read nothing) for too long while the server waited on it.
     #[error("idle for {0:?}")]
     Idle(Duration),
     /// The peer broke the protocol.
@@ -116,7 +116,9 @@ impl Connection {
             // Stop reading while many chunks wait for the executor: the client then
             // waits on TCP, and this connection's memory stays bounded.
             let can_read = self.computations.len() < max_pending_chunks;
-            let idle = self.parts.is_empty();
+            // With nothing computing, the server is waiting on the client (for a request,
+            // or for the rest of a part's data); silence then must not last forever.
+            let idle = self.computations.is_empty();
             tokio::select! {
                 frame = self.framed.next(), if can_read => match frame {
                     None => return Ok(()),
@@ -149,6 +151,18 @@ impl Connection {
             .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?;
         match first {
             Some(Ok(Frame::Hello(hello))) => {
+                if let Some(expected) = &self.shared.config.token {
+                    let presented = hello.token.as_deref().unwrap_or("");
+                    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+                        let reason = if hello.token.is_none() {
+                            "this server requires a token: set `token` in the job file or POOL_TOKEN"
+                        } else {
+                            "wrong token: check `token` in the job file or POOL_TOKEN"
+                        };
+                        let _ = self.framed.send(Frame::Refused(reason.into())).await;
+                        return Err(ConnectionError::Protocol(format!("refused: {reason}")));
+                    }
+                }
                 debug!(peer = %self.peer, client = %hello.client, "handshake");
                 let welcome = Welcome {
                     server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
@@ -213,6 +227,25 @@ impl Connection {
             ))
         } else if let Err(reason) = task.validate() {
             Some(RemoteError::new(ErrorCode::BadRequest, reason))
+        } else if input_bytes > config.max_part_bytes {
+            Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the part ships {input_bytes} bytes, over this server's limit of {} \
+                     (use more parts, or raise pool-server --max-part-bytes)",
+                    config.max_part_bytes
+                ),
+            ))
+        } else if task.work_items() > config.max_part_work {
+            Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the part declares {} work items, over this server's limit of {} \
+                     (use more parts, or raise pool-server --max-part-work)",
+                    task.work_items(),
+                    config.max_part_work
+                ),
+            ))
         } else if self.parts.len() >= config.max_parts_per_connection {
             Some(RemoteError::new(
                 ErrorCode::LimitExceeded,
@@ -364,8 +397,13 @@ impl Connection {
         .await
     }
 
+    /// Sends a reply, giving up (and so ending the connection) if the client does not
+    /// read it in time.
     async fn send(&mut self, reply: Reply) -> Result<(), ConnectionError> {
-        self.framed.send(Frame::Reply(reply)).await?;
+        let timeout = self.shared.config.idle_timeout;
+        tokio::time::timeout(timeout, self.framed.send(Frame::Reply(reply)))
+            .await
+            .map_err(|_| ConnectionError::Idle(timeout))??;
         Ok(())
     }
 
@@ -387,6 +425,17 @@ impl Drop for Connection {
     }
 }
 
+/// Compares two secrets in time that depends on their lengths only, not on where they
+/// first differ, so the token cannot be guessed byte by byte from response times.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let length_differs = a.len() != b.len();
+    let mut difference = 0u8;
+    for (i, expected) in b.iter().enumerate() {
+        difference |= expected ^ a.get(i).copied().unwrap_or(!expected);
+    }
+    !length_differs && difference == 0
+}
+
 fn frame_name(frame: &Frame) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
@@ -395,5 +444,19 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Request(_) => "Request",
         Frame::Reply(_) => "Reply",
         Frame::Data { .. } => "Data",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret1", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
     }
 }

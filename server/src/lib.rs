@@ -32,9 +32,16 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Parts one connection may have in flight.
     pub max_parts_per_connection: usize,
+    /// Input bytes one part may ship (a matrix block).
+    pub max_part_bytes: u64,
+    /// Work items one part may declare (loop iterations, matrix elements).
+    pub max_part_work: u64,
+    /// The shared secret clients must present, if any.
+    pub token: Option<String>,
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
-    /// Time a connection with no part in flight may stay silent.
+    /// Time a connection may stay silent while the server waits on it (no part
+    /// computing), and time a reply may take to be written.
     pub idle_timeout: Duration,
     /// On shutdown, how long parts in flight may take to finish.
     pub shutdown_grace: Duration,
@@ -46,6 +53,9 @@ impl Default for ServerConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_connections: 1024,
             max_parts_per_connection: 1024,
+            max_part_bytes: 1 << 30,
+            max_part_work: 1_000_000_000_000,
+            token: None,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),

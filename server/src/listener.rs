@@ -1,17 +1,20 @@
 //! The accept loop: one task per connection, a limit on connections, and graceful
 //! shutdown.
 //!
-//! The limit is a semaphore: the loop takes a permit before it accepts, so when
-//! `max_connections` clients are connected, further clients wait in the kernel's accept
-//! queue until one leaves. Shutdown is a [`CancellationToken`]: the loop stops
+//! The limit is a semaphore with `max_connections` permits: a connection accepted
+//! when none is left is told why in a handshake refusal and closed at once, so its
+//! client can report it (or try another server) instead of waiting. Shutdown is a [`CancellationToken`]: the loop stops
 //! accepting, every connection stops taking new parts and finishes the ones it has, and
 //! the server waits for them up to the grace period before the executor is stopped.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use futures::SinkExt;
+use pool_common::codec::{Frame, FrameCodec};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -24,10 +27,6 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let connections = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&limit).acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = shutdown.cancelled() => break,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
@@ -43,6 +42,17 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
             }
         };
         let _ = socket.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            let max = shared.config.max_connections;
+            warn!(%peer, max, "connection refused: at the connection limit");
+            connections.spawn(refuse(
+                socket,
+                format!(
+                    "the server is at its limit of {max} connections (raise it with pool-server --max-connections)"
+                ),
+            ));
+            continue;
+        };
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
@@ -73,4 +83,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
     // kernel ignores its cancel flag.
     let _ = tokio::task::spawn_blocking(move || executor_owner.executor.shutdown()).await;
     info!("server stopped");
+}
+
+/// Sends a handshake refusal and closes, within a second whatever the peer does.
+async fn refuse(socket: TcpStream, reason: String) {
+    let mut framed = Framed::new(socket, FrameCodec::new());
+    let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Frame::Refused(reason))).await;
 }

@@ -6,10 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pool_client::connection::Timeouts;
+use std::sync::Arc;
+
 use pool_client::report::Mode;
 use pool_client::RunOptions;
 use pool_common::jobfile::{self, JobFile};
+use pool_common::jobs::CancelFlag;
 use pool_server::{ServerConfig, ServerHandle};
 
 /// The pool-client binary built for these tests.
@@ -57,7 +59,7 @@ pub fn options(servers: Vec<String>) -> RunOptions {
         local_servers: None,
         seed: Some(1),
         exe: client_exe(),
-        timeouts: Timeouts::default(),
+        cancel: Arc::new(CancelFlag::new()),
     }
 }
 
