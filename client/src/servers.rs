@@ -73,11 +73,6 @@ impl LocalServers {
     pub fn addresses(&self) -> &[String] {
         &self.addresses
     }
-
-    /// The servers' process ids.
-    pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
 }
 
 impl Drop for LocalServers {
@@ -87,6 +82,42 @@ impl Drop for LocalServers {
         }
         for child in &mut self.children {
             let _ = child.wait();
+        }
+    }
+}
+
+/// Starts one server process on 127.0.0.1 with an OS-chosen port, by running
+/// `exe serve` with `extra_args`, and returns it with its address once it listens.
+///
+/// The server exits when its standard input closes, that is when the returned `Child`
+/// is dropped or this process dies, so it cannot outlive its parent.
+pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--exit-with-stdin",
+        ])
+        .args(extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start a local server from {}", exe.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    match read_listen_address(stdout) {
+        Ok(address) => Ok((child, address)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
         }
     }
 }

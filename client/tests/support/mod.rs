@@ -81,3 +81,86 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// A real server process (`pool-client serve`) on 127.0.0.1, killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+impl ServerProcess {
+    /// Starts a server process with these extra `serve` options.
+    pub fn start(extra_args: &[&str]) -> ServerProcess {
+        let (child, address) =
+            pool_client::servers::spawn_server(&client_exe(), extra_args).expect("start a server");
+        ServerProcess { child, address }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash or a power cut would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (e.g. "TERM") to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The process's peak and current resident memory in KiB (VmHWM, VmRSS).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .expect("memory field")
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A loopback address where nothing listens (a port that was free a moment ago).
+pub fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// The reference result of a job file's job, computed here with the threaded kernel.
+pub fn reference_result(job: &JobFile) -> pool_common::jobs::PartResult {
+    let parts = job.load_job().unwrap().split(job.parts);
+    pool_client::local::threaded(&parts, &CancelFlag::new())
+        .unwrap()
+        .result
+}
