@@ -1,0 +1,322 @@
+//! A server survives bad clients: garbage, wrong magic or version, oversized or
+//! truncated frames, undecodable messages, silence, disconnects mid-part, requests over
+//! its limits, wrong tokens and a thousand connections, while a normal job on the same
+//! server still gets the right result.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
+use pool_client::report::Mode;
+use pool_common::codec::{encode_frame, Frame};
+use pool_common::jobs::{LoopPart, Part, PartResult, PartTask};
+use pool_common::protocol::{Hello, Request, MAGIC, PROTOCOL_VERSION};
+use pool_server::ServerConfig;
+use support::{job_file, options, reference_result, ServerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A bound on every wait in these tests, so a bug shows as a failure, not a hang.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+fn connect_options() -> ConnectOptions {
+    ConnectOptions {
+        connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        part_timeout: None,
+        token: None,
+    }
+}
+
+fn frame(frame: &Frame) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_frame(frame, &mut buf).unwrap();
+    buf.to_vec()
+}
+
+fn hello() -> Vec<u8> {
+    frame(&Frame::Hello(Hello {
+        client: "test".into(),
+        token: None,
+    }))
+}
+
+/// A length-prefixed frame with an arbitrary body.
+fn raw_frame(body: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(body);
+    buf.to_vec()
+}
+
+/// Sends `bytes` and reads until the server closes the connection.
+async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
+    tokio::time::timeout(HANG_GUARD, async move {
+        let mut socket = TcpStream::connect(address).await.unwrap();
+        let _ = socket.write_all(&bytes).await;
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer).await;
+        answer
+    })
+    .await
+    .expect("the server must close a hostile connection")
+}
+
+fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
+    Part {
+        index,
+        task: PartTask::Loop(LoopPart { lo, hi }),
+        input: bytes::Bytes::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_closed_and_disturbs_no_other_client() {
+    let config = ServerConfig {
+        workers: 2,
+        handshake_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr();
+
+    // A normal job runs on the same server the whole time.
+    let job = job_file("parts = 4\n[job]\nkind = \"loop\"\niterations = 400_000_000\n");
+    let expected = reference_result(&job);
+    let mut normal = options(vec![address.to_string()]);
+    normal.modes = vec![Mode::Pool];
+    let running = tokio::spawn({
+        let job = job.clone();
+        async move { pool_client::run(&job, &normal).await }
+    });
+
+    let mut wrong_magic = hello();
+    wrong_magic[5..9].copy_from_slice(b"LOOP");
+    let mut wrong_version = hello();
+    wrong_version[9..11].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
+    let request = |task| frame(&Frame::Request(Request::RunPart { part_id: 1, task }));
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: pool\r\n\r\n".to_vec()),
+        ("wrong magic", wrong_magic),
+        ("wrong version", wrong_version),
+        (
+            "oversized length prefix",
+            vec![0xff, 0xff, 0xff, 0xff, b'H'],
+        ),
+        ("truncated frame", {
+            let mut bytes = raw_frame(&[b'H'; 100]);
+            bytes.truncate(20);
+            bytes
+        }),
+        (
+            "undecodable message",
+            [
+                hello(),
+                raw_frame(&[b'Q', 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            ]
+            .concat(),
+        ),
+        ("unknown tag", [hello(), raw_frame(b"Zzz")].concat()),
+        (
+            "data for no part",
+            [
+                hello(),
+                frame(&Frame::Data {
+                    part_id: 9,
+                    bytes: vec![0; 16].into(),
+                }),
+            ]
+            .concat(),
+        ),
+        (
+            "reversed loop range",
+            [hello(), request(PartTask::Loop(LoopPart { lo: 10, hi: 1 }))].concat(),
+        ),
+        ("a second hello", [hello(), hello()].concat()),
+        ("nothing at all", Vec::new()),
+        ("handshake then silence", hello()),
+    ];
+    for (name, bytes) in hostile {
+        let answer = send_and_read_to_close(address, bytes).await;
+        // Whatever the server said before closing, it was a proper frame or nothing.
+        assert!(answer.len() < 4096, "{name}: {} bytes back", answer.len());
+    }
+
+    let report = tokio::time::timeout(HANG_GUARD, running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.runs[0].result, expected);
+    // And the server still serves new clients.
+    let connection = ServerConnection::connect(&address.to_string(), &connect_options())
+        .await
+        .unwrap();
+    let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_part_frees_its_worker() {
+    let config = ServerConfig {
+        workers: 1,
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    {
+        // A part that would run for years, on the only worker; then the client leaves.
+        let connection = ServerConnection::connect(&address, &connect_options())
+            .await
+            .unwrap();
+        let forever = loop_part(0, 0, 1 << 60);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), connection.run_part(&forever)).await;
+    }
+    // The next client's part can only run if the worker was freed.
+    let connection = ServerConnection::connect(&address, &connect_options())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(HANG_GUARD, connection.run_part(&loop_part(0, 0, 1000)))
+        .await
+        .expect("the worker was not freed")
+        .unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_limit_name_the_limit_and_its_flag() {
+    let config = ServerConfig {
+        workers: 1,
+        max_part_bytes: 1024,
+        max_part_work: 1_000_000,
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    let connection = ServerConnection::connect(&address, &connect_options())
+        .await
+        .unwrap();
+
+    let error = connection
+        .run_part(&loop_part(0, 0, 2_000_000))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("--max-part-work"), "{error}");
+
+    let job = job_file("parts = 1\n[job]\nkind = \"matrix-sum\"\nrows = 100\ncols = 100\n");
+    let part = &job.load_job().unwrap().split(1)[0];
+    let error = connection.run_part(part).await.unwrap_err();
+    assert!(error.to_string().contains("--max-part-bytes"), "{error}");
+
+    // The refused part's data was read and dropped: the connection still works.
+    let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_is_refused_with_the_flag_named() {
+    let config = ServerConfig {
+        workers: 1,
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    let first = ServerConnection::connect(&address, &connect_options())
+        .await
+        .unwrap();
+    let Err(error) = ServerConnection::connect(&address, &connect_options()).await else {
+        panic!("a second connection was accepted");
+    };
+    assert!(matches!(error, ServerError::Refused { .. }), "{error}");
+    assert!(error.to_string().contains("--max-connections"), "{error}");
+    drop(first);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_set() {
+    let config = ServerConfig {
+        workers: 1,
+        token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    let with = |token: Option<&str>| ConnectOptions {
+        token: token.map(String::from),
+        ..connect_options()
+    };
+
+    let connection = ServerConnection::connect(&address, &with(Some("s3cret")))
+        .await
+        .unwrap();
+    assert!(connection.run_part(&loop_part(0, 0, 10)).await.is_ok());
+
+    let Err(wrong) = ServerConnection::connect(&address, &with(Some("guess"))).await else {
+        panic!("a wrong token was accepted");
+    };
+    assert!(wrong.to_string().contains("wrong token"), "{wrong}");
+
+    let Err(missing) = ServerConnection::connect(&address, &with(None)).await else {
+        panic!("a missing token was accepted");
+    };
+    assert!(
+        missing.to_string().contains("requires a token"),
+        "{missing}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let (_, rss_before) = server.memory_kib();
+
+    // 500 clients that connect, shake hands and then sit idle...
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        let mut socket = TcpStream::connect(&server.address).await.unwrap();
+        socket.write_all(&hello()).await.unwrap();
+        idle.push(socket);
+    }
+    // ...while 500 others each run a small part at the same time.
+    let active = futures::future::join_all((0..500u64).map(|i| {
+        let address = server.address.clone();
+        async move {
+            let connection = ServerConnection::connect(&address, &connect_options()).await?;
+            connection
+                .run_part(&loop_part(0, i * 1000, (i + 1) * 1000))
+                .await
+        }
+    }));
+    let replies = tokio::time::timeout(HANG_GUARD, active)
+        .await
+        .expect("parts completed");
+    let (peak, rss_with_idle) = server.memory_kib();
+    let mut total = 0u64;
+    for reply in replies {
+        let PartResult::Loop(sum) = reply.unwrap().result else {
+            panic!("wrong kind")
+        };
+        total = total.wrapping_add(sum);
+    }
+    let expected = pool_common::jobs::LoopPart { lo: 0, hi: 500_000 }
+        .compute(&pool_common::jobs::CancelFlag::new())
+        .unwrap();
+    assert_eq!(total, expected);
+
+    let per_idle = rss_with_idle.saturating_sub(rss_before) as f64 / 500.0;
+    println!("server RSS: {rss_before} KiB at start, {rss_with_idle} KiB with 500 idle connections (peak {peak} KiB); {per_idle:.1} KiB per idle connection");
+    // Bounded: each connection costs kilobytes, not megabytes.
+    assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
+    assert!(per_idle < 64.0, "{per_idle} KiB per idle connection");
+    drop(idle);
+}
