@@ -12,7 +12,7 @@ use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
 use pool_client::report::Mode;
 use pool_common::codec::{encode_frame, Frame};
 use pool_common::jobs::{LoopPart, Part, PartResult, PartTask};
-use pool_common::protocol::{Hello, Request, MAGIC, PROTOCOL_VERSION};
+use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{job_file, options, reference_result, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
