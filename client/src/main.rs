@@ -53,8 +53,8 @@ struct RunArgs {
     servers: Option<Vec<String>>,
 
     /// Start this many servers on 127.0.0.1 for the run instead (one worker each).
-    #[arg(long)]
-    local: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    local: Option<u16>,
 
     /// Modes to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Mode::ALL)]
@@ -115,7 +115,7 @@ fn run_job(args: RunArgs) -> ExitCode {
     let options = RunOptions {
         modes: args.modes,
         servers: args.servers,
-        local_servers: args.local,
+        local_servers: args.local.map(usize::from),
         seed: args.seed,
         exe,
         cancel: Arc::new(CancelFlag::new()),
