@@ -324,7 +324,7 @@ impl Pool<'_> {
                     })
                 }
                 Err(error) => {
-                    tracing::warn!(part = part.index, attempt, %error, "attempt failed");
+                    tracing::info!(part = part.index, attempt, %error, "attempt failed");
                     *self.slots[server]
                         .failure
                         .lock()
