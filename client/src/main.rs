@@ -79,12 +79,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Serve(args)) => {
-            pool_server::cli::init_logging();
+            pool_server::cli::init_logging("info");
             exit_on_error(tokio_runtime().and_then(|rt| rt.block_on(pool_server::cli::run(args))))
         }
         Some(Command::Part) => exit_on_error(local::worker_process_main()),
         None => {
-            init_client_logging();
+            pool_server::cli::init_logging("warn");
             run_job(cli.run)
         }
     }
@@ -165,15 +165,6 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn init_client_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn usage_error(error: &JobFileError) -> ExitCode {

@@ -43,28 +43,9 @@ impl LocalServers {
             addresses: Vec::with_capacity(count),
         };
         for _ in 0..count {
-            let mut child = Command::new(exe)
-                .args([
-                    "serve",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--exit-with-stdin",
-                ])
-                .args(["--workers", &workers.to_string()])
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-                )
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .with_context(|| format!("cannot start a local server from {}", exe.display()))?;
-            let stdout = child.stdout.take().expect("piped");
+            let (child, address) = spawn_server(exe, &["--workers", &workers.to_string()])?;
             servers.children.push(child);
-            servers.addresses.push(read_listen_address(stdout)?);
+            servers.addresses.push(address);
         }
         Ok(servers)
     }

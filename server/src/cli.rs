@@ -60,10 +60,11 @@ pub struct ServerArgs {
     pub exit_with_stdin: bool,
 }
 
-/// Sends logs to standard error; the level comes from `RUST_LOG` (default `info`).
-pub fn init_logging() {
+/// Sends logs to standard error; the level comes from `RUST_LOG`, else `default_level`
+/// (`info` for servers, `warn` for the client).
+pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -17,6 +17,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cli::init_logging();
+    cli::init_logging("info");
     cli::run(cli.server).await
 }
