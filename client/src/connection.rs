@@ -211,6 +211,16 @@ impl ServerConnection {
 
     /// Sends `part` (its task and its data) and waits for the server's answer.
     pub async fn run_part(&self, part: &Part) -> Result<PartReply, ServerError> {
+        self.run_part_with(part, || {}).await
+    }
+
+    /// [`ServerConnection::run_part`], calling `on_sent` once the part's last byte is
+    /// written (progress bars count bytes shipped with it).
+    pub async fn run_part_with(
+        &self,
+        part: &Part,
+        on_sent: impl FnOnce(),
+    ) -> Result<PartReply, ServerError> {
         let part_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -229,6 +239,7 @@ impl ServerConnection {
                 .remove(&part_id);
         })?;
         let send = started.elapsed();
+        on_sent();
         let reply = reply_rx.await.unwrap_or_else(|_| {
             Err(ServerError::Closed {
                 address: self.address.clone(),
@@ -262,6 +273,7 @@ impl ServerConnection {
                     error,
                 })
             }
+            Reply::Status(_) => unreachable!("the reader routes only part replies"),
         }
     }
 
@@ -303,10 +315,14 @@ async fn route_replies(
             Some(Ok(Frame::Reply(Reply::Closing { error }))) => {
                 break ServerError::Remote { address, error };
             }
+            // This connection never asks for a status, so a status reply is unexpected.
+            Some(Ok(Frame::Reply(Reply::Status(_)))) => {
+                "the server sent an unexpected status reply".to_string()
+            }
             Some(Ok(Frame::Reply(reply))) => {
                 let part_id = match &reply {
                     Reply::PartDone { part_id, .. } | Reply::PartFailed { part_id, .. } => *part_id,
-                    Reply::Closing { .. } => unreachable!("handled above"),
+                    Reply::Closing { .. } | Reply::Status(_) => unreachable!("handled above"),
                 };
                 let waiter = waiting
                     .lock()
