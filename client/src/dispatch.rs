@@ -13,7 +13,9 @@ use pool_common::jobs::{combine_all, Part, PartResult};
 use rand::rngs::StdRng;
 
 use crate::connection::{PartReply, ServerConnection, ServerError, Timeouts};
+use crate::progress::{placement_counts, NoProgress, PoolObserver};
 use crate::servers::place;
+use crate::wire;
 
 /// What happened to one part in the pool mode.
 #[derive(Debug, Clone)]
@@ -24,6 +26,12 @@ pub struct PartRecord {
     pub server: String,
     /// The server's answer and its timings.
     pub reply: PartReply,
+    /// When sending the part began, from the start of the pool run (client clock).
+    pub start: Duration,
+    /// Bytes sent for the part: its request and data frames.
+    pub bytes_sent: u64,
+    /// Bytes of the server's reply.
+    pub bytes_received: u64,
 }
 
 /// One server's share of a pool run.
@@ -65,7 +73,20 @@ pub async fn run_pool(
     rng: &mut StdRng,
     timeouts: Timeouts,
 ) -> Result<PoolRun, ServerError> {
+    run_pool_observed(parts, servers, placement, rng, timeouts, &NoProgress).await
+}
+
+/// [`run_pool`], telling `observer` where parts go and when each is sent and done.
+pub async fn run_pool_observed(
+    parts: &[Part],
+    servers: &[String],
+    placement: Placement,
+    rng: &mut StdRng,
+    timeouts: Timeouts,
+    observer: &dyn PoolObserver,
+) -> Result<PoolRun, ServerError> {
     let placed = place(parts.len(), servers.len(), placement, rng);
+    observer.placed(&placement_counts(servers, &placed));
     let started = Instant::now();
 
     let used: Vec<usize> = (0..servers.len()).filter(|s| placed.contains(s)).collect();
@@ -85,10 +106,21 @@ pub async fn run_pool(
 
     let records = try_join_all(parts.iter().zip(&placed).map(|(part, &server)| async move {
         let connection = connection_of(server);
-        let reply = connection.run_part(part).await?;
+        let start = started.elapsed();
+        let bytes = part.task.input_bytes().unwrap_or(0);
+        let reply = connection
+            .run_part_with(part, || observer.part_sent(connection.address(), bytes))
+            .await?;
+        observer.part_done(connection.address());
+        // Part ids are per connection; the part's index stands in for its id, which
+        // encodes to about the same size.
+        let id = part.index as u64;
         Ok::<_, ServerError>(PartRecord {
             part: part.index,
             server: connection.address().to_string(),
+            start,
+            bytes_sent: wire::request_bytes(id, part),
+            bytes_received: wire::reply_bytes(id, reply.result, reply.compute.as_nanos() as u64),
             reply,
         })
     }))

@@ -9,21 +9,31 @@
 //!
 //! [`run`] ties them together as the `pool-client` binary does.
 
+pub mod chart;
 pub mod connection;
 pub mod dispatch;
+pub mod environment;
 pub mod local;
+pub mod progress;
 pub mod report;
 pub mod servers;
+pub mod stats;
+pub mod status;
+pub mod wire;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pool_common::jobfile::JobFile;
+use pool_common::jobs::{Part, PartResult};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use connection::Timeouts;
-use report::{Mode, ModeRun, Report};
+use environment::Environment;
+use progress::Progress;
+use report::{Mode, ModeRun, Report, RunSettings};
 use servers::LocalServers;
 
 /// Everything a run needs besides the job file.
@@ -42,6 +52,27 @@ pub struct RunOptions {
     pub exe: PathBuf,
     /// Waits when talking to servers.
     pub timeouts: Timeouts,
+    /// Recorded runs of each mode (at least 1).
+    pub repeat: usize,
+    /// Unrecorded runs of each mode before the recorded ones (to warm caches, start
+    /// the servers' threads, and fault in memory).
+    pub warmup: usize,
+}
+
+impl RunOptions {
+    /// Options for every mode, once, with no warm-up, on the job file's servers.
+    pub fn new(exe: PathBuf) -> RunOptions {
+        RunOptions {
+            modes: Mode::ALL.to_vec(),
+            servers: None,
+            local_servers: None,
+            seed: None,
+            exe,
+            timeouts: Timeouts::default(),
+            repeat: 1,
+            warmup: 0,
+        }
+    }
 }
 
 /// Loads the job, runs each mode on the same parts, and checks every result against the
@@ -50,12 +81,23 @@ pub struct RunOptions {
 /// Fails if a mode fails; a mismatch is not a failure here but shows in the
 /// [`Report`] (see [`Report::all_match`]).
 pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Report> {
+    run_with_progress(job_file, options, &Progress::hidden()).await
+}
+
+/// [`run`], showing each mode's progress on `progress`.
+pub async fn run_with_progress(
+    job_file: &JobFile,
+    options: &RunOptions,
+    progress: &Progress,
+) -> anyhow::Result<Report> {
     let mut modes = options.modes.clone();
     modes.sort();
     modes.dedup();
     if modes.is_empty() {
         bail!("no modes to run");
     }
+    let repeat = options.repeat.max(1);
+    let environment = Environment::detect();
 
     // Servers first: a job file without servers should fail before any work is done.
     let local_count = options.local_servers.or(if options.servers.is_some() {
@@ -85,71 +127,110 @@ pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Rep
         );
     };
 
+    // Without a seed, draw one and record it: the JSON then says how to replay the
+    // same placement.
+    let placement_seed = options.seed.or(job_file.seed).unwrap_or_else(rand::random);
+    let mut rng = StdRng::seed_from_u64(placement_seed);
+
     let job = job_file.load_job()?;
     let parts = job.split(job_file.parts);
+    let input_bytes: u64 = parts
+        .iter()
+        .map(|p| p.task.input_bytes().unwrap_or(0))
+        .sum();
     let mut runs = Vec::new();
-    let mut pool = None;
+    let mut pool_runs = Vec::new();
     for mode in modes {
-        let run = match mode {
-            Mode::Sequential => {
-                let parts = parts.clone();
-                let run = tokio::task::spawn_blocking(move || local::sequential(&parts)).await?;
-                mode_run(mode, 1, job_file.parts, run)
-            }
-            Mode::Threaded => {
-                let parts = parts.clone();
-                let run = tokio::task::spawn_blocking(move || local::threaded(&parts)).await?;
-                mode_run(mode, job_file.parts, job_file.parts, run)
-            }
-            Mode::MultiProcess => {
-                let (parts, exe) = (parts.clone(), options.exe.clone());
-                let run = tokio::task::spawn_blocking(move || local::multi_process(&parts, &exe))
-                    .await??;
-                mode_run(mode, job_file.parts, job_file.parts, run)
-            }
-            Mode::Pool => {
-                let mut rng = match options.seed.or(job_file.seed) {
-                    Some(seed) => StdRng::seed_from_u64(seed),
-                    None => rand::make_rng(),
-                };
-                let pool_run = dispatch::run_pool(
-                    &parts,
-                    &servers,
-                    job_file.placement,
-                    &mut rng,
-                    options.timeouts,
+        let mut samples = Vec::with_capacity(repeat);
+        let mut results = Vec::with_capacity(repeat);
+        let mut workers = parts.len();
+        for attempt in 0..options.warmup + repeat {
+            let label = if attempt < options.warmup {
+                format!("{} warm-up {}/{}", mode.name(), attempt + 1, options.warmup)
+            } else {
+                format!(
+                    "{} run {}/{}",
+                    mode.name(),
+                    attempt - options.warmup + 1,
+                    repeat
                 )
-                .await
-                .context("the pool mode failed")?;
-                let run = ModeRun {
-                    mode,
-                    workers: pool_run.workers() as usize,
-                    parts: parts.len(),
-                    elapsed: pool_run.elapsed,
-                    result: pool_run.result,
-                };
-                pool = Some(pool_run);
-                run
+            };
+            let shipped = if mode == Mode::Pool { input_bytes } else { 0 };
+            let bars = progress.mode(&label, parts.len() as u64, shipped);
+            let (elapsed, result) = match mode {
+                Mode::Pool => {
+                    let pool_run = dispatch::run_pool_observed(
+                        &parts,
+                        &servers,
+                        job_file.placement,
+                        &mut rng,
+                        options.timeouts,
+                        &bars,
+                    )
+                    .await
+                    .context("the pool mode failed")?;
+                    workers = pool_run.workers() as usize;
+                    let outcome = (pool_run.elapsed, pool_run.result);
+                    if attempt >= options.warmup {
+                        pool_runs.push(pool_run);
+                    }
+                    outcome
+                }
+                local_mode => {
+                    if local_mode == Mode::Sequential {
+                        workers = 1;
+                    }
+                    run_local(local_mode, &parts, options, bars.parts_bar()).await?
+                }
+            };
+            drop(bars);
+            if attempt >= options.warmup {
+                samples.push(elapsed);
+                results.push(result);
             }
-        };
-        runs.push(run);
+        }
+        runs.push(ModeRun::new(mode, workers, parts.len(), samples, results));
     }
     drop(local_servers);
+    let pool = stats::median_index(&pool_runs.iter().map(|r| r.elapsed).collect::<Vec<_>>())
+        .map(|i| pool_runs[i].clone());
     Ok(Report {
         kind: job.kind().to_string(),
         job_file: job_file.path.display().to_string(),
         parts: parts.len(),
         runs,
         pool,
+        pool_runs,
+        environment,
+        settings: RunSettings {
+            repeat,
+            warmup: options.warmup,
+            placement_seed,
+            job_seeds: environment::job_seeds(job_file),
+            servers,
+            local_servers: local_count.filter(|_| options.modes.contains(&Mode::Pool)),
+            input_bytes,
+        },
     })
 }
 
-fn mode_run(mode: Mode, workers: usize, parts: usize, run: local::LocalRun) -> ModeRun {
-    ModeRun {
-        mode,
-        workers,
-        parts,
-        elapsed: run.elapsed,
-        result: run.result,
-    }
+/// Runs one local mode once, off the async threads.
+async fn run_local(
+    mode: Mode,
+    parts: &[Part],
+    options: &RunOptions,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<(Duration, PartResult)> {
+    let (parts, exe) = (parts.to_vec(), options.exe.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        let on_part_done = || bar.inc(1);
+        match mode {
+            Mode::Sequential => Ok(local::sequential(&parts, &on_part_done)),
+            Mode::Threaded => Ok(local::threaded(&parts, &on_part_done)),
+            Mode::MultiProcess => local::multi_process(&parts, &exe, &on_part_done),
+            Mode::Pool => unreachable!("the pool is not a local mode"),
+        }
+    })
+    .await??;
+    Ok((run.elapsed, run.result))
 }

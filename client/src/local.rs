@@ -26,25 +26,39 @@ pub struct LocalRun {
     pub elapsed: Duration,
 }
 
+/// Called once for each part computed, from whichever thread computed it (progress
+/// bars count parts with it).
+pub type OnPartDone<'a> = &'a (dyn Fn() + Sync);
+
 /// Computes the parts one after another on this thread.
-pub fn sequential(parts: &[Part]) -> LocalRun {
+pub fn sequential(parts: &[Part], on_part_done: OnPartDone) -> LocalRun {
     let cancel = CancelFlag::new();
     let started = Instant::now();
     let results: Vec<PartResult> = parts
         .iter()
-        .map(|part| part.compute(&cancel).expect("never cancelled"))
+        .map(|part| {
+            let result = part.compute(&cancel).expect("never cancelled");
+            on_part_done();
+            result
+        })
         .collect();
     finish(results, started)
 }
 
 /// Computes each part on its own OS thread, all at once.
-pub fn threaded(parts: &[Part]) -> LocalRun {
+pub fn threaded(parts: &[Part], on_part_done: OnPartDone) -> LocalRun {
     let cancel = CancelFlag::new();
     let started = Instant::now();
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
-            .map(|part| scope.spawn(|| part.compute(&cancel).expect("never cancelled")))
+            .map(|part| {
+                scope.spawn(|| {
+                    let result = part.compute(&cancel).expect("never cancelled");
+                    on_part_done();
+                    result
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -55,7 +69,11 @@ pub fn threaded(parts: &[Part]) -> LocalRun {
 }
 
 /// Computes each part in its own child process (`exe part`), all at once.
-pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
+pub fn multi_process(
+    parts: &[Part],
+    exe: &Path,
+    on_part_done: OnPartDone,
+) -> anyhow::Result<LocalRun> {
     let started = Instant::now();
     let mut children = Vec::with_capacity(parts.len());
     for _ in parts {
@@ -82,7 +100,10 @@ pub fn multi_process(parts: &[Part], exe: &Path) -> anyhow::Result<LocalRun> {
                     send_part(&mut input, part)?;
                     drop(input);
                     match read_frame_blocking(&mut BufReader::new(stdout))? {
-                        Some(Frame::Reply(Reply::PartDone { result, .. })) => Ok(result),
+                        Some(Frame::Reply(Reply::PartDone { result, .. })) => {
+                            on_part_done();
+                            Ok(result)
+                        }
                         other => Err(anyhow!(
                             "part {}: worker process answered {other:?}",
                             part.index

@@ -58,6 +58,8 @@ pub fn options(servers: Vec<String>) -> RunOptions {
         seed: Some(1),
         exe: client_exe(),
         timeouts: Timeouts::default(),
+        repeat: 1,
+        warmup: 0,
     }
 }
 
