@@ -18,6 +18,7 @@ use crate::report::{breakdown, Report};
 const WIDTH: u32 = 900;
 const MODES_HEIGHT: u32 = 420;
 const SERVERS_HEIGHT: u32 = 380;
+const FOOTER_HEIGHT: u32 = 24;
 
 /// Colours: distinguishable in print and by most colour-blind readers (Okabe-Ito).
 const BAR: RGBColor = RGBColor(0, 114, 178);
@@ -44,13 +45,28 @@ pub fn svg(report: &Report) -> Result<String, ChartError> {
         MODES_HEIGHT
     };
     {
-        let root = SVGBackend::with_string(&mut out, (WIDTH, height)).into_drawing_area();
+        let root =
+            SVGBackend::with_string(&mut out, (WIDTH, height + FOOTER_HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let (top, bottom) = root.split_vertically(MODES_HEIGHT);
+        let (panels, footer) = root.split_vertically(height);
+        let (top, bottom) = panels.split_vertically(MODES_HEIGHT);
         draw_modes(report, &top)?;
         if report.pool.is_some() {
             draw_servers(report, &bottom)?;
         }
+        // Where the numbers come from, so a chart pasted into a report carries it.
+        let env = &report.environment;
+        let footer_text = format!(
+            "pool {}, {} build, {} cores ({}), {}",
+            env.pool_version, env.build_profile, env.cores, env.cpu_model, report.job_file
+        );
+        footer
+            .draw_text(
+                &footer_text,
+                &("sans-serif", 12).into_font().color(&BLACK.mix(0.7)),
+                (15, 4),
+            )
+            .map_err(err)?;
         root.present().map_err(err)?;
     }
     Ok(out)

@@ -110,6 +110,17 @@ async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     }
     assert_eq!(report.pool_runs.len(), 3);
     assert!(report.all_match());
+    let table = report.table();
+    assert!(table.contains("3 runs per mode after 1 warm-up"), "{table}");
+    assert!(table.contains("min - max"), "{table}");
+    for address in addresses(&servers) {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&address) && l.ends_with(" 0")),
+            "no breakdown line for {address} in\n{table}"
+        );
+    }
 
     // The log has every part of every recorded run, and nothing of the warm-up.
     let log = report.part_log();
@@ -173,7 +184,7 @@ async fn the_chart_is_valid_svg_naming_every_mode_and_server() {
         .unwrap();
     let svg = pool_client::chart::svg(&report).unwrap();
     roxmltree::Document::parse(&svg).expect("well-formed XML");
-    assert!(svg.contains("threaded") && !svg.contains("pool"));
+    assert!(svg.contains("threaded") && !svg.contains("pool per server"));
     for server in servers {
         server.shutdown().await;
     }
