@@ -19,7 +19,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite};
 
 /// What went wrong with a server. Every message names the server.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,58 +152,14 @@ impl ServerConnection {
         address: &str,
         options: &ConnectOptions,
     ) -> Result<ServerConnection, ServerError> {
-        let timeout = |what, timeout| ServerError::Timeout {
-            address: address.to_string(),
-            what,
-            timeout,
-        };
-        let socket = tokio::time::timeout(options.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| timeout("connect", options.connect_timeout))?
-            .map_err(|e| ServerError::Connect {
-                address: address.to_string(),
-                reason: e.to_string(),
-            })?;
-        let _ = socket.set_nodelay(true);
-        let (read_half, write_half) = socket.into_split();
+        let (framed, welcome) = open(address, options, "").await?;
+        // Split the socket so replies are read while parts are written; bytes the
+        // handshake's reader already holds move along with it.
+        let parts = framed.into_parts();
+        let (read_half, write_half) = parts.io.into_split();
         let mut reader = FramedRead::new(read_half, FrameCodec::new());
-        let mut writer = FramedWrite::new(write_half, FrameCodec::new());
-
-        let protocol = |e: FrameError| ServerError::Protocol {
-            address: address.to_string(),
-            source: Arc::new(e),
-        };
-        let hello = Hello {
-            client: format!("pool-client {}", env!("CARGO_PKG_VERSION")),
-            token: options.token.clone(),
-        };
-        let answer = tokio::time::timeout(options.handshake_timeout, async {
-            writer.send(Frame::Hello(hello)).await?;
-            reader.next().await.transpose()
-        })
-        .await
-        .map_err(|_| timeout("handshake", options.handshake_timeout))?
-        .map_err(protocol)?;
-        let welcome = match answer {
-            Some(Frame::Welcome(welcome)) => welcome,
-            Some(Frame::Refused(reason)) => {
-                return Err(ServerError::Refused {
-                    address: address.to_string(),
-                    reason,
-                })
-            }
-            Some(_) => {
-                return Err(protocol(FrameError::Decode(
-                    "expected a handshake answer".into(),
-                )))
-            }
-            None => {
-                return Err(ServerError::Closed {
-                    address: address.to_string(),
-                    reason: "closed during the handshake".into(),
-                })
-            }
-        };
+        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let writer = FramedWrite::new(write_half, FrameCodec::new());
 
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let reader = tokio::spawn(route_replies(
@@ -248,6 +204,16 @@ impl ServerConnection {
     /// pessimistic compute time for itself and every part in flight before it on this
     /// connection, since the server may compute those first.
     pub async fn run_part(&self, part: &Part) -> Result<PartReply, ServerError> {
+        self.run_part_with(part, || {}).await
+    }
+
+    /// [`ServerConnection::run_part`], calling `on_sent` once the part's last byte is
+    /// written (progress bars count bytes shipped with it).
+    pub async fn run_part_with(
+        &self,
+        part: &Part,
+        on_sent: impl FnOnce(),
+    ) -> Result<PartReply, ServerError> {
         let estimate = part
             .task
             .work_items()
@@ -259,7 +225,7 @@ impl ServerConnection {
         let timeout = self
             .part_timeout
             .unwrap_or(PART_TIMEOUT_BASE.saturating_add(Duration::from_nanos(queued)));
-        let outcome = tokio::time::timeout(timeout, self.send_and_wait(part)).await;
+        let outcome = tokio::time::timeout(timeout, self.send_and_wait(part, on_sent)).await;
         self.queued_nanos.fetch_sub(estimate, Ordering::Relaxed);
         outcome.unwrap_or_else(|_| {
             let error = ServerError::Timeout {
@@ -275,7 +241,11 @@ impl ServerConnection {
         })
     }
 
-    async fn send_and_wait(&self, part: &Part) -> Result<PartReply, ServerError> {
+    async fn send_and_wait(
+        &self,
+        part: &Part,
+        on_sent: impl FnOnce(),
+    ) -> Result<PartReply, ServerError> {
         let part_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, reply_rx) = oneshot::channel();
         {
@@ -292,6 +262,7 @@ impl ServerConnection {
         let started = Instant::now();
         self.send_part(part_id, part).await?;
         let send = started.elapsed();
+        on_sent();
         let reply = reply_rx.await.unwrap_or_else(|_| {
             Err(ServerError::Closed {
                 address: self.address.clone(),
@@ -325,6 +296,7 @@ impl ServerConnection {
                     error,
                 })
             }
+            Reply::Status(_) => unreachable!("the reader routes only part replies"),
         }
     }
 
@@ -349,6 +321,58 @@ impl ServerConnection {
     }
 }
 
+/// Connects to `address` and completes the handshake, within the options' timeouts.
+/// `purpose` is appended to the client's name in the server's log (e.g. " (status)").
+pub async fn open(
+    address: &str,
+    options: &ConnectOptions,
+    purpose: &str,
+) -> Result<(Framed<TcpStream, FrameCodec>, Welcome), ServerError> {
+    let timeout = |what, timeout| ServerError::Timeout {
+        address: address.to_string(),
+        what,
+        timeout,
+    };
+    let socket = tokio::time::timeout(options.connect_timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| timeout("connect", options.connect_timeout))?
+        .map_err(|e| ServerError::Connect {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
+    let _ = socket.set_nodelay(true);
+    let mut framed = Framed::new(socket, FrameCodec::new());
+    let protocol = |e: FrameError| ServerError::Protocol {
+        address: address.to_string(),
+        source: Arc::new(e),
+    };
+    let hello = Hello {
+        client: format!("pool-client {}{purpose}", env!("CARGO_PKG_VERSION")),
+        token: options.token.clone(),
+    };
+    let answer = tokio::time::timeout(options.handshake_timeout, async {
+        framed.send(Frame::Hello(hello)).await?;
+        framed.next().await.transpose()
+    })
+    .await
+    .map_err(|_| timeout("handshake", options.handshake_timeout))?
+    .map_err(protocol)?;
+    match answer {
+        Some(Frame::Welcome(welcome)) => Ok((framed, welcome)),
+        Some(Frame::Refused(reason)) => Err(ServerError::Refused {
+            address: address.to_string(),
+            reason,
+        }),
+        Some(_) => Err(protocol(FrameError::Decode(
+            "expected a handshake answer".into(),
+        ))),
+        None => Err(ServerError::Closed {
+            address: address.to_string(),
+            reason: "closed during the handshake".into(),
+        }),
+    }
+}
+
 impl Drop for ServerConnection {
     fn drop(&mut self) {
         self.reader.abort();
@@ -366,10 +390,14 @@ async fn route_replies(
             Some(Ok(Frame::Reply(Reply::Closing { error }))) => {
                 break ServerError::Remote { address, error };
             }
+            // This connection never asks for a status, so a status reply is unexpected.
+            Some(Ok(Frame::Reply(Reply::Status(_)))) => {
+                "the server sent an unexpected status reply".to_string()
+            }
             Some(Ok(Frame::Reply(reply))) => {
                 let part_id = match &reply {
                     Reply::PartDone { part_id, .. } | Reply::PartFailed { part_id, .. } => *part_id,
-                    Reply::Closing { .. } => unreachable!("handled above"),
+                    Reply::Closing { .. } | Reply::Status(_) => unreachable!("handled above"),
                 };
                 let waiter = waiting
                     .lock()

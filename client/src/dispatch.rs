@@ -20,9 +20,12 @@ use pool_common::jobfile::{Fallback, Placement};
 use pool_common::jobs::{combine_all, CancelFlag, Part, PartResult};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
+use rand::SeedableRng;
 
 use crate::connection::{ConnectOptions, PartReply, ServerConnection, ServerError};
+use crate::progress::{placement_counts, NoProgress, PoolObserver};
 use crate::servers::place;
+use crate::wire;
 
 /// A failed attempt at a part.
 #[derive(Debug, Clone)]
@@ -62,6 +65,20 @@ pub struct PartRecord {
     pub reply: PartReply,
     /// The attempts that failed before the one that counted, in order.
     pub failed_attempts: Vec<FailedAttempt>,
+    /// When sending the part began on the attempt that counted, from the start of the
+    /// pool run (client clock).
+    pub start: Duration,
+    /// Bytes sent for the part on the attempt that counted: its request and data frames.
+    pub bytes_sent: u64,
+    /// Bytes of the server's reply.
+    pub bytes_received: u64,
+}
+
+impl PartRecord {
+    /// The number of the attempt that counted, from 1.
+    pub fn attempt(&self) -> usize {
+        self.failed_attempts.len() + 1
+    }
 }
 
 /// One server's share of a pool run.
@@ -149,19 +166,34 @@ pub async fn run_pool(
     parts: &[Part],
     servers: &[String],
     placement: Placement,
-    rng: StdRng,
+    rng: &mut StdRng,
     options: &ConnectOptions,
     policy: FaultPolicy,
 ) -> Result<PoolRun, PoolError> {
-    let mut rng = rng;
-    let placed = place(parts.len(), servers.len(), placement, &mut rng);
+    run_pool_observed(parts, servers, placement, rng, options, policy, &NoProgress).await
+}
+
+/// [`run_pool`], telling `observer` where parts go and when each is sent and done.
+pub async fn run_pool_observed(
+    parts: &[Part],
+    servers: &[String],
+    placement: Placement,
+    rng: &mut StdRng,
+    options: &ConnectOptions,
+    policy: FaultPolicy,
+    observer: &dyn PoolObserver,
+) -> Result<PoolRun, PoolError> {
+    let placed = place(parts.len(), servers.len(), placement, rng);
+    observer.placed(&placement_counts(servers, &placed));
+    let started = Instant::now();
     let pool = Pool {
         slots: servers.iter().map(|a| Slot::new(a)).collect(),
-        rng: Mutex::new(rng),
+        rng: Mutex::new(StdRng::from_rng(rng)),
         options,
         max_attempts: policy.max_attempts.max(1),
+        started,
+        observer,
     };
-    let started = Instant::now();
     let outcomes = join_all(
         parts
             .iter()
@@ -192,6 +224,7 @@ pub async fn run_pool(
             });
         }
         let fallback_parts: Vec<Part> = failed.iter().map(|(part, _)| (*part).clone()).collect();
+        let fallback_start = started.elapsed();
         let computed = tokio::task::spawn_blocking(move || compute_locally(&fallback_parts))
             .await
             .expect("local fallback computation panicked");
@@ -201,6 +234,9 @@ pub async fn run_pool(
                 computed_by: ComputedBy::LocalFallback,
                 reply,
                 failed_attempts,
+                start: fallback_start,
+                bytes_sent: 0,
+                bytes_received: 0,
             });
         }
         records.sort_by_key(|r| r.part);
@@ -298,9 +334,13 @@ impl Slot {
 
 struct Pool<'a> {
     slots: Vec<Slot>,
+    /// Draws the servers for retries.
     rng: Mutex<StdRng>,
     options: &'a ConnectOptions,
     max_attempts: u32,
+    /// When the pool run started, for each part's start offset.
+    started: Instant,
+    observer: &'a dyn PoolObserver,
 }
 
 impl Pool<'_> {
@@ -314,14 +354,27 @@ impl Pool<'_> {
         let mut server = first_server;
         let mut failed_attempts = Vec::new();
         for attempt in 1..=self.max_attempts {
+            let start = self.started.elapsed();
             match self.attempt(part, server).await {
                 Ok(reply) => {
+                    let address = &self.slots[server].address;
+                    self.observer.part_done(address);
+                    // Part ids are per connection; the part's index stands in for its
+                    // id, which encodes to about the same size.
+                    let id = part.index as u64;
                     return Ok(PartRecord {
                         part: part.index,
-                        computed_by: ComputedBy::Server(self.slots[server].address.clone()),
-                        reply,
+                        computed_by: ComputedBy::Server(address.clone()),
                         failed_attempts,
-                    })
+                        start,
+                        bytes_sent: wire::request_bytes(id, part),
+                        bytes_received: wire::reply_bytes(
+                            id,
+                            reply.result,
+                            reply.compute.as_nanos() as u64,
+                        ),
+                        reply,
+                    });
                 }
                 Err(error) => {
                     tracing::info!(part = part.index, attempt, %error, "attempt failed");
@@ -342,7 +395,12 @@ impl Pool<'_> {
 
     async fn attempt(&self, part: &Part, server: usize) -> Result<PartReply, ServerError> {
         let connection = self.connection(server).await?;
-        connection.run_part(part).await
+        let bytes = part.task.input_bytes().unwrap_or(0);
+        connection
+            .run_part_with(part, || {
+                self.observer.part_sent(connection.address(), bytes)
+            })
+            .await
     }
 
     /// The server's connection, opened (or reopened, if it broke) on demand. Parts

@@ -9,24 +9,33 @@
 //!
 //! [`run`] ties them together as the `pool-client` binary does.
 
+pub mod chart;
 pub mod connection;
 pub mod dispatch;
+pub mod environment;
 pub mod local;
+pub mod progress;
 pub mod report;
 pub mod servers;
+pub mod stats;
+pub mod status;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pool_common::jobfile::JobFile;
-use pool_common::jobs::CancelFlag;
+use pool_common::jobs::{CancelFlag, Part, PartResult};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use connection::ConnectOptions;
 use dispatch::FaultPolicy;
-use report::{Mode, ModeRun, Report};
+use environment::Environment;
+use progress::Progress;
+use report::{Mode, ModeRun, Report, RunSettings};
 use servers::LocalServers;
 
 /// Everything a run needs besides the job file.
@@ -46,6 +55,27 @@ pub struct RunOptions {
     /// Set to stop the local modes' kernels (on Ctrl-C); the pool mode stops when its
     /// future is dropped.
     pub cancel: Arc<CancelFlag>,
+    /// Recorded runs of each mode (at least 1).
+    pub repeat: usize,
+    /// Unrecorded runs of each mode before the recorded ones (to warm caches, start
+    /// the servers' threads, and fault in memory).
+    pub warmup: usize,
+}
+
+impl RunOptions {
+    /// Options for every mode, once, with no warm-up, on the job file's servers.
+    pub fn new(exe: PathBuf) -> RunOptions {
+        RunOptions {
+            modes: Mode::ALL.to_vec(),
+            servers: None,
+            local_servers: None,
+            seed: None,
+            exe,
+            cancel: Arc::new(CancelFlag::new()),
+            repeat: 1,
+            warmup: 0,
+        }
+    }
 }
 
 /// Loads the job, runs each mode on the same parts, and checks every result against the
@@ -54,12 +84,23 @@ pub struct RunOptions {
 /// Fails if a mode fails; a mismatch is not a failure here but shows in the
 /// [`Report`] (see [`Report::all_match`]).
 pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Report> {
+    run_with_progress(job_file, options, &Progress::hidden()).await
+}
+
+/// [`run`], showing each mode's progress on `progress`.
+pub async fn run_with_progress(
+    job_file: &JobFile,
+    options: &RunOptions,
+    progress: &Progress,
+) -> anyhow::Result<Report> {
     let mut modes = options.modes.clone();
     modes.sort();
     modes.dedup();
     if modes.is_empty() {
         bail!("no modes to run");
     }
+    let repeat = options.repeat.max(1);
+    let environment = Environment::detect();
 
     // The job's data first (a CSV may be malformed), then the servers: every mistake in
     // the job file shows before any server is started or contacted.
@@ -91,84 +132,122 @@ pub async fn run(job_file: &JobFile, options: &RunOptions) -> anyhow::Result<Rep
         );
     };
 
+    // Without a seed, draw one and record it: the JSON then says how to replay the
+    // same placement.
+    let placement_seed = options.seed.or(job_file.seed).unwrap_or_else(rand::random);
+    let mut rng = StdRng::seed_from_u64(placement_seed);
+    let policy = FaultPolicy {
+        max_attempts: job_file.client.max_attempts,
+        fallback: job_file.client.fallback,
+    };
+    let connect = ConnectOptions::from_settings(&job_file.client);
+
     let parts = job.split(job_file.parts);
-    let cancelled = || anyhow::anyhow!("interrupted");
+    let input_bytes: u64 = parts
+        .iter()
+        .map(|p| p.task.input_bytes().unwrap_or(0))
+        .sum();
     let mut runs = Vec::new();
-    let mut pool = None;
+    let mut pool_runs = Vec::new();
     for mode in modes {
-        let run = match mode {
-            Mode::Sequential => {
-                let (parts, cancel) = (parts.clone(), Arc::clone(&options.cancel));
-                let run =
-                    tokio::task::spawn_blocking(move || local::sequential(&parts, &cancel)).await?;
-                mode_run(mode, 1, job_file.parts, run.map_err(|_| cancelled())?)
-            }
-            Mode::Threaded => {
-                let (parts, cancel) = (parts.clone(), Arc::clone(&options.cancel));
-                let run =
-                    tokio::task::spawn_blocking(move || local::threaded(&parts, &cancel)).await?;
-                mode_run(
-                    mode,
-                    job_file.parts,
-                    job_file.parts,
-                    run.map_err(|_| cancelled())?,
+        let mut samples = Vec::with_capacity(repeat);
+        let mut results = Vec::with_capacity(repeat);
+        let mut workers = parts.len();
+        for attempt in 0..options.warmup + repeat {
+            let label = if attempt < options.warmup {
+                format!("{} warm-up {}/{}", mode.name(), attempt + 1, options.warmup)
+            } else {
+                format!(
+                    "{} run {}/{}",
+                    mode.name(),
+                    attempt - options.warmup + 1,
+                    repeat
                 )
+            };
+            let shipped = if mode == Mode::Pool { input_bytes } else { 0 };
+            let bars = progress.mode(&label, parts.len() as u64, shipped);
+            let (elapsed, result) = match mode {
+                Mode::Pool => {
+                    let pool_run = dispatch::run_pool_observed(
+                        &parts,
+                        &servers,
+                        job_file.placement,
+                        &mut rng,
+                        &connect,
+                        policy,
+                        &bars,
+                    )
+                    .await
+                    .context("the pool mode failed")?;
+                    workers = pool_run.workers() as usize;
+                    let outcome = (pool_run.elapsed, pool_run.result);
+                    if attempt >= options.warmup {
+                        pool_runs.push(pool_run);
+                    }
+                    outcome
+                }
+                local_mode => {
+                    if local_mode == Mode::Sequential {
+                        workers = 1;
+                    }
+                    run_local(local_mode, &parts, options, bars.parts_bar()).await?
+                }
+            };
+            drop(bars);
+            if attempt >= options.warmup {
+                samples.push(elapsed);
+                results.push(result);
             }
-            Mode::MultiProcess => {
-                let (parts, exe, cancel) = (
-                    parts.clone(),
-                    options.exe.clone(),
-                    Arc::clone(&options.cancel),
-                );
-                let run = tokio::task::spawn_blocking(move || {
-                    local::multi_process(&parts, &exe, &cancel)
-                })
-                .await??;
-                mode_run(mode, job_file.parts, job_file.parts, run)
-            }
-            Mode::Pool => {
-                let rng = match options.seed.or(job_file.seed) {
-                    Some(seed) => StdRng::seed_from_u64(seed),
-                    None => rand::make_rng(),
-                };
-                let policy = FaultPolicy {
-                    max_attempts: job_file.client.max_attempts,
-                    fallback: job_file.client.fallback,
-                };
-                let connect = ConnectOptions::from_settings(&job_file.client);
-                let pool_run =
-                    dispatch::run_pool(&parts, &servers, job_file.placement, rng, &connect, policy)
-                        .await
-                        .context("the pool mode failed")?;
-                let run = ModeRun {
-                    mode,
-                    workers: pool_run.workers() as usize,
-                    parts: parts.len(),
-                    elapsed: pool_run.elapsed,
-                    result: pool_run.result,
-                };
-                pool = Some(pool_run);
-                run
-            }
-        };
-        runs.push(run);
+        }
+        runs.push(ModeRun::new(mode, workers, parts.len(), samples, results));
     }
     drop(local_servers);
+    let pool = stats::median_index(&pool_runs.iter().map(|r| r.elapsed).collect::<Vec<_>>())
+        .map(|i| pool_runs[i].clone());
     Ok(Report {
         kind: job.kind().to_string(),
         job_file: job_file.path.display().to_string(),
         parts: parts.len(),
         runs,
         pool,
+        pool_runs,
+        environment,
+        settings: RunSettings {
+            repeat,
+            warmup: options.warmup,
+            placement_seed,
+            job_seeds: environment::job_seeds(job_file),
+            servers,
+            local_servers: local_count.filter(|_| options.modes.contains(&Mode::Pool)),
+            input_bytes,
+        },
     })
 }
 
-fn mode_run(mode: Mode, workers: usize, parts: usize, run: local::LocalRun) -> ModeRun {
-    ModeRun {
-        mode,
-        workers,
-        parts,
-        elapsed: run.elapsed,
-        result: run.result,
-    }
+/// Runs one local mode once, off the async threads.
+async fn run_local(
+    mode: Mode,
+    parts: &[Part],
+    options: &RunOptions,
+    bar: indicatif::ProgressBar,
+) -> anyhow::Result<(Duration, PartResult)> {
+    let (parts, exe, cancel) = (
+        parts.to_vec(),
+        options.exe.clone(),
+        Arc::clone(&options.cancel),
+    );
+    let run = tokio::task::spawn_blocking(move || {
+        let on_part_done = || bar.inc(1);
+        let interrupted = |_| anyhow::anyhow!("interrupted");
+        match mode {
+            Mode::Sequential => {
+                local::sequential(&parts, &cancel, &on_part_done).map_err(interrupted)
+            }
+            Mode::Threaded => local::threaded(&parts, &cancel, &on_part_done).map_err(interrupted),
+            Mode::MultiProcess => local::multi_process(&parts, &exe, &cancel, &on_part_done),
+            Mode::Pool => unreachable!("the pool is not a local mode"),
+        }
+    })
+    .await??;
+    Ok((run.elapsed, run.result))
 }

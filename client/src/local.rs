@@ -28,23 +28,45 @@ pub struct LocalRun {
     pub elapsed: Duration,
 }
 
+/// Called once for each part computed, from whichever thread computed it (progress
+/// bars count parts with it).
+pub type OnPartDone<'a> = &'a (dyn Fn() + Sync);
+
 /// Computes the parts one after another on this thread.
-pub fn sequential(parts: &[Part], cancel: &CancelFlag) -> Result<LocalRun, Cancelled> {
+pub fn sequential(
+    parts: &[Part],
+    cancel: &CancelFlag,
+    on_part_done: OnPartDone,
+) -> Result<LocalRun, Cancelled> {
     let started = Instant::now();
     let results = parts
         .iter()
-        .map(|part| part.compute(cancel))
+        .map(|part| {
+            let result = part.compute(cancel)?;
+            on_part_done();
+            Ok(result)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(finish(results, started))
 }
 
 /// Computes each part on its own OS thread, all at once.
-pub fn threaded(parts: &[Part], cancel: &CancelFlag) -> Result<LocalRun, Cancelled> {
+pub fn threaded(
+    parts: &[Part],
+    cancel: &CancelFlag,
+    on_part_done: OnPartDone,
+) -> Result<LocalRun, Cancelled> {
     let started = Instant::now();
     let results = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
-            .map(|part| scope.spawn(|| part.compute(cancel)))
+            .map(|part| {
+                scope.spawn(|| {
+                    let result = part.compute(cancel)?;
+                    on_part_done();
+                    Ok(result)
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -56,7 +78,12 @@ pub fn threaded(parts: &[Part], cancel: &CancelFlag) -> Result<LocalRun, Cancell
 
 /// Computes each part in its own child process (`exe part`), all at once. If `cancel`
 /// is set meanwhile, the children are killed.
-pub fn multi_process(parts: &[Part], exe: &Path, cancel: &CancelFlag) -> anyhow::Result<LocalRun> {
+pub fn multi_process(
+    parts: &[Part],
+    exe: &Path,
+    cancel: &CancelFlag,
+    on_part_done: OnPartDone,
+) -> anyhow::Result<LocalRun> {
     let started = Instant::now();
     let mut children = Vec::with_capacity(parts.len());
     for _ in parts {
@@ -101,7 +128,10 @@ pub fn multi_process(parts: &[Part], exe: &Path, cancel: &CancelFlag) -> anyhow:
                     send_part(&mut input, part)?;
                     drop(input);
                     match read_frame_blocking(&mut BufReader::new(stdout))? {
-                        Some(Frame::Reply(Reply::PartDone { result, .. })) => Ok(result),
+                        Some(Frame::Reply(Reply::PartDone { result, .. })) => {
+                            on_part_done();
+                            Ok(result)
+                        }
                         other => Err(anyhow!(
                             "part {}: worker process answered {other:?}",
                             part.index

@@ -1,17 +1,18 @@
 //! `pool-client`: runs a job file's parts on pool servers, beside local sequential,
 //! threaded and multi-process runs of the same parts, and prints the comparison.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use pool_client::connection::ConnectOptions;
+use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
-use pool_client::{local, run, RunOptions};
+use pool_client::{chart, environment, local, run_with_progress, status, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
-use pool_common::jobs::CancelFlag;
 use pool_server::cli::ServerArgs;
 
 /// Exit code for a bad job file or command line.
@@ -36,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Ask servers how they are doing: reachable or not, version, workers, parts
+    /// running and served, uptime, round-trip time. Exits 1 if any is unreachable.
+    Status(StatusArgs),
     /// Run a pool server: the same server as the pool-server program.
     Serve(ServerArgs),
     /// Compute one part read from standard input (the multi-process mode's worker).
@@ -60,17 +64,73 @@ struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Mode::ALL)]
     modes: Vec<Mode>,
 
-    /// Output: a table for people, or one JSON document for scripts.
+    /// Recorded runs of each mode; the table shows their median and range.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+
+    /// Unrecorded runs of each mode before the recorded ones (warm caches, started
+    /// threads, memory faulted in).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    warmup: u32,
+
+    /// Output: a table for people, one JSON document (with the machine and settings,
+    /// to reproduce and compare runs), or CSV with one line per mode.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 
-    /// Seed for the random choice of servers, instead of the job file's.
+    /// Write the output to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Write a per-part log of the pool mode to FILE: tab-separated, one line per part
+    /// and attempt of every recorded run (run, part, server, attempt, start_s,
+    /// duration_s, bytes_sent, bytes_received, status).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+
+    /// Draw the modes' times (with min-max whiskers) and the pool's per-server
+    /// breakdown as an SVG chart in FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    chart: Option<PathBuf>,
+
+    /// Seed for the random choice of servers, instead of the job file's (without
+    /// either, one is drawn and recorded in the JSON output).
     #[arg(long)]
     seed: Option<u64>,
+
+    /// No progress bars. (They are drawn on standard error, and only when standard
+    /// output is a terminal.)
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// A job file whose servers to ask (its `servers` or `servers_file`).
+    job: Option<PathBuf>,
+
+    /// Servers to ask, as host:port,host:port... (instead of a job file's).
+    #[arg(long, value_delimiter = ',')]
+    servers: Option<Vec<String>>,
+
+    /// Output: a table, or one JSON array with an object per server.
+    #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+    format: StatusFormat,
+
+    /// Seconds to wait for each server to connect and to answer.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
     Table,
     Json,
 }
@@ -83,6 +143,10 @@ fn main() -> ExitCode {
             exit_on_error(tokio_runtime().and_then(|rt| rt.block_on(pool_server::cli::run(args))))
         }
         Some(Command::Part) => exit_on_error(local::worker_process_main()),
+        Some(Command::Status(args)) => {
+            pool_server::cli::init_logging("warn");
+            run_status(args)
+        }
         None => {
             pool_server::cli::init_logging("warn");
             run_job(cli.run)
@@ -112,21 +176,29 @@ fn run_job(args: RunArgs) -> ExitCode {
         Ok(exe) => exe,
         Err(e) => return exit_on_error(Err(e)),
     };
+    if environment::build_profile() == "debug" {
+        eprintln!(
+            "warning: this pool-client is a debug build, so its timings mean little; \
+             build it with `cargo build --release` (or `cargo run --release -p pool-client -- ...`)"
+        );
+    }
     let options = RunOptions {
         modes: args.modes,
         servers: args.servers,
         local_servers: args.local.map(usize::from),
         seed: args.seed,
-        exe,
-        cancel: Arc::new(CancelFlag::new()),
+        repeat: args.repeat as usize,
+        warmup: args.warmup as usize,
+        ..RunOptions::new(exe)
     };
     let runtime = match tokio_runtime() {
         Ok(runtime) => runtime,
         Err(e) => return exit_on_error(Err(e)),
     };
+    let progress = Progress::new(!args.quiet && progress::stdout_is_terminal());
     let outcome = runtime.block_on(async {
         tokio::select! {
-            report = run(&job_file, &options) => Some(report),
+            report = run_with_progress(&job_file, &options, &progress) => Some(report),
             _ = tokio::signal::ctrl_c() => None,
         }
     });
@@ -134,6 +206,7 @@ fn run_job(args: RunArgs) -> ExitCode {
     // local servers stopped. The cancel flag stops local kernels and worker processes.
     options.cancel.cancel();
     runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(progress);
     let report = match outcome {
         None => {
             eprintln!("interrupted");
@@ -145,12 +218,25 @@ fn run_job(args: RunArgs) -> ExitCode {
         },
         Some(Ok(report)) => report,
     };
-    match args.format {
-        Format::Table => print!("{}", report.table()),
-        Format::Json => println!(
-            "{}",
+    let text = match args.format {
+        Format::Table => report.table(),
+        Format::Json => format!(
+            "{}\n",
             serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
         ),
+        Format::Csv => report.csv(),
+    };
+    let written = write_output(args.output.as_deref(), &text)
+        .and_then(|()| match &args.log {
+            Some(path) => write_file(path, &report.part_log()),
+            None => Ok(()),
+        })
+        .and_then(|()| match &args.chart {
+            Some(path) => write_file(path, &chart::svg(&report)?),
+            None => Ok(()),
+        });
+    if let Err(e) = written {
+        return exit_on_error(Err(e));
     }
     if report.all_match() {
         ExitCode::SUCCESS
@@ -158,6 +244,82 @@ fn run_job(args: RunArgs) -> ExitCode {
         eprintln!("error: the modes' results differ; this is a bug in pool, please report it");
         ExitCode::FAILURE
     }
+}
+
+fn run_status(args: StatusArgs) -> ExitCode {
+    let servers = match (&args.servers, &args.job) {
+        (Some(servers), _) => servers.clone(),
+        (None, Some(path)) => match jobfile::read(path) {
+            Ok(job_file) if !job_file.servers.is_empty() => job_file.servers,
+            Ok(_) => {
+                eprintln!(
+                    "error: {} names no running servers (`local = N` servers live only during a run): \
+                     give --servers host:port,...",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+            Err(e) => return usage_error(&e),
+        },
+        (None, None) => {
+            eprintln!(
+                "error: give a job file or --servers host:port,... (see pool-client status --help)"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for server in &servers {
+        if let Err(message) = jobfile::check_address(server) {
+            eprintln!("error: --servers: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let wait = Duration::from_secs_f64(args.timeout);
+    let options = ConnectOptions {
+        connect_timeout: wait,
+        handshake_timeout: wait,
+        part_timeout: None,
+        token: std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty()),
+    };
+    let runtime = match tokio_runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return exit_on_error(Err(e)),
+    };
+    let states = runtime.block_on(status::query_all(&servers, &options));
+    match args.format {
+        StatusFormat::Table => print!("{}", status::table(&states)),
+        StatusFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status::json(&states)).expect("JSON values serialize")
+        ),
+    }
+    if states.iter().all(|s| s.answer.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Writes the run's output to `path`, or to standard output without one.
+fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    match path {
+        Some(path) => write_file(path, text),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("cannot write to standard output")
+        }
+    }
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,4 +1,5 @@
-//! What a run prints: the comparison table, or one JSON document for scripts.
+//! What a run prints: the comparison table with the pool's per-server breakdown, one
+//! JSON document or CSV for scripts, and the per-part log.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use pool_common::jobs::PartResult;
 use serde_json::json;
 
-use crate::dispatch::PoolRun;
+use crate::dispatch::{ComputedBy, PartRecord, PoolRun};
+use crate::environment::Environment;
+use crate::stats::Summary;
 
 /// The ways to run the same parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -42,19 +45,137 @@ impl Mode {
     }
 }
 
-/// One mode's run.
+/// One mode's recorded runs.
 #[derive(Debug, Clone)]
 pub struct ModeRun {
     /// Which mode.
     pub mode: Mode,
     /// Threads, processes or server workers that computed at once.
     pub workers: usize,
-    /// Parts computed.
+    /// Parts computed per run.
     pub parts: usize,
-    /// Wall-clock time on the client's monotonic clock.
+    /// The median of the recorded runs' wall-clock times (client's monotonic clock).
     pub elapsed: Duration,
-    /// The combined result.
+    /// The combined result of the first recorded run.
     pub result: PartResult,
+    /// Whether every recorded run gave the same result.
+    pub consistent: bool,
+    /// Every recorded run's wall-clock time, in the order they ran.
+    pub samples: Vec<Duration>,
+    /// The samples summarised.
+    pub summary: Summary,
+}
+
+impl ModeRun {
+    /// Summarises recorded runs (`samples` and `results` side by side, at least one).
+    pub fn new(
+        mode: Mode,
+        workers: usize,
+        parts: usize,
+        samples: Vec<Duration>,
+        results: Vec<PartResult>,
+    ) -> ModeRun {
+        let summary = Summary::of(&samples).expect("a mode runs at least once");
+        ModeRun {
+            mode,
+            workers,
+            parts,
+            elapsed: summary.median,
+            result: results[0],
+            consistent: results.iter().all(|r| *r == results[0]),
+            samples,
+            summary,
+        }
+    }
+}
+
+/// How the run was made: what a rerun needs besides the job file.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Recorded runs per mode.
+    pub repeat: usize,
+    /// Unrecorded runs per mode before them.
+    pub warmup: usize,
+    /// The seed of the random placement of parts on servers (given, or drawn).
+    pub placement_seed: u64,
+    /// The job's own seeds (the generated matrix's), as JSON.
+    pub job_seeds: serde_json::Value,
+    /// The servers the pool mode used.
+    pub servers: Vec<String>,
+    /// How many servers were started on this machine for the run, if any.
+    pub local_servers: Option<usize>,
+    /// Input bytes of all parts together (shipped to servers in the pool mode).
+    pub input_bytes: u64,
+}
+
+/// One server's share of a pool run, summed over its parts: what explains why the
+/// pool is slower or faster than threads.
+#[derive(Debug, Clone)]
+pub struct ServerBreakdown {
+    /// The server's address.
+    pub address: String,
+    /// Its worker threads.
+    pub workers: u32,
+    /// Parts it computed.
+    pub parts: usize,
+    /// Time to connect and complete the handshake, if it ever did.
+    pub connect: Option<Duration>,
+    /// Time writing its parts' requests and data, summed over parts.
+    pub send: Duration,
+    /// Time computing, as the server measured it, summed over parts.
+    pub compute: Duration,
+    /// Round trips less sending and computing, summed over parts: waiting in the
+    /// server's queue behind its other parts, network latency, and receiving the reply.
+    /// The client cannot tell these apart without comparing two machines' clocks.
+    pub wait: Duration,
+    /// When its last answer arrived, from the start of the pool run: a server done
+    /// long before the others was idle while they worked.
+    pub done_at: Duration,
+    /// Attempts that failed on this server (their parts were resent elsewhere).
+    pub failed_attempts: usize,
+    /// The last failure seen on this server, if any.
+    pub failure: Option<String>,
+}
+
+/// Per-server breakdown of one pool run, in the order of its server list.
+pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
+    pool.servers
+        .iter()
+        .map(|server| {
+            let parts: Vec<_> = pool
+                .parts
+                .iter()
+                .filter(|p| p.computed_by == ComputedBy::Server(server.address.clone()))
+                .collect();
+            let sum = |f: &dyn Fn(&PartRecord) -> Duration| parts.iter().map(|p| f(p)).sum();
+            ServerBreakdown {
+                address: server.address.clone(),
+                workers: server.workers,
+                parts: parts.len(),
+                connect: server.connect,
+                send: sum(&|p| p.reply.send),
+                compute: sum(&|p| p.reply.compute),
+                wait: sum(&|p| {
+                    p.reply
+                        .round_trip
+                        .saturating_sub(p.reply.send)
+                        .saturating_sub(p.reply.compute)
+                }),
+                done_at: parts
+                    .iter()
+                    .map(|p| p.start + p.reply.round_trip)
+                    .max()
+                    .unwrap_or_default(),
+                failed_attempts: pool
+                    .parts
+                    .iter()
+                    .flat_map(|p| &p.failed_attempts)
+                    .filter(|f| f.server == server.address)
+                    .count(),
+                failure: server.failure.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Everything a run produced.
@@ -68,9 +189,19 @@ pub struct Report {
     pub parts: usize,
     /// Each mode that ran, in [`Mode::ALL`] order.
     pub runs: Vec<ModeRun>,
-    /// The pool mode's details, if it ran.
+    /// The pool mode's recorded run closest to its median, if the pool mode ran: the
+    /// one the table's part lines and breakdown describe.
     pub pool: Option<PoolRun>,
+    /// Every recorded pool run, in order (for the per-part log).
+    pub pool_runs: Vec<PoolRun>,
+    /// The machine and build.
+    pub environment: Environment,
+    /// How the run was made.
+    pub settings: RunSettings,
 }
+
+/// Part lines are left out of the table above this many parts (the log has them).
+const MAX_PART_LINES: usize = 24;
 
 impl Report {
     /// The result every mode is checked against: the sequential one, or else the first.
@@ -82,9 +213,13 @@ impl Report {
             .result
     }
 
-    /// Whether every mode's result equals the reference.
+    /// Whether every mode's result, on every recorded run, equals the reference.
     pub fn all_match(&self) -> bool {
-        self.runs.iter().all(|r| r.result == self.reference())
+        self.runs.iter().all(|r| self.matches(r))
+    }
+
+    fn matches(&self, run: &ModeRun) -> bool {
+        run.consistent && run.result == self.reference()
     }
 
     fn sequential_elapsed(&self) -> Option<Duration> {
@@ -94,36 +229,56 @@ impl Report {
             .map(|r| r.elapsed)
     }
 
-    fn label(&self, run: &ModeRun) -> String {
+    /// Sequential median over this mode's median, if the sequential mode ran.
+    pub fn speedup(&self, run: &ModeRun) -> Option<f64> {
+        self.sequential_elapsed()
+            .map(|s| s.as_secs_f64() / run.elapsed.as_secs_f64())
+    }
+
+    /// Speedup per worker: 1.0 when every worker was fully used.
+    pub fn efficiency(&self, run: &ModeRun) -> Option<f64> {
+        self.speedup(run).map(|s| s / run.workers.max(1) as f64)
+    }
+
+    /// The mode's name as the table, CSV and chart show it.
+    pub fn label(&self, run: &ModeRun) -> String {
         match (&self.pool, run.mode) {
             (Some(pool), Mode::Pool) => format!("pool ({} servers)", pool.servers.len()),
             _ => run.mode.name().to_string(),
         }
     }
 
-    /// The report as a human-readable table, with the pool's parts above it.
+    /// The report as a human-readable table: the pool's parts above it, the pool's
+    /// per-server breakdown under it.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let runs = match (self.settings.repeat, self.settings.warmup) {
+            (1, 0) => String::new(),
+            (n, 0) => format!(", {n} runs per mode"),
+            (n, k) => format!(", {n} runs per mode after {k} warm-up"),
+        };
         let _ = writeln!(
             out,
-            "job: {} ({}), {} parts",
+            "job: {} ({}), {} parts{runs}",
             self.kind, self.job_file, self.parts
         );
         if let Some(pool) = &self.pool {
-            let _ = writeln!(
-                out,
-                "\n{:>4}  {:<22} {:>10} {:>11}",
-                "part", "server", "compute", "round trip"
-            );
-            for part in &pool.parts {
+            if pool.parts.len() <= MAX_PART_LINES {
                 let _ = writeln!(
                     out,
-                    "{:>4}  {:<22} {:>10} {:>11}",
-                    part.part,
-                    part.computed_by.to_string(),
-                    seconds(part.reply.compute),
-                    seconds(part.reply.round_trip)
+                    "\n{:>4}  {:<22} {:>10} {:>11}",
+                    "part", "server", "compute", "round trip"
                 );
+                for part in &pool.parts {
+                    let _ = writeln!(
+                        out,
+                        "{:>4}  {:<22} {:>10} {:>11}",
+                        part.part,
+                        part.computed_by.to_string(),
+                        seconds(part.reply.compute),
+                        seconds(part.reply.round_trip)
+                    );
+                }
             }
             let retried: Vec<_> = pool.retried().collect();
             if !retried.is_empty() {
@@ -140,91 +295,243 @@ impl Report {
                 }
             }
         }
-        let _ = writeln!(
+        let repeated = self.settings.repeat > 1;
+        let elapsed_header = if repeated { "median" } else { "elapsed" };
+        let _ = write!(
             out,
-            "\n{:<18} {:>7} {:>6} {:>10} {:>8}  result",
-            "mode", "workers", "parts", "elapsed", "speedup"
+            "\n{:<18} {:>7} {:>6} {:>10}",
+            "mode", "workers", "parts", elapsed_header
         );
-        let reference = self.reference();
+        if repeated {
+            let _ = write!(out, " {:>21}", "min - max");
+        }
+        let _ = writeln!(out, " {:>8} {:>10}  result", "speedup", "efficiency");
         for run in &self.runs {
-            let speedup = self.sequential_elapsed().map_or("-".to_string(), |s| {
-                format!("{:.2}x", s.as_secs_f64() / run.elapsed.as_secs_f64())
-            });
-            let check = if run.result == reference {
-                "ok"
-            } else {
-                "MISMATCH"
-            };
-            let _ = writeln!(
+            let speedup = self
+                .speedup(run)
+                .map_or("-".to_string(), |s| format!("{s:.2}x"));
+            let efficiency = self
+                .efficiency(run)
+                .map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0));
+            let check = if self.matches(run) { "ok" } else { "MISMATCH" };
+            let _ = write!(
                 out,
-                "{:<18} {:>7} {:>6} {:>10} {:>8}  {check}",
+                "{:<18} {:>7} {:>6} {:>10}",
                 self.label(run),
                 run.workers,
                 run.parts,
                 seconds(run.elapsed),
-                speedup
             );
+            if repeated {
+                let range = format!(
+                    "{} - {}",
+                    seconds(run.summary.min),
+                    seconds(run.summary.max)
+                );
+                let _ = write!(out, " {range:>21}");
+            }
+            let _ = writeln!(out, " {speedup:>8} {efficiency:>10}  {check}");
         }
-        let _ = writeln!(out, "\nresult: {reference}");
+        if let Some(pool) = &self.pool {
+            let which = if repeated {
+                format!("the run closest to the median, {}", seconds(pool.elapsed))
+            } else {
+                seconds(pool.elapsed)
+            };
+            let _ = writeln!(out, "\npool per server ({which}):");
+            let _ = writeln!(
+                out,
+                "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                "server",
+                "workers",
+                "parts",
+                "connect",
+                "send",
+                "compute",
+                "wait",
+                "done at",
+                "failed"
+            );
+            for server in breakdown(pool) {
+                let _ = writeln!(
+                    out,
+                    "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                    server.address,
+                    server.workers,
+                    server.parts,
+                    server.connect.map_or("-".to_string(), seconds),
+                    seconds(server.send),
+                    seconds(server.compute),
+                    seconds(server.wait),
+                    seconds(server.done_at),
+                    server.failed_attempts
+                );
+            }
+        }
+        let _ = writeln!(out, "\nresult: {}", self.reference());
         out
     }
 
     /// The report as one JSON document. Results are strings: they may exceed 2^53.
     pub fn json(&self) -> serde_json::Value {
-        let sequential = self.sequential_elapsed();
-        let reference = self.reference();
         let modes: Vec<_> = self
             .runs
             .iter()
             .map(|run| {
+                let s = &run.summary;
                 json!({
                     "mode": run.mode.name(),
                     "label": self.label(run),
                     "workers": run.workers,
                     "parts": run.parts,
                     "elapsed_s": run.elapsed.as_secs_f64(),
-                    "speedup": sequential.map(|s| s.as_secs_f64() / run.elapsed.as_secs_f64()),
+                    "runs_s": run.samples.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                    "median_s": s.median.as_secs_f64(),
+                    "min_s": s.min.as_secs_f64(),
+                    "max_s": s.max.as_secs_f64(),
+                    "mean_s": s.mean.as_secs_f64(),
+                    "stddev_s": s.stddev.as_secs_f64(),
+                    "speedup": self.speedup(run),
+                    "efficiency": self.efficiency(run),
                     "result": run.result.to_string(),
-                    "ok": run.result == reference,
+                    "ok": self.matches(run),
                 })
             })
             .collect();
         let pool = self.pool.as_ref().map(|pool| {
             json!({
-                "servers": pool.servers.iter().map(|s| json!({
+                "elapsed_s": pool.elapsed.as_secs_f64(),
+                "servers": breakdown(pool).iter().map(|s| json!({
                     "address": s.address,
                     "workers": s.workers,
+                    "parts": s.parts,
                     "connect_s": s.connect.map(|c| c.as_secs_f64()),
+                    "send_s": s.send.as_secs_f64(),
+                    "compute_s": s.compute.as_secs_f64(),
+                    "wait_s": s.wait.as_secs_f64(),
+                    "done_at_s": s.done_at.as_secs_f64(),
+                    "failed_attempts": s.failed_attempts,
                     "failure": s.failure,
                 })).collect::<Vec<_>>(),
                 "parts": pool.parts.iter().map(|p| json!({
                     "part": p.part,
                     "server": p.computed_by.to_string(),
+                    "attempt": p.attempt(),
                     "failed_attempts": p.failed_attempts.iter().map(|f| json!({
                         "server": f.server,
                         "error": f.error,
                     })).collect::<Vec<_>>(),
+                    "start_s": p.start.as_secs_f64(),
                     "send_s": p.reply.send.as_secs_f64(),
                     "compute_s": p.reply.compute.as_secs_f64(),
                     "round_trip_s": p.reply.round_trip.as_secs_f64(),
+                    "bytes_sent": p.bytes_sent,
+                    "bytes_received": p.bytes_received,
                 })).collect::<Vec<_>>(),
             })
         });
+        let settings = &self.settings;
         json!({
             "job": self.kind,
             "job_file": self.job_file,
             "parts": self.parts,
-            "result": reference.to_string(),
+            "result": self.reference().to_string(),
             "ok": self.all_match(),
+            "environment": self.environment.json(),
+            "settings": {
+                "repeat": settings.repeat,
+                "warmup": settings.warmup,
+                "placement_seed": settings.placement_seed,
+                "job_seeds": settings.job_seeds,
+                "servers": settings.servers,
+                "local_servers": settings.local_servers,
+                "input_bytes": settings.input_bytes,
+            },
             "modes": modes,
             "pool": pool,
         })
+    }
+
+    /// The modes as CSV: a header line, then one line per mode. Times in seconds.
+    pub fn csv(&self) -> String {
+        let mut out = String::from(
+            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,efficiency,result,ok\n",
+        );
+        let number = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+        for run in &self.runs {
+            let s = &run.summary;
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                run.mode.name(),
+                csv_field(&self.label(run)),
+                run.workers,
+                run.parts,
+                s.runs,
+                s.median.as_secs_f64(),
+                s.min.as_secs_f64(),
+                s.max.as_secs_f64(),
+                s.mean.as_secs_f64(),
+                s.stddev.as_secs_f64(),
+                number(self.speedup(run)),
+                number(self.efficiency(run)),
+                run.result,
+                self.matches(run)
+            );
+        }
+        out
+    }
+
+    /// The per-part log of every recorded pool run, tab-separated like GNU parallel's
+    /// joblog: a header line, then one line per part and attempt.
+    pub fn part_log(&self) -> String {
+        let mut out = String::from(
+            "run\tpart\tserver\tattempt\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus\n",
+        );
+        for (run, pool) in self.pool_runs.iter().enumerate() {
+            for p in &pool.parts {
+                // Failed attempts keep only where and why, not their timings.
+                for (attempt, failed) in p.failed_attempts.iter().enumerate() {
+                    let status = failed.error.replace(['\t', '\n'], " ");
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t-\t-\t-\t-\tfailed: {status}",
+                        run + 1,
+                        p.part,
+                        failed.server,
+                        attempt + 1,
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\tok",
+                    run + 1,
+                    p.part,
+                    p.computed_by,
+                    p.attempt(),
+                    p.start.as_secs_f64(),
+                    p.reply.round_trip.as_secs_f64(),
+                    p.bytes_sent,
+                    p.bytes_received,
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Quotes a CSV field if it holds a comma, a quote or a line break (RFC 4180).
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
     }
 }
 
 /// A duration for a table: seconds with two decimals, or milliseconds or microseconds
 /// for short ones.
-fn seconds(d: Duration) -> String {
+pub fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s >= 1.0 {
         format!("{s:.2} s")
@@ -232,5 +539,17 @@ fn seconds(d: Duration) -> String {
         format!("{:.1} ms", s * 1e3)
     } else {
         format!("{:.0} µs", s * 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("pool (3 servers)"), "pool (3 servers)");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 }

@@ -307,6 +307,23 @@ mod tests {
     }
 
     #[test]
+    fn status_frames_round_trip() {
+        let frames = [
+            Frame::Request(Request::Status),
+            Frame::Reply(Reply::Status(crate::protocol::ServerStatus {
+                server: "pool-server 0.1.0".into(),
+                workers: 4,
+                parts_running: 2,
+                parts_served: 1 << 40,
+                uptime_nanos: u64::MAX,
+            })),
+        ];
+        for frame in frames {
+            assert_eq!(round_trip(frame.clone()), frame);
+        }
+    }
+
+    #[test]
     fn oversized_length_is_refused_before_allocating() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, b'Q'][..]);
         assert!(matches!(

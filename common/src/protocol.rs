@@ -71,6 +71,9 @@ pub enum Request {
         /// What to compute.
         task: PartTask,
     },
+    /// Ask how the server is doing; answered at once with [`Reply::Status`], without
+    /// waiting for the executor, so it works even while every worker is busy.
+    Status,
 }
 
 /// What a server answers to one part.
@@ -99,6 +102,23 @@ pub enum Reply {
         /// Why.
         error: RemoteError,
     },
+    /// The answer to [`Request::Status`].
+    Status(ServerStatus),
+}
+
+/// A server's state at one moment, for `pool-client status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The server program and its version.
+    pub server: String,
+    /// How many parts it computes at once (its `--workers`).
+    pub workers: u32,
+    /// Worker threads computing right now.
+    pub parts_running: u32,
+    /// Parts answered with a result since the server started.
+    pub parts_served: u64,
+    /// Time since the server started, in nanoseconds (a duration on its clock).
+    pub uptime_nanos: u64,
 }
 
 /// An error reported by a server, shown to the user by the client.

@@ -19,7 +19,9 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
 use pool_common::jobs::{compute_chunk, CancelFlag, Cancelled, PartResult, PartTask};
-use pool_common::protocol::{ErrorCode, RemoteError, Reply, Request, Welcome, PROTOCOL_VERSION};
+use pool_common::protocol::{
+    ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
+};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -196,6 +198,7 @@ impl Connection {
                 self.on_run_part(part_id, task, shutting_down).await
             }
             Frame::Data { part_id, bytes } => self.on_data(part_id, bytes),
+            Frame::Request(Request::Status) => self.send(Reply::Status(self.status())).await,
             other => Err(ConnectionError::Protocol(format!(
                 "unexpected {} frame",
                 frame_name(&other)
@@ -395,6 +398,20 @@ impl Connection {
             compute_nanos: state.compute.as_nanos().min(u64::MAX as u128) as u64,
         })
         .await
+    }
+
+    /// The answer to a status request: counters only, nothing that waits.
+    fn status(&self) -> ServerStatus {
+        let shared = &self.shared;
+        ServerStatus {
+            server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+            workers: shared.executor.workers() as u32,
+            parts_running: shared.executor.busy() as u32,
+            parts_served: shared
+                .parts_served
+                .load(std::sync::atomic::Ordering::Relaxed),
+            uptime_nanos: shared.started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+        }
     }
 
     /// Sends a reply, giving up (and so ending the connection) if the client does not

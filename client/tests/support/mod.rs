@@ -60,6 +60,8 @@ pub fn options(servers: Vec<String>) -> RunOptions {
         seed: Some(1),
         exe: client_exe(),
         cancel: Arc::new(CancelFlag::new()),
+        repeat: 1,
+        warmup: 0,
     }
 }
 
@@ -160,7 +162,7 @@ pub fn dead_address() -> String {
 /// The reference result of a job file's job, computed here with the threaded kernel.
 pub fn reference_result(job: &JobFile) -> pool_common::jobs::PartResult {
     let parts = job.load_job().unwrap().split(job.parts);
-    pool_client::local::threaded(&parts, &CancelFlag::new())
+    pool_client::local::threaded(&parts, &CancelFlag::new(), &|| {})
         .unwrap()
         .result
 }

@@ -1,0 +1,368 @@
+//! What people keep from a run: JSON and CSV that parse back to the run's numbers,
+//! repeated runs, the per-part log, the chart, `status`, and output free of progress
+//! bars when it is not a terminal.
+
+mod support;
+
+use std::time::Duration;
+
+use pool_client::connection::ConnectOptions;
+use pool_client::report::Mode;
+use support::{addresses, job_file, options, run_client, start_servers, stderr, stdout};
+
+/// A small loop job: quick in every mode, even in a debug build.
+const SMALL_LOOP: &str = "parts = 4\n[job]\nkind = \"loop\"\niterations = 400000\n";
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pool-reports-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
+    let servers = start_servers(2, 1).await;
+    let mut opts = options(addresses(&servers));
+    opts.repeat = 2;
+    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
+        .await
+        .unwrap();
+
+    // JSON: through text and back, as a script would read it.
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string_pretty(&report.json()).unwrap()).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["result"], report.reference().to_string());
+    assert_eq!(json["settings"]["repeat"], 2);
+    assert_eq!(json["settings"]["placement_seed"], 1);
+    assert_eq!(
+        json["settings"]["servers"],
+        serde_json::json!(addresses(&servers))
+    );
+    for key in ["cpu_model", "cores", "os", "build_profile", "pool_version"] {
+        assert!(!json["environment"][key].is_null(), "environment.{key}");
+    }
+    let modes = json["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), report.runs.len());
+    for (mode, run) in modes.iter().zip(&report.runs) {
+        assert_eq!(mode["mode"], run.mode.name());
+        assert_eq!(mode["workers"], run.workers);
+        let runs: Vec<f64> = mode["runs_s"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let expected: Vec<f64> = run.samples.iter().map(Duration::as_secs_f64).collect();
+        assert_eq!(runs, expected);
+        assert_eq!(mode["median_s"], run.summary.median.as_secs_f64());
+        assert_eq!(mode["stddev_s"], run.summary.stddev.as_secs_f64());
+        assert_eq!(mode["speedup"], report.speedup(run).unwrap());
+    }
+    let pool = &json["pool"];
+    assert_eq!(pool["parts"].as_array().unwrap().len(), 4);
+    let served: u64 = pool["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["parts"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 4);
+
+    // CSV: a header and one line per mode, numbers equal to the report's.
+    let csv = report.csv();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), report.runs.len());
+    for (row, run) in rows.iter().zip(&report.runs) {
+        assert_eq!(row.len(), header.len(), "{row:?}");
+        assert_eq!(row[column("mode")], run.mode.name());
+        assert_eq!(row[column("runs")], "2");
+        let median: f64 = row[column("median_s")].parse().unwrap();
+        assert_eq!(median, run.summary.median.as_secs_f64());
+        let min: f64 = row[column("min_s")].parse().unwrap();
+        let max: f64 = row[column("max_s")].parse().unwrap();
+        assert!(min <= median && median <= max);
+        assert_eq!(row[column("result")], report.reference().to_string());
+        assert_eq!(row[column("ok")], "true");
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
+    let servers = start_servers(2, 1).await;
+    let mut opts = options(addresses(&servers));
+    opts.repeat = 3;
+    opts.warmup = 1;
+    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.runs.len(), 4);
+    for run in &report.runs {
+        assert_eq!(run.samples.len(), 3, "{:?}", run.mode);
+        assert_eq!(run.summary.runs, 3);
+        assert!(run.summary.min <= run.elapsed && run.elapsed <= run.summary.max);
+    }
+    assert_eq!(report.pool_runs.len(), 3);
+    assert!(report.all_match());
+    let table = report.table();
+    assert!(table.contains("3 runs per mode after 1 warm-up"), "{table}");
+    assert!(table.contains("min - max"), "{table}");
+    for address in addresses(&servers) {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&address) && l.ends_with(" 0")),
+            "no breakdown line for {address} in\n{table}"
+        );
+    }
+
+    // The log has every part of every recorded run, and nothing of the warm-up.
+    let log = report.part_log();
+    let mut lines = log.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "run\tpart\tserver\tattempt\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 3 * 4);
+    for row in &rows {
+        assert_eq!(row.len(), 9);
+        assert!(addresses(&servers).contains(&row[2].to_string()));
+        assert_eq!(row[3], "1");
+        assert!(row[6].parse::<u64>().unwrap() > 0);
+        assert_eq!(row[8], "ok");
+    }
+
+    // The warm-up did run: the servers served 1 + 3 runs' parts.
+    let states = pool_client::status::query_all(
+        &addresses(&servers),
+        &ConnectOptions {
+            connect_timeout: std::time::Duration::from_secs(5),
+            handshake_timeout: std::time::Duration::from_secs(5),
+            ..ConnectOptions::default()
+        },
+    )
+    .await;
+    let served: u64 = states
+        .iter()
+        .map(|s| s.answer.as_ref().unwrap().0.parts_served)
+        .sum();
+    assert_eq!(served, 4 * 4);
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_is_valid_svg_naming_every_mode_and_server() {
+    let servers = start_servers(2, 1).await;
+    let report = pool_client::run(&job_file(SMALL_LOOP), &options(addresses(&servers)))
+        .await
+        .unwrap();
+    let svg = pool_client::chart::svg(&report).unwrap();
+    let document = roxmltree::Document::parse(&svg).expect("well-formed XML");
+    assert_eq!(document.root_element().tag_name().name(), "svg");
+    let text: String = document
+        .descendants()
+        .filter(|n| n.is_text())
+        .map(|n| n.text().unwrap().trim().to_string() + "\n")
+        .collect();
+    for run in &report.runs {
+        assert!(
+            text.contains(&report.label(run)),
+            "{} missing",
+            report.label(run)
+        );
+    }
+    for address in addresses(&servers) {
+        assert!(text.contains(&address), "{address} missing");
+    }
+
+    // Without the pool there is no server panel, and still a valid chart.
+    let mut opts = options(Vec::new());
+    opts.modes = vec![Mode::Sequential, Mode::Threaded];
+    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
+        .await
+        .unwrap();
+    let svg = pool_client::chart::svg(&report).unwrap();
+    roxmltree::Document::parse(&svg).expect("well-formed XML");
+    assert!(svg.contains("threaded") && !svg.contains("pool per server"));
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_live_servers_and_names_a_dead_one() {
+    let servers = start_servers(2, 3).await;
+    // A port that was just free: nothing listens there.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let mut list = addresses(&servers);
+    list.push(dead.clone());
+    let list = list.join(",");
+
+    let output = tokio::task::spawn_blocking({
+        let list = list.clone();
+        move || run_client(&["status", "--servers", &list, "--format", "json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let states = json.as_array().unwrap();
+    assert_eq!(states.len(), 3);
+    for (state, address) in states.iter().zip(addresses(&servers)) {
+        assert_eq!(state["address"], address.as_str());
+        assert_eq!(state["reachable"], true);
+        assert_eq!(state["workers"], 3);
+        assert_eq!(state["parts_running"], 0);
+        assert_eq!(state["parts_served"], 0);
+        assert!(state["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("pool-server "));
+        assert!(state["round_trip_s"].as_f64().unwrap() > 0.0);
+        assert!(state["uptime_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(states[2]["address"], dead.as_str());
+    assert_eq!(states[2]["reachable"], false);
+    assert!(states[2]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+
+    let output = tokio::task::spawn_blocking(move || run_client(&["status", "--servers", &list]))
+        .await
+        .unwrap();
+    let table = stdout(&output);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&dead) && l.contains("unreachable")),
+        "{table}"
+    );
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" up ")).count(),
+        2,
+        "{table}"
+    );
+
+    // Only live servers: exit 0.
+    let live = addresses(&servers).join(",");
+    let output = tokio::task::spawn_blocking(move || run_client(&["status", "--servers", &live]))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_is_not_a_terminal_has_no_progress_bars() {
+    let servers = start_servers(2, 1).await;
+    let dir = temp_dir("progress");
+    let job = dir.join("job.toml");
+    std::fs::write(&job, SMALL_LOOP).unwrap();
+    let list = addresses(&servers).join(",");
+    let (csv_path, log_path, chart_path) = (
+        dir.join("out.csv"),
+        dir.join("parts.tsv"),
+        dir.join("chart.svg"),
+    );
+    let args: Vec<String> = [
+        job.to_str().unwrap(),
+        "--servers",
+        &list,
+        "--repeat",
+        "2",
+        "--format",
+        "csv",
+        "--output",
+        csv_path.to_str().unwrap(),
+        "--log",
+        log_path.to_str().unwrap(),
+        "--chart",
+        chart_path.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Standard output and error are pipes here, as when piped into a file.
+    let output = tokio::task::spawn_blocking(move || {
+        run_client(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "", "--output takes the output");
+    for (name, text) in [("stdout", stdout(&output)), ("stderr", stderr(&output))] {
+        assert!(!text.contains('\r'), "{name}: {text:?}");
+        assert!(!text.contains('\u{1b}'), "{name}: {text:?}");
+        assert!(!text.contains("parts  "), "{name}: {text:?}");
+        assert!(!text.contains("run 1/2"), "{name}: {text:?}");
+    }
+    let csv = std::fs::read_to_string(&csv_path).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("mode,label,"));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(log.lines().count(), 1 + 2 * 4, "{log}");
+    let chart = std::fs::read_to_string(&chart_path).unwrap();
+    roxmltree::Document::parse(&chart).expect("well-formed SVG");
+
+    // The debug build warns that its timings mean little.
+    if cfg!(debug_assertions) {
+        assert!(
+            stderr(&output).contains("debug build"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[test]
+fn help_explains_every_option_and_version_works() {
+    let help = stdout(&run_client(&["--help"]));
+    for option in [
+        "--servers",
+        "--local",
+        "--modes",
+        "--repeat",
+        "--warmup",
+        "--format",
+        "--output",
+        "--log",
+        "--chart",
+        "--seed",
+        "--quiet",
+        "--version",
+        "status",
+        "serve",
+    ] {
+        assert!(help.contains(option), "{option} missing from\n{help}");
+    }
+    let help = stdout(&run_client(&["status", "--help"]));
+    for option in ["--servers", "--format", "--timeout"] {
+        assert!(help.contains(option), "{option} missing from\n{help}");
+    }
+    let version = run_client(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(
+        stdout(&version).trim(),
+        format!("pool-client {}", env!("CARGO_PKG_VERSION"))
+    );
+}
