@@ -193,13 +193,21 @@ pub fn write_frame_blocking(writer: &mut impl Write, frame: &Frame) -> Result<()
     Ok(())
 }
 
-/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of stream.
+/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of stream (one that
+/// ends before a frame's first byte).
 pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
+    // Only an end of stream before the first byte of a prefix is clean: one within the
+    // prefix is a truncated frame, as `FrameCodec` reports it at the end of a socket.
     let mut prefix = [0u8; 4];
-    match reader.read_exact(&mut prefix) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut filled = 0;
+    while filled < prefix.len() {
+        match reader.read(&mut prefix[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_FRAME_BYTES {
@@ -311,6 +319,25 @@ mod tests {
             Err(FrameError::Io(_))
         ));
         assert!(read_frame_blocking(&mut &[0xffu8, 0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn a_stream_ending_within_a_length_prefix_is_truncated_not_clean() {
+        // Found by the frame_decoder fuzz target: read_frame_blocking took 1 to 3 bytes
+        // of a prefix for a clean end of stream, where FrameCodec reports an error.
+        assert!(read_frame_blocking(&mut &[][..]).unwrap().is_none());
+        for len in 1..4 {
+            let stream = [0u8, 0, 0, 1];
+            assert!(
+                matches!(
+                    read_frame_blocking(&mut &stream[..len]),
+                    Err(FrameError::Truncated)
+                ),
+                "{len} bytes of a prefix"
+            );
+            let mut buf = BytesMut::from(&stream[..len]);
+            assert!(FrameCodec::new().decode_eof(&mut buf).is_err());
+        }
     }
 
     #[test]
