@@ -81,6 +81,9 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct FrameCodec {
     lengths: LengthDelimitedCodec,
+    /// Whether `lengths` has taken a frame's length prefix out of the buffer and waits
+    /// for its body: the buffer may then be empty in the middle of a frame.
+    in_frame: bool,
 }
 
 impl FrameCodec {
@@ -90,6 +93,7 @@ impl FrameCodec {
             lengths: LengthDelimitedCodec::builder()
                 .max_frame_length(MAX_FRAME_BYTES)
                 .new_codec(),
+            in_frame: false,
         }
     }
 }
@@ -105,9 +109,28 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let before = src.len();
         match self.lengths.decode(src)? {
-            Some(body) => decode_body(body.freeze()).map(Some),
-            None => Ok(None),
+            Some(body) => {
+                self.in_frame = false;
+                decode_body(body.freeze()).map(Some)
+            }
+            None => {
+                // Bytes taken without a frame to show for them are a length prefix.
+                self.in_frame |= src.len() < before;
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        // The default takes an empty buffer for a clean end of stream, but
+        // LengthDelimitedCodec removes a prefix from the buffer before the body arrives:
+        // a peer that sent a prefix and closed would look like one that closed cleanly.
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && !self.in_frame => Ok(None),
+            None => Err(FrameError::Truncated),
         }
     }
 }
@@ -338,6 +361,33 @@ mod tests {
             let mut buf = BytesMut::from(&stream[..len]);
             assert!(FrameCodec::new().decode_eof(&mut buf).is_err());
         }
+    }
+
+    #[test]
+    fn a_stream_ending_after_a_length_prefix_is_truncated_not_clean() {
+        // Found by the frame_decoder fuzz target: FrameCodec took a prefix announcing a
+        // body that never came for a clean end of stream, as the buffer was empty.
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::from(&[0u8, 0, 0x52, 8][..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame_blocking(&mut &[0u8, 0, 0x52, 8][..]),
+            Err(FrameError::Truncated)
+        ));
+        // After a whole frame, the end of the stream is clean again.
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        encode_frame(&Frame::Refused("no".into()), &mut buf).unwrap();
+        let (first, rest) = buf.split_at(3);
+        let mut buf = BytesMut::from(first);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(rest);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
     }
 
     #[test]
