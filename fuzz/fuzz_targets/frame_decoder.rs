@@ -187,7 +187,10 @@ fn check_round_trip(frame: &Frame) {
         .expect("an encoded frame decodes")
         .expect("an encoded frame is complete");
     assert!(encoded.is_empty(), "bytes left after an encoded frame");
-    assert_eq!(&again, frame, "a frame changed in an encode-decode round trip");
+    assert_eq!(
+        &again, frame,
+        "a frame changed in an encode-decode round trip"
+    );
     let mut second = BytesMut::new();
     encode_frame(&again, &mut second).expect("a round-tripped frame encodes");
     assert_eq!(second, first, "encoding is not stable");

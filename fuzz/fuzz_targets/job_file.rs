@@ -82,7 +82,10 @@ fn check_accepted(file: &jobfile::JobFile) {
             )
         }
         JobSpec::MatrixSum(MatrixSource::Generated { rows, cols, .. }) => {
-            assert!(*rows >= 1 && *cols >= 1, "accepted a {rows} x {cols} matrix");
+            assert!(
+                *rows >= 1 && *cols >= 1,
+                "accepted a {rows} x {cols} matrix"
+            );
             assert!(parts <= *rows, "accepted {parts} parts of {rows} rows");
             let bytes = u128::from(*rows) * u128::from(*cols) * 8;
             assert!(
