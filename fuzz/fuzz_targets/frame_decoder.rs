@@ -125,15 +125,15 @@ fn decode_with_codec(reads: &[&[u8]]) -> Outcome {
 
 /// A reader that returns the given reads one by one (short reads, as a pipe does).
 struct ShortReads<'a> {
-    reads: std::vec::IntoIter<&'a [u8]>,
+    reads: &'a [&'a [u8]],
     current: &'a [u8],
 }
 
 impl Read for ShortReads<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.reads.next() {
-                Some(next) => self.current = next,
+            match self.reads.split_first() {
+                Some((next, rest)) => (self.current, self.reads) = (next, rest),
                 None => return Ok(0),
             }
         }
@@ -147,7 +147,7 @@ impl Read for ShortReads<'_> {
 /// Reads frames with `read_frame_blocking` until a clean end or the first error.
 fn decode_blocking(reads: &[&[u8]]) -> Outcome {
     let mut reader = ShortReads {
-        reads: reads.to_vec().into_iter(),
+        reads,
         current: &[],
     };
     let mut frames = Vec::new();
