@@ -81,6 +81,9 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct FrameCodec {
     lengths: LengthDelimitedCodec,
+    /// Whether `lengths` has taken a frame's length prefix out of the buffer and waits
+    /// for its body: the buffer may then be empty in the middle of a frame.
+    in_frame: bool,
 }
 
 impl FrameCodec {
@@ -90,6 +93,7 @@ impl FrameCodec {
             lengths: LengthDelimitedCodec::builder()
                 .max_frame_length(MAX_FRAME_BYTES)
                 .new_codec(),
+            in_frame: false,
         }
     }
 }
@@ -105,9 +109,28 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let before = src.len();
         match self.lengths.decode(src)? {
-            Some(body) => decode_body(body.freeze()).map(Some),
-            None => Ok(None),
+            Some(body) => {
+                self.in_frame = false;
+                decode_body(body.freeze()).map(Some)
+            }
+            None => {
+                // Bytes taken without a frame to show for them are a length prefix.
+                self.in_frame |= src.len() < before;
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        // The default takes an empty buffer for a clean end of stream, but
+        // LengthDelimitedCodec removes a prefix from the buffer before the body arrives:
+        // a peer that sent a prefix and closed would look like one that closed cleanly.
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && !self.in_frame => Ok(None),
+            None => Err(FrameError::Truncated),
         }
     }
 }
@@ -193,13 +216,21 @@ pub fn write_frame_blocking(writer: &mut impl Write, frame: &Frame) -> Result<()
     Ok(())
 }
 
-/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of stream.
+/// Reads one frame from a blocking reader; `Ok(None)` at a clean end of stream (one that
+/// ends before a frame's first byte).
 pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, FrameError> {
+    // Only an end of stream before the first byte of a prefix is clean: one within the
+    // prefix is a truncated frame, as `FrameCodec` reports it at the end of a socket.
     let mut prefix = [0u8; 4];
-    match reader.read_exact(&mut prefix) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let mut filled = 0;
+    while filled < prefix.len() {
+        match reader.read(&mut prefix[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let len = u32::from_be_bytes(prefix) as usize;
     if len > MAX_FRAME_BYTES {
@@ -331,6 +362,52 @@ mod tests {
             Err(FrameError::Io(_))
         ));
         assert!(read_frame_blocking(&mut &[0xffu8, 0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn a_stream_ending_within_a_length_prefix_is_truncated_not_clean() {
+        // Found by the frame_decoder fuzz target: read_frame_blocking took 1 to 3 bytes
+        // of a prefix for a clean end of stream, where FrameCodec reports an error.
+        assert!(read_frame_blocking(&mut &[][..]).unwrap().is_none());
+        for len in 1..4 {
+            let stream = [0u8, 0, 0, 1];
+            assert!(
+                matches!(
+                    read_frame_blocking(&mut &stream[..len]),
+                    Err(FrameError::Truncated)
+                ),
+                "{len} bytes of a prefix"
+            );
+            let mut buf = BytesMut::from(&stream[..len]);
+            assert!(FrameCodec::new().decode_eof(&mut buf).is_err());
+        }
+    }
+
+    #[test]
+    fn a_stream_ending_after_a_length_prefix_is_truncated_not_clean() {
+        // Found by the frame_decoder fuzz target: FrameCodec took a prefix announcing a
+        // body that never came for a clean end of stream, as the buffer was empty.
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::from(&[0u8, 0, 0x52, 8][..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(matches!(
+            codec.decode_eof(&mut buf),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_frame_blocking(&mut &[0u8, 0, 0x52, 8][..]),
+            Err(FrameError::Truncated)
+        ));
+        // After a whole frame, the end of the stream is clean again.
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        encode_frame(&Frame::Refused("no".into()), &mut buf).unwrap();
+        let (first, rest) = buf.split_at(3);
+        let mut buf = BytesMut::from(first);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(rest);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(codec.decode_eof(&mut buf).unwrap().is_none());
     }
 
     #[test]
