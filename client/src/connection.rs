@@ -271,11 +271,11 @@ impl ServerConnection {
         })?;
         let round_trip = started.elapsed();
         match reply {
-            Reply::PartDone { result, .. } if !part.task.produces(&result) => {
+            Reply::PartDone { result, .. } if !part.task.could_produce(&result) => {
                 Err(ServerError::Protocol {
                     address: self.address.clone(),
                     source: Arc::new(FrameError::Decode(format!(
-                        "a result of the wrong kind for part {}",
+                        "a result part {} could not have produced (wrong kind or out of range)",
                         part.index
                     ))),
                 })

@@ -249,3 +249,65 @@ fn children_of(parent: u32) -> Vec<u32> {
     }
     children
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_server_is_caught_and_its_parts_computed_elsewhere() {
+    use pool_common::codec::{read_frame_blocking, write_frame_blocking, Frame};
+    use pool_common::protocol::{Reply, Request, Welcome};
+    // A server that answers every part with a sum no block could make.
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_address = liar.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for socket in liar.incoming() {
+            let Ok(mut socket) = socket else { return };
+            std::thread::spawn(move || {
+                let welcome = Frame::Welcome(Welcome {
+                    server: "liar".into(),
+                    workers: 1,
+                });
+                while let Ok(Some(frame)) = read_frame_blocking(&mut socket) {
+                    let answer = match frame {
+                        Frame::Hello(_) => welcome.clone(),
+                        Frame::Request(Request::RunPart { part_id, .. }) => {
+                            Frame::Reply(Reply::PartDone {
+                                part_id,
+                                result: pool_common::jobs::PartResult::MatrixSum(i128::MAX),
+                                compute_nanos: 1,
+                            })
+                        }
+                        _ => continue,
+                    };
+                    if write_frame_blocking(&mut socket, &answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let honest = ServerProcess::start(&["--workers", "1"]);
+    let job = job_file("parts = 4\nseed = 2\n[job]\nkind = \"matrix-sum\"\nrows = 40\ncols = 10\n");
+    let report = pool_client::run(
+        &job,
+        &pool_only(vec![liar_address.clone(), honest.address.clone()]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.runs[0].result, reference_result(&job));
+    let pool = report.pool.unwrap();
+    let retried: Vec<_> = pool.retried().collect();
+    assert_eq!(
+        retried.len(),
+        2,
+        "shuffle placement gives the liar two parts"
+    );
+    for part in retried {
+        assert_eq!(part.failed_attempts[0].server, liar_address);
+        assert!(
+            part.failed_attempts[0]
+                .error
+                .contains("could not have produced"),
+            "{:?}",
+            part
+        );
+    }
+}

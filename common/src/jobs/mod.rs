@@ -48,12 +48,13 @@ pub enum PartResult {
 impl PartResult {
     /// Combines two results of the same kind (of two parts, or two chunks of a part).
     ///
-    /// Returns `None` when the kinds differ, which only a confused peer can cause.
+    /// Returns `None` when the kinds differ or a matrix sum overflows `i128`, which only
+    /// a confused or hostile peer can cause (see [`PartTask::could_produce`]).
     pub fn combine(self, other: PartResult) -> Option<PartResult> {
         match (self, other) {
             (PartResult::Loop(a), PartResult::Loop(b)) => Some(PartResult::Loop(a.wrapping_add(b))),
             (PartResult::MatrixSum(a), PartResult::MatrixSum(b)) => {
-                Some(PartResult::MatrixSum(a + b))
+                a.checked_add(b).map(PartResult::MatrixSum)
             }
             _ => None,
         }
@@ -89,13 +90,18 @@ impl PartTask {
         }
     }
 
-    /// Whether `result` is of the kind this task produces (a peer could send another).
-    pub fn produces(&self, result: &PartResult) -> bool {
-        matches!(
-            (self, result),
-            (PartTask::Loop(_), PartResult::Loop(_))
-                | (PartTask::MatrixSum(_), PartResult::MatrixSum(_))
-        )
+    /// Whether this task could have produced `result`: the same kind, and for a matrix
+    /// block a sum no larger than its elements can make. A peer could send anything;
+    /// results that pass this check always combine without overflow.
+    pub fn could_produce(&self, result: &PartResult) -> bool {
+        match (self, result) {
+            (PartTask::Loop(_), PartResult::Loop(_)) => true,
+            (PartTask::MatrixSum(part), PartResult::MatrixSum(sum)) => {
+                let elements = part.rows.saturating_mul(part.cols) as i128;
+                *sum <= elements * i64::MAX as i128 && *sum >= elements * i64::MIN as i128
+            }
+            _ => false,
+        }
     }
 
     /// Checks that a data chunk of `len` bytes can belong to this task (whole elements).
@@ -277,6 +283,24 @@ fn even_range(total: u64, parts: usize, index: usize) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_out_of_a_part_s_reach_are_caught() {
+        let block = PartTask::MatrixSum(MatrixPart {
+            first_row: 0,
+            rows: 2,
+            cols: 3,
+        });
+        assert!(block.could_produce(&PartResult::MatrixSum(6 * i64::MAX as i128)));
+        assert!(block.could_produce(&PartResult::MatrixSum(6 * i64::MIN as i128)));
+        assert!(!block.could_produce(&PartResult::MatrixSum(6 * i64::MAX as i128 + 1)));
+        assert!(!block.could_produce(&PartResult::MatrixSum(i128::MAX)));
+        assert!(!block.could_produce(&PartResult::Loop(1)));
+        assert_eq!(
+            PartResult::MatrixSum(i128::MAX).combine(PartResult::MatrixSum(1)),
+            None
+        );
+    }
 
     #[test]
     fn ranges_cover_everything_once() {
