@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
 use pool_common::jobs::{compute_chunk, CancelFlag, Cancelled, PartResult, PartTask};
 use pool_common::protocol::{ErrorCode, RemoteError, Reply, Request, Welcome, PROTOCOL_VERSION};
@@ -135,6 +135,14 @@ impl Connection {
                 () = self.shared.force_stop.cancelled() => {
                     return Err(ConnectionError::Protocol("server stopped after the grace period".into()));
                 }
+            }
+            // Answer every computation already finished, then write all queued replies
+            // in one go: one write call for a burst of small parts, not one per part.
+            while let Some(Some(done)) = self.computations.next().now_or_never() {
+                self.on_computed(done).await?;
+            }
+            if !self.framed.write_buffer().is_empty() {
+                self.framed.flush().await?;
             }
             if shutting_down && self.parts.is_empty() {
                 return Ok(());
@@ -364,15 +372,19 @@ impl Connection {
         .await
     }
 
+    /// Queues a reply; the serve loop flushes once nothing else is ready.
     async fn send(&mut self, reply: Reply) -> Result<(), ConnectionError> {
-        self.framed.send(Frame::Reply(reply)).await?;
+        self.framed.feed(Frame::Reply(reply)).await?;
         Ok(())
     }
 
     /// Tells the client why the connection ends, then ends it.
     async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
         let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
-        let _ = self.send(Reply::Closing { error }).await;
+        let _ = self
+            .framed
+            .send(Frame::Reply(Reply::Closing { error }))
+            .await;
         Err(ConnectionError::Protocol(reason))
     }
 }
