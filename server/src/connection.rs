@@ -48,6 +48,8 @@ pub enum ConnectionError {
 /// A chunk computation finished on the executor.
 struct Computed {
     part_id: u64,
+    /// Whether the computation held a data chunk (counted against the read-ahead cap).
+    had_data: bool,
     outcome: Result<Result<PartResult, Cancelled>, WorkLost>,
     elapsed: Duration,
 }
@@ -78,6 +80,8 @@ pub struct Connection {
     shutdown: CancellationToken,
     parts: HashMap<u64, PartState>,
     computations: FuturesUnordered<futures::future::BoxFuture<'static, Computed>>,
+    /// Computations submitted with a data chunk and not yet finished.
+    data_chunks_pending: usize,
     parts_served: u64,
 }
 
@@ -96,6 +100,7 @@ impl Connection {
             shutdown,
             parts: HashMap::new(),
             computations: FuturesUnordered::new(),
+            data_chunks_pending: 0,
             parts_served: 0,
         }
     }
@@ -113,9 +118,12 @@ impl Connection {
         let max_pending_chunks = config.workers.max(2) * 2;
         let mut shutting_down = false;
         loop {
-            // Stop reading while many chunks wait for the executor: the client then
-            // waits on TCP, and this connection's memory stays bounded.
-            let can_read = self.computations.len() < max_pending_chunks;
+            // Stop reading while many data chunks wait for the executor: the client then
+            // waits on TCP, and this connection's memory stays bounded. Parts without
+            // data hold no buffer (their number is bounded by the parts limit), so they
+            // do not count: reading them ahead keeps the executor from idling between
+            // small parts.
+            let can_read = self.data_chunks_pending < max_pending_chunks;
             let idle = self.parts.is_empty();
             tokio::select! {
                 frame = self.framed.next(), if can_read => match frame {
@@ -290,6 +298,8 @@ impl Connection {
 
     /// Hands one chunk of a part to the executor.
     fn submit(&mut self, part_id: u64, state: &mut PartState, chunk: Bytes) {
+        let had_data = !chunk.is_empty();
+        self.data_chunks_pending += usize::from(had_data);
         let task = Arc::clone(&state.task);
         let cancel = Arc::clone(&state.cancel);
         let work = self.shared.executor.run(move || {
@@ -302,11 +312,13 @@ impl Connection {
             match work.await {
                 Ok((result, elapsed)) => Computed {
                     part_id,
+                    had_data,
                     outcome: Ok(result),
                     elapsed,
                 },
                 Err(lost) => Computed {
                     part_id,
+                    had_data,
                     outcome: Err(lost),
                     elapsed: Duration::ZERO,
                 },
@@ -315,6 +327,7 @@ impl Connection {
     }
 
     async fn on_computed(&mut self, done: Computed) -> Result<(), ConnectionError> {
+        self.data_chunks_pending -= usize::from(done.had_data);
         let Some(state) = self.parts.get_mut(&done.part_id) else {
             return Ok(()); // already answered with an error
         };
