@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use pool_common::codec::{Frame, FrameCodec, FrameError};
+use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
 use pool_common::jobs::{Part, PartResult};
 use pool_common::protocol::{Hello, RemoteError, Reply, Request, Welcome};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -77,8 +78,8 @@ pub enum ServerError {
 }
 
 /// What a connection needs besides the address: how long to wait for each step, and
-/// the token to present.
-#[derive(Clone, Default)]
+/// the token to present. The default is the job file's defaults.
+#[derive(Clone)]
 pub struct ConnectOptions {
     /// For the TCP connection to be made.
     pub connect_timeout: Duration,
@@ -100,6 +101,12 @@ impl ConnectOptions {
             part_timeout: settings.part_timeout,
             token: settings.token.clone(),
         }
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions::from_settings(&ClientSettings::default())
     }
 }
 
@@ -309,7 +316,11 @@ impl ServerConnection {
         let result = async {
             writer.feed(request).await?;
             for bytes in part.chunks() {
-                writer.feed(Frame::Data { part_id, bytes }).await?;
+                // The header goes through the codec's buffer; the bytes go from the
+                // job's memory straight to the socket, not copied into that buffer.
+                encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
+                writer.flush().await?;
+                writer.get_mut().write_all(&bytes).await?;
             }
             writer.flush().await
         }

@@ -178,6 +178,24 @@ pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError>
     Ok(())
 }
 
+/// Appends the length prefix and header of a data frame of `len` bytes for `part_id`,
+/// without the bytes: a sender writes them next, straight from its own buffer, instead
+/// of copying them into the frame (the bytes on the wire are those of
+/// [`encode_frame`] for the same [`Frame::Data`]).
+pub fn encode_data_header(part_id: u64, len: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
+    let body = 9 + len;
+    if body > MAX_FRAME_BYTES {
+        return Err(FrameError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("frame of {body} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
+        )));
+    }
+    dst.put_u32(body as u32);
+    dst.put_u8(b'D');
+    dst.put_u64_le(part_id);
+    Ok(())
+}
+
 /// Decodes one frame's body (the bytes after the length prefix).
 pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
     if body.is_empty() {
@@ -352,6 +370,25 @@ mod tests {
         for frame in frames {
             assert_eq!(round_trip(frame.clone()), frame);
         }
+    }
+
+    #[test]
+    fn a_data_header_and_its_bytes_make_the_data_frame() {
+        let bytes = Bytes::from_static(&[9, 8, 7, 6, 5, 4, 3, 2]);
+        let mut framed = BytesMut::new();
+        encode_frame(
+            &Frame::Data {
+                part_id: 3,
+                bytes: bytes.clone(),
+            },
+            &mut framed,
+        )
+        .unwrap();
+        let mut split = BytesMut::new();
+        encode_data_header(3, bytes.len(), &mut split).unwrap();
+        split.extend_from_slice(&bytes);
+        assert_eq!(split, framed);
+        assert!(encode_data_header(3, MAX_FRAME_BYTES, &mut BytesMut::new()).is_err());
     }
 
     #[test]

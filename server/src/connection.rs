@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
 use pool_common::jobs::{compute_chunk, CancelFlag, Cancelled, PartResult, PartTask};
 use pool_common::protocol::{
@@ -50,6 +50,8 @@ pub enum ConnectionError {
 /// A chunk computation finished on the executor.
 struct Computed {
     part_id: u64,
+    /// Whether the computation held a data chunk (counted against the read-ahead cap).
+    had_data: bool,
     outcome: Result<Result<PartResult, Cancelled>, WorkLost>,
     elapsed: Duration,
 }
@@ -80,6 +82,8 @@ pub struct Connection {
     shutdown: CancellationToken,
     parts: HashMap<u64, PartState>,
     computations: FuturesUnordered<futures::future::BoxFuture<'static, Computed>>,
+    /// Computations submitted with a data chunk and not yet finished.
+    data_chunks_pending: usize,
     parts_served: u64,
 }
 
@@ -98,6 +102,7 @@ impl Connection {
             shutdown,
             parts: HashMap::new(),
             computations: FuturesUnordered::new(),
+            data_chunks_pending: 0,
             parts_served: 0,
         }
     }
@@ -115,9 +120,12 @@ impl Connection {
         let max_pending_chunks = config.workers.max(2) * 2;
         let mut shutting_down = false;
         loop {
-            // Stop reading while many chunks wait for the executor: the client then
-            // waits on TCP, and this connection's memory stays bounded.
-            let can_read = self.computations.len() < max_pending_chunks;
+            // Stop reading while many data chunks wait for the executor: the client then
+            // waits on TCP, and this connection's memory stays bounded. Parts without
+            // data hold no buffer (their number is bounded by the parts limit), so they
+            // do not count: reading them ahead keeps the executor from idling between
+            // small parts.
+            let can_read = self.data_chunks_pending < max_pending_chunks;
             // With nothing computing, the server is waiting on the client (for a request,
             // or for the rest of a part's data); silence then must not last forever.
             let idle = self.computations.is_empty();
@@ -139,6 +147,16 @@ impl Connection {
                 () = self.shared.force_stop.cancelled() => {
                     return Err(ConnectionError::Protocol("server stopped after the grace period".into()));
                 }
+            }
+            // Answer every computation already finished, then write all queued replies
+            // in one go: one write call for a burst of small parts, not one per part.
+            while let Some(Some(done)) = self.computations.next().now_or_never() {
+                self.on_computed(done).await?;
+            }
+            if !self.framed.write_buffer().is_empty() {
+                tokio::time::timeout(idle_timeout, self.framed.flush())
+                    .await
+                    .map_err(|_| ConnectionError::Idle(idle_timeout))??;
             }
             if shutting_down && self.parts.is_empty() {
                 return Ok(());
@@ -318,6 +336,8 @@ impl Connection {
 
     /// Hands one chunk of a part to the executor.
     fn submit(&mut self, part_id: u64, state: &mut PartState, chunk: Bytes) {
+        let had_data = !chunk.is_empty();
+        self.data_chunks_pending += usize::from(had_data);
         let task = Arc::clone(&state.task);
         let cancel = Arc::clone(&state.cancel);
         let work = self.shared.executor.run(move || {
@@ -330,11 +350,13 @@ impl Connection {
             match work.await {
                 Ok((result, elapsed)) => Computed {
                     part_id,
+                    had_data,
                     outcome: Ok(result),
                     elapsed,
                 },
                 Err(lost) => Computed {
                     part_id,
+                    had_data,
                     outcome: Err(lost),
                     elapsed: Duration::ZERO,
                 },
@@ -343,6 +365,7 @@ impl Connection {
     }
 
     async fn on_computed(&mut self, done: Computed) -> Result<(), ConnectionError> {
+        self.data_chunks_pending -= usize::from(done.had_data);
         let Some(state) = self.parts.get_mut(&done.part_id) else {
             return Ok(()); // already answered with an error
         };
@@ -414,11 +437,11 @@ impl Connection {
         }
     }
 
-    /// Sends a reply, giving up (and so ending the connection) if the client does not
-    /// read it in time.
+    /// Queues a reply; the serve loop flushes once nothing else is ready. Both give up
+    /// (ending the connection) if the client does not read its replies in time.
     async fn send(&mut self, reply: Reply) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.idle_timeout;
-        tokio::time::timeout(timeout, self.framed.send(Frame::Reply(reply)))
+        tokio::time::timeout(timeout, self.framed.feed(Frame::Reply(reply)))
             .await
             .map_err(|_| ConnectionError::Idle(timeout))??;
         Ok(())
@@ -427,7 +450,10 @@ impl Connection {
     /// Tells the client why the connection ends, then ends it.
     async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
         let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
-        let _ = self.send(Reply::Closing { error }).await;
+        let _ = self
+            .framed
+            .send(Frame::Reply(Reply::Closing { error }))
+            .await;
         Err(ConnectionError::Protocol(reason))
     }
 }

@@ -62,12 +62,23 @@ pub fn check_chunk(len: usize) -> Result<(), String> {
 /// The sum of `bytes` read as little-endian `i64`s. `bytes.len()` must be a multiple of
 /// 8; a trailing partial element is ignored (servers refuse such chunks first).
 pub fn sum_le_i64(bytes: &[u8]) -> i128 {
-    // Summing 2^16 elements in i64 pairs (high and low halves) would be faster still,
-    // but i128 accumulation already runs at memory speed for blocks arriving over TCP.
-    bytes
-        .chunks_exact(ELEMENT_BYTES as usize)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8-byte chunk")) as i128)
-        .sum()
+    // Widening every element to i128 costs a carry chain per element (about 2.6 GB/s
+    // on one core here). Instead each element x is split as hi * 2^32 + lo, hi = x >> 32
+    // (signed, 32 bits) and lo = the low 32 bits (unsigned): sums of up to 2^31 of
+    // either fit in 64 bits, they are plain 64-bit adds that vectorise, and the i128
+    // widening happens once per block.
+    const BLOCK_ELEMENTS: usize = 1 << 24;
+    let mut total = 0i128;
+    for block in bytes.chunks(BLOCK_ELEMENTS * ELEMENT_BYTES as usize) {
+        let (mut hi, mut lo) = (0i64, 0u64);
+        for b in block.chunks_exact(ELEMENT_BYTES as usize) {
+            let x = i64::from_le_bytes(b.try_into().expect("8-byte chunk"));
+            hi += x >> 32;
+            lo += x as u64 & 0xffff_ffff;
+        }
+        total += ((hi as i128) << 32) + lo as i128;
+    }
+    total
 }
 
 /// A matrix in memory, row-major, as little-endian `i64` bytes.
@@ -263,6 +274,27 @@ mod tests {
             Matrix::parse_csv("\n# only\n", "m.csv"),
             Err(CsvError::Empty { .. })
         ));
+    }
+
+    #[test]
+    fn split_sum_equals_the_widened_sum() {
+        let mut bytes = Vec::new();
+        for k in 0..10_000u64 {
+            let x = match k % 5 {
+                0 => i64::MAX,
+                1 => i64::MIN,
+                2 => -1,
+                _ => splitmix64(k) as i64,
+            };
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        bytes.extend_from_slice(&[7, 7, 7]); // a trailing partial element is ignored
+        let widened: i128 = bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as i128)
+            .sum();
+        assert_eq!(sum_le_i64(&bytes), widened);
+        assert_eq!(sum_le_i64(&[]), 0);
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! Helper processes the harness starts and stops: pool servers, a raw TCP echo server
+//! and a raw TCP sink (the baselines), all on 127.0.0.1 port 0, all children of this
+//! program, so their memory can be read from `/proc/PID/status`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A child process listening on 127.0.0.1, killed and reaped when dropped. It also
+/// exits by itself when its standard input closes, so it never outlives the harness.
+pub struct Helper {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Helper {
+    /// A pool server (`pool-bench serve`, the very server of `pool-server`).
+    pub fn pool_server(workers: usize) -> anyhow::Result<Helper> {
+        Helper::spawn(&[
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--exit-with-stdin",
+            "--workers",
+            &workers.to_string(),
+        ])
+    }
+
+    /// A raw TCP echo server (the floor for a round trip).
+    pub fn echo() -> anyhow::Result<Helper> {
+        Helper::spawn(&["echo"])
+    }
+
+    /// A raw TCP sink: reads until the end of the stream, then answers the byte count.
+    pub fn sink() -> anyhow::Result<Helper> {
+        Helper::spawn(&["sink"])
+    }
+
+    fn spawn(args: &[&str]) -> anyhow::Result<Helper> {
+        let exe = self_exe()?;
+        let mut child = Command::new(&exe)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut helper = Helper {
+            child,
+            addr: String::new(),
+        };
+        helper.addr = read_address(stdout)?;
+        Ok(helper)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// Peak resident memory since start, in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        status_kib(self.pid(), "VmHWM:")
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// This program's path: helpers and worker processes run it again.
+pub fn self_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find this program's own path")
+}
+
+/// Reads a `... listening on ADDR ...` line within 10 s.
+fn read_address(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow!("a helper process did not start within 10 s"))?
+        .context("reading a helper's address")?;
+    match line.split_once(" listening on ") {
+        Some((_, rest)) => Ok(rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        None => bail!("a helper process did not start (it printed {line:?})"),
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// Exits this process when standard input closes (the harness went away).
+fn exit_with_stdin() {
+    std::thread::spawn(|| {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        std::process::exit(0);
+    });
+}
+
+async fn listen(what: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("{what} listening on {}", listener.local_addr()?);
+    exit_with_stdin();
+    Ok(listener)
+}
+
+/// The body of `pool-bench echo`: echoes every byte back, one task per connection,
+/// on the same multi-threaded tokio runtime a pool server uses.
+pub async fn echo_main() -> anyhow::Result<()> {
+    let listener = listen("echo").await?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if socket.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The body of `pool-bench sink`: reads each connection to its end, discarding the
+/// bytes, then writes their count (u64 little-endian).
+pub async fn sink_main() -> anyhow::Result<()> {
+    let listener = listen("sink").await?;
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = socket.write_all(&total.to_le_bytes()).await;
+        });
+    }
+}

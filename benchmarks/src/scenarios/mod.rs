@@ -1,0 +1,146 @@
+//! The six scenarios of issue 5, one file each, and what they share.
+
+pub mod connections;
+pub mod overhead;
+pub mod paper;
+pub mod scaling;
+pub mod shipping;
+pub mod spawning;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use pool_client::connection::{ConnectOptions, ServerConnection};
+use pool_client::dispatch::{run_pool, FaultPolicy};
+use pool_common::jobfile::{Fallback, Placement};
+use pool_common::jobs::{CancelFlag, LoopPart, Part, PartResult, PartTask};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// What every scenario needs to know about this run.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The short version: small sizes, one run, a few seconds in all.
+    pub quick: bool,
+    /// Repetitions of each scenario (heavy scenarios use at most 3).
+    pub runs: usize,
+    /// Cores of this machine.
+    pub cores: usize,
+}
+
+impl Settings {
+    /// Runs for a scenario that takes tens of seconds per repetition.
+    pub fn heavy_runs(&self) -> usize {
+        self.runs.min(3)
+    }
+}
+
+/// Parts in flight per connection when many are sent at once.
+pub const WINDOW: usize = 256;
+
+/// `n` parts that do nothing: loop parts over an empty range, without data.
+pub fn empty_parts(n: usize) -> Vec<Part> {
+    (0..n)
+        .map(|index| Part {
+            index,
+            task: PartTask::Loop(LoopPart { lo: 0, hi: 0 }),
+            input: Bytes::new(),
+        })
+        .collect()
+}
+
+/// Connects to every address (handshake included).
+pub async fn connect_all(addrs: &[&str]) -> anyhow::Result<Vec<ServerConnection>> {
+    let mut conns = Vec::new();
+    for addr in addrs {
+        conns.push(ServerConnection::connect(addr, &ConnectOptions::default()).await?);
+    }
+    Ok(conns)
+}
+
+/// Sends `parts` over `conns` (part i to connection i mod len) with at most [`WINDOW`]
+/// in flight per connection; returns the elapsed time and the combined result.
+pub async fn run_windowed(
+    conns: &[ServerConnection],
+    parts: &[Part],
+) -> anyhow::Result<(Duration, PartResult)> {
+    let started = Instant::now();
+    let per_conn = conns.iter().enumerate().map(|(c, conn)| {
+        let mine = parts.iter().skip(c).step_by(conns.len());
+        stream::iter(mine)
+            .map(move |part| conn.run_part(part))
+            .buffer_unordered(WINDOW)
+            .map_ok(|reply| reply.result)
+            .try_fold(None, |acc: Option<PartResult>, r| async move {
+                Ok(Some(acc.map_or(r, |a| a.combine(r).expect("same kind"))))
+            })
+    });
+    let results = futures::future::try_join_all(per_conn).await?;
+    let elapsed = started.elapsed();
+    let result = results
+        .into_iter()
+        .flatten()
+        .reduce(|a, b| a.combine(b).expect("same kind"))
+        .context("no parts")?;
+    Ok((elapsed, result))
+}
+
+/// The product's pool mode ([`run_pool`]) on `addrs`: elapsed time (connecting
+/// included) and the result.
+pub async fn pool_mode(parts: &[Part], addrs: &[&str]) -> anyhow::Result<(Duration, PartResult)> {
+    let servers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut rng = StdRng::seed_from_u64(1);
+    let run = run_pool(
+        parts,
+        &servers,
+        Placement::Shuffle,
+        &mut rng,
+        &ConnectOptions::default(),
+        FaultPolicy {
+            max_attempts: 1,
+            fallback: Fallback::None,
+        },
+    )
+    .await?;
+    Ok((run.elapsed, run.result))
+}
+
+/// Fails unless `got` equals `want`.
+pub fn check(what: &str, got: PartResult, want: PartResult) -> anyhow::Result<()> {
+    if got != want {
+        bail!("{what}: result {got} differs from the reference {want}");
+    }
+    Ok(())
+}
+
+/// Nanoseconds per iteration of the loop kernel on one core, from a short run.
+pub fn loop_ns_per_iteration(iterations: u64) -> f64 {
+    let started = Instant::now();
+    let sum = LoopPart {
+        lo: 0,
+        hi: iterations,
+    }
+    .compute(&CancelFlag::new())
+    .expect("never cancelled");
+    std::hint::black_box(sum);
+    started.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+/// Runs a blocking closure off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+/// Seconds as f64.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Microseconds as f64.
+pub fn micros(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1000.0
+}

@@ -1,0 +1,118 @@
+//! Scenario 3: data shipping. matrix-sum of a 512 MiB matrix held by the client, split
+//! over 2 servers, beside a raw loopback TCP transfer of the same bytes to 2 sinks and
+//! the local sequential sum; and the servers' peak memory beside the matrix size.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::bail;
+use pool_client::local;
+use pool_common::jobs::CancelFlag;
+use pool_common::jobs::{Job, Matrix, Part};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{blocking, check, pool_mode, secs, Settings};
+use crate::figures::{Figure, Goal};
+use crate::procs::Helper;
+
+const SCENARIO: &str = "3 data shipping (matrix-sum)";
+
+/// Runs the scenario and returns its figures.
+pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
+    let (rows, cols) = if s.quick { (1024, 1024) } else { (8192, 8192) };
+    let matrix = blocking(move || Matrix::generate(rows, cols, 1)).await?;
+    let bytes = matrix.bytes().len() as f64;
+    let mib = bytes / (1 << 20) as f64;
+    let parts = Job::MatrixSum(matrix).split(2);
+    let servers = [Helper::pool_server(1)?, Helper::pool_server(1)?];
+    let sinks = [Helper::sink()?, Helper::sink()?];
+    let addrs: Vec<&str> = servers.iter().map(|h| h.addr.as_str()).collect();
+    let sink_addrs: Vec<&str> = sinks.iter().map(|h| h.addr.as_str()).collect();
+    let gbs = |elapsed: std::time::Duration| bytes / secs(elapsed) / 1e9;
+    let mut m: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut put = |k: &'static str, v: f64| m.entry(k).or_default().push(v);
+
+    for _ in 0..s.runs {
+        let p = parts.clone();
+        let seq = blocking(move || {
+            local::sequential(&p, &CancelFlag::new(), &|| {}).expect("never cancelled")
+        })
+        .await?;
+        put("seq", gbs(seq.elapsed));
+        put("raw", gbs(raw_transfer(&sink_addrs, &parts).await?));
+        let (pool, result) = pool_mode(&parts, &addrs).await?;
+        check("pool", result, seq.result)?;
+        put("pool", gbs(pool));
+    }
+    let mut peak = 0u64;
+    for server in &servers {
+        peak = peak.max(server.peak_rss_kib()?);
+    }
+    let mut sink_peak = 0u64;
+    for sink in &sinks {
+        sink_peak = sink_peak.max(sink.peak_rss_kib()?);
+    }
+    let peak_mib = peak as f64 / 1024.0;
+    let v = |k: &str| m[k].clone();
+    Ok(vec![
+        Figure::against(
+            SCENARIO,
+            format!("pool end to end, {mib:.0} MiB over 2 servers"),
+            "GB/s",
+            &v("pool"),
+            "raw loopback TCP, 2 streams",
+            &v("raw"),
+        )
+        .goal(Goal::RatioAtLeast(0.7)),
+        Figure::against(
+            SCENARIO,
+            "pool end to end",
+            "GB/s",
+            &v("pool"),
+            "local sequential sum",
+            &v("seq"),
+        ),
+        Figure::against(
+            SCENARIO,
+            "server peak RSS (largest of 2)",
+            "MiB",
+            &[peak_mib],
+            "matrix size",
+            &[mib],
+        )
+        .goal(Goal::RatioAtMost(0.1)),
+        Figure::plain(
+            SCENARIO,
+            "raw sink peak RSS (for scale)",
+            "MiB",
+            &[sink_peak as f64 / 1024.0],
+        ),
+    ])
+}
+
+/// Sends each part's bytes to its own sink, concurrently, as the pool client would
+/// (4 MiB writes); returns the time from the first connect to the last acknowledgement.
+async fn raw_transfer(sinks: &[&str], parts: &[Part]) -> anyhow::Result<std::time::Duration> {
+    let started = Instant::now();
+    let sends = parts.iter().zip(sinks).map(|(part, addr)| async move {
+        let mut socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        for chunk in part.chunks() {
+            socket.write_all(&chunk).await?;
+        }
+        socket.shutdown().await?;
+        let mut ack = [0u8; 8];
+        socket.read_exact(&mut ack).await?;
+        if u64::from_le_bytes(ack) != part.input.len() as u64 {
+            bail!(
+                "a sink received {} of {} bytes",
+                u64::from_le_bytes(ack),
+                part.input.len()
+            );
+        }
+        anyhow::Ok(())
+    });
+    futures::future::try_join_all(sends).await?;
+    Ok(started.elapsed())
+}

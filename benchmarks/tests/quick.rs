@@ -1,0 +1,38 @@
+//! The harness must not rot: its short version runs end to end. It reports figures;
+//! this test checks that it ran and reported every scenario, never how fast.
+
+use std::process::Command;
+
+#[test]
+fn the_quick_run_reports_every_scenario() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pool-bench"))
+        .args(["--quick", "--json"])
+        .output()
+        .expect("run pool-bench");
+    assert!(
+        out.status.success(),
+        "pool-bench --quick failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let figures = doc["figures"].as_array().expect("a list of figures");
+    for n in 1..=6 {
+        let prefix = format!("{n} ");
+        assert!(
+            figures
+                .iter()
+                .any(|f| f["scenario"].as_str().unwrap_or("").starts_with(&prefix)),
+            "no figure for scenario {n}"
+        );
+    }
+    assert!(doc["machine"]["cores"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn helpers_refuse_nonsense_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pool-bench"))
+        .args(["--only", "not-a-number"])
+        .output()
+        .expect("run pool-bench");
+    assert!(!out.status.success());
+}
