@@ -112,17 +112,19 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         "ms",
         &[cold_fixed],
     ));
-    let crossing =
-        |fixed_a: f64, per_a: f64, fixed_b: f64, per_b: f64| (fixed_b - fixed_a) / (per_a - per_b);
+    // Where the fitted lines cross; below one part, the pool is cheaper from the first.
+    let crossing = |fixed_a: f64, per_a: f64, fixed_b: f64, per_b: f64| {
+        ((fixed_b - fixed_a) / (per_a - per_b)).max(1.0)
+    };
     figures.push(Figure::plain(
         SCENARIO,
-        "parts where a started pool beats a process per part",
+        "parts from which a started pool beats a process per part",
         "parts",
         &[crossing(proc_fixed, proc_per, cold_fixed, cold_per)],
     ));
     figures.push(Figure::plain(
         SCENARIO,
-        "parts where the persistent pool beats a process per part",
+        "parts from which the persistent pool beats a process per part",
         "parts",
         &[crossing(proc_fixed, proc_per, warm_fixed, warm_per)],
     ));
