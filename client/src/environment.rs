@@ -63,7 +63,9 @@ pub fn build_profile() -> &'static str {
 /// beside it, its placement) the same on a rerun.
 pub fn job_seeds(job_file: &JobFile) -> Value {
     match &job_file.job {
-        JobSpec::MatrixSum(MatrixSource::Generated { seed, .. }) => json!({ "matrix": seed }),
+        JobSpec::MatrixSum(MatrixSource::Generated { seed, .. }) => {
+            json!({ "matrix": seed.to_string() })
+        }
         JobSpec::MatrixSum(MatrixSource::Csv(_)) | JobSpec::Loop { .. } => json!({}),
     }
 }

@@ -125,11 +125,14 @@ pub async fn run_with_progress(
     } else if !job_file.servers.is_empty() {
         job_file.servers.clone()
     } else {
-        bail!(
-            "{}: no servers: add `servers = [\"host:port\", ...]`, `servers_file = \"servers.txt\"` or `local = 3` \
-             to the job file, or pass --servers host:port,... or --local 3",
-            job_file.path.display()
-        );
+        return Err(pool_common::jobfile::JobFileError {
+            path: job_file.path.display().to_string(),
+            location: None,
+            message: "no servers: add `servers = [\"host:port\", ...]`, `servers_file = \"servers.txt\"` or \
+                      `local = 3` to the job file, or pass --servers host:port,... or --local 3"
+                .into(),
+        }
+        .into());
     };
 
     // Without a seed, draw one and record it: the JSON then says how to replay the

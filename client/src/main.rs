@@ -23,8 +23,9 @@ const EXIT_INTERRUPTED: u8 = 130;
 /// Split a job into parts, run them on pool servers, and compare the time with
 /// sequential, threaded and multi-process runs of the same parts on this machine.
 ///
-/// Exit codes: 0 success; 1 the job failed (a server unreachable, results that do not
-/// match); 2 a bad job file or command line; 130 interrupted.
+/// Exit codes: 0 success; 1 the job failed (parts that no server could compute, results
+/// that do not match; for `status`, a server unreachable); 2 a bad job file or command
+/// line; 130 interrupted.
 #[derive(Parser, Debug)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -57,7 +58,7 @@ struct RunArgs {
     servers: Option<Vec<String>>,
 
     /// Start this many servers on 127.0.0.1 for the run instead (one worker each).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, conflicts_with = "servers", value_parser = clap::value_parser!(u16).range(1..=64))]
     local: Option<u16>,
 
     /// Modes to run, comma-separated.
@@ -169,6 +170,26 @@ fn run_job(args: RunArgs) -> ExitCode {
     for server in args.servers.iter().flatten() {
         if let Err(message) = jobfile::check_address(server) {
             eprintln!("error: --servers: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if let Some(chart) = &args.chart {
+        if chart.extension().and_then(|e| e.to_str()) != Some("svg") {
+            eprintln!(
+                "error: --chart {}: charts are SVG; name the file *.svg",
+                chart.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    // Files to write are checked before the run, so a typo does not waste a long job.
+    for path in [&args.output, &args.log, &args.chart].into_iter().flatten() {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            eprintln!("error: cannot write {}: {e}", path.display());
             return ExitCode::from(EXIT_USAGE);
         }
     }

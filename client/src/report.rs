@@ -441,7 +441,7 @@ impl Report {
             "settings": {
                 "repeat": settings.repeat,
                 "warmup": settings.warmup,
-                "placement_seed": settings.placement_seed,
+                "placement_seed": settings.placement_seed.to_string(),
                 "job_seeds": settings.job_seeds,
                 "servers": settings.servers,
                 "local_servers": settings.local_servers,

@@ -98,10 +98,10 @@ fn a_malformed_csv_names_row_and_column_and_exits_2() {
     std::fs::remove_file(dir.join("bad.csv")).unwrap();
     let output = run_client(&[dir.join("job.toml").to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
     assert!(
-        stderr(&output).contains("bad.csv: cannot read"),
-        "{}",
-        stderr(&output)
+        message.contains("job.toml: csv: cannot read") && message.contains("bad.csv"),
+        "{message}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

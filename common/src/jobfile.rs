@@ -445,9 +445,9 @@ impl JobFile {
             }
             JobSpec::MatrixSum(MatrixSource::Csv(path)) => {
                 Job::MatrixSum(Matrix::read_csv(path).map_err(|e| JobFileError {
-                    path: path.display().to_string(),
+                    path: self.path.display().to_string(),
                     location: None,
-                    message: e.to_string(),
+                    message: format!("csv: {e}"),
                 })?)
             }
         };
@@ -504,15 +504,16 @@ pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
 
 /// Checks that `address` looks like `host:port` with a port number.
 pub fn check_address(address: &str) -> Result<(), String> {
-    let valid = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u64>().is_ok() => {
+            match port.parse::<u16>() {
+                Ok(p) if p != 0 => Ok(()),
+                _ => Err(format!("{address:?}: the port must be between 1 and 65535")),
+            }
+        }
+        _ => Err(format!(
             "{address:?} is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
-        ))
+        )),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The server's command line, shared by `pool-server` and `pool-client serve`.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub workers: Option<usize>,
 
-    /// Connections served at once; more clients wait until one leaves.
+    /// Connections served at once; one more is refused with a message naming this flag.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
 
@@ -68,6 +68,7 @@ pub fn init_logging(default_level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
