@@ -20,7 +20,7 @@ fn pool_only(servers: Vec<String>) -> pool_client::RunOptions {
 }
 
 /// A loop job with parts that take a few hundred milliseconds each.
-const LOOP_JOB: &str = "parts = 6\nseed = 3\n[job]\nkind = \"loop\"\niterations = 900_000_000\n";
+const LOOP_JOB: &str = "parts = 6\nseed = 3\n[job]\nkind = \"loop\"\niterations = 1_800_000_000\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_compute_loses_no_part() {
