@@ -21,15 +21,6 @@ use tokio::net::TcpStream;
 /// A bound on every wait in these tests, so a bug shows as a failure, not a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
-fn connect_options() -> ConnectOptions {
-    ConnectOptions {
-        connect_timeout: Duration::from_secs(5),
-        handshake_timeout: Duration::from_secs(5),
-        part_timeout: None,
-        token: None,
-    }
-}
-
 fn frame(frame: &Frame) -> Vec<u8> {
     let mut buf = BytesMut::new();
     encode_frame(frame, &mut buf).unwrap();
@@ -152,7 +143,7 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
         .unwrap();
     assert_eq!(report.runs[0].result, expected);
     // And the server still serves new clients.
-    let connection = ServerConnection::connect(&address.to_string(), &connect_options())
+    let connection = ServerConnection::connect(&address.to_string(), &ConnectOptions::default())
         .await
         .unwrap();
     let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
@@ -170,7 +161,7 @@ async fn a_client_that_leaves_mid_part_frees_its_worker() {
     let address = server.local_addr().to_string();
     {
         // A part that would run for years, on the only worker; then the client leaves.
-        let connection = ServerConnection::connect(&address, &connect_options())
+        let connection = ServerConnection::connect(&address, &ConnectOptions::default())
             .await
             .unwrap();
         let forever = loop_part(0, 0, 1 << 60);
@@ -178,7 +169,7 @@ async fn a_client_that_leaves_mid_part_frees_its_worker() {
             tokio::time::timeout(Duration::from_millis(200), connection.run_part(&forever)).await;
     }
     // The next client's part can only run if the worker was freed.
-    let connection = ServerConnection::connect(&address, &connect_options())
+    let connection = ServerConnection::connect(&address, &ConnectOptions::default())
         .await
         .unwrap();
     let reply = tokio::time::timeout(HANG_GUARD, connection.run_part(&loop_part(0, 0, 1000)))
@@ -199,7 +190,7 @@ async fn requests_over_a_limit_name_the_limit_and_its_flag() {
     };
     let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
     let address = server.local_addr().to_string();
-    let connection = ServerConnection::connect(&address, &connect_options())
+    let connection = ServerConnection::connect(&address, &ConnectOptions::default())
         .await
         .unwrap();
 
@@ -229,10 +220,10 @@ async fn a_connection_over_the_limit_is_refused_with_the_flag_named() {
     };
     let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
     let address = server.local_addr().to_string();
-    let first = ServerConnection::connect(&address, &connect_options())
+    let first = ServerConnection::connect(&address, &ConnectOptions::default())
         .await
         .unwrap();
-    let Err(error) = ServerConnection::connect(&address, &connect_options()).await else {
+    let Err(error) = ServerConnection::connect(&address, &ConnectOptions::default()).await else {
         panic!("a second connection was accepted");
     };
     assert!(matches!(error, ServerError::Refused { .. }), "{error}");
@@ -252,7 +243,7 @@ async fn a_token_is_required_when_set() {
     let address = server.local_addr().to_string();
     let with = |token: Option<&str>| ConnectOptions {
         token: token.map(String::from),
-        ..connect_options()
+        ..ConnectOptions::default()
     };
 
     let connection = ServerConnection::connect(&address, &with(Some("s3cret")))
@@ -291,7 +282,8 @@ async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
     let active = futures::future::join_all((0..500u64).map(|i| {
         let address = server.address.clone();
         async move {
-            let connection = ServerConnection::connect(&address, &connect_options()).await?;
+            let connection =
+                ServerConnection::connect(&address, &ConnectOptions::default()).await?;
             connection
                 .run_part(&loop_part(0, i * 1000, (i + 1) * 1000))
                 .await

@@ -141,15 +141,8 @@ async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     }
 
     // The warm-up did run: the servers served 1 + 3 runs' parts.
-    let states = pool_client::status::query_all(
-        &addresses(&servers),
-        &ConnectOptions {
-            connect_timeout: std::time::Duration::from_secs(5),
-            handshake_timeout: std::time::Duration::from_secs(5),
-            ..ConnectOptions::default()
-        },
-    )
-    .await;
+    let states =
+        pool_client::status::query_all(&addresses(&servers), &ConnectOptions::default()).await;
     let served: u64 = states
         .iter()
         .map(|s| s.answer.as_ref().unwrap().0.parts_served)

@@ -98,11 +98,6 @@ impl ServerHandle {
         let _ = self.task.await;
     }
 
-    /// Waits until the server stops (after [`ServerHandle::shutdown_token`] fires).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-    }
-
     /// A token that starts the graceful shutdown when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
