@@ -105,12 +105,8 @@ fn read_address(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| anyhow!("a helper process did not start within 10 s"))?
         .context("reading a helper's address")?;
-    match line.split_once(" listening on ") {
-        Some((_, rest)) => Ok(rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string()),
+    match pool_server::cli::parse_listening_line(&line) {
+        Some(address) => Ok(address.to_string()),
         None => bail!("a helper process did not start (it printed {line:?})"),
     }
 }
@@ -138,7 +134,10 @@ fn exit_with_stdin() {
 
 async fn listen(what: &str) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("{what} listening on {}", listener.local_addr()?);
+    println!(
+        "{}",
+        pool_server::cli::listening_line(what, listener.local_addr()?)
+    );
     exit_with_stdin();
     Ok(listener)
 }

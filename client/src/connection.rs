@@ -2,10 +2,12 @@
 //!
 //! Parts are multiplexed: each gets an id, its request and data frames are written under
 //! a lock (so one part's chunks are never interleaved with another's), and a reader task
-//! routes each reply to the part waiting for it. If the connection fails, every part
-//! still waiting on it gets the error, so nothing waits forever.
+//! routes each reply to the part waiting for it, assembling large results that follow
+//! their reply in data frames. A part no longer wanted is cancelled by id, and the
+//! others go on. If the connection fails, every part still waiting on it gets the
+//! error, so nothing waits forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,10 +15,11 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
-use pool_common::jobs::{Part, PartResult};
-use pool_common::protocol::{Hello, RemoteError, Reply, Request, Welcome};
+use pool_common::jobs::{Part, PartResult, PartTask};
+use pool_common::protocol::{Hello, RemoteError, Reply, Request, ServerStatus, Welcome};
+use pool_common::wire::{part_frames, IncomingResult};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -66,6 +69,15 @@ pub enum ServerError {
         address: String,
         /// The server's error.
         error: RemoteError,
+    },
+    /// The server sent a result its part could not have produced (the wrong kind, or
+    /// out of range): it is broken or hostile.
+    #[error("server {address} sent a result part {part} could not have produced (wrong kind or out of range)")]
+    BadResult {
+        /// The server.
+        address: String,
+        /// The part's index in the job.
+        part: usize,
     },
     /// The connection broke.
     #[error("server {address} closed the connection: {reason}")]
@@ -119,7 +131,7 @@ const PART_TIMEOUT_BASE: Duration = Duration::from_secs(30);
 const PESSIMISTIC_NANOS_PER_ITEM: u64 = 10;
 
 /// A server's answer to one part, with the times that explain it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PartReply {
     /// The part's result.
     pub result: PartResult,
@@ -131,26 +143,80 @@ pub struct PartReply {
     pub compute: Duration,
 }
 
-type Waiter = oneshot::Sender<Result<Reply, ServerError>>;
+/// A part waiting for its answer, as the reader task sees it.
+struct PartWaiter {
+    /// The task, to bound and check a large result as it arrives.
+    task: PartTask,
+    /// A large result arriving in data frames, once its reply announced it.
+    incoming: Option<(IncomingResult, u64)>,
+    answer: oneshot::Sender<Result<Reply, ServerError>>,
+}
 
 #[derive(Default)]
 struct Waiting {
-    parts: HashMap<u64, Waiter>,
+    parts: HashMap<u64, PartWaiter>,
+    /// Status requests in the order they were sent; the server answers in order.
+    status: VecDeque<oneshot::Sender<ServerStatus>>,
     /// Set once the connection has failed; later parts fail at once with it.
     failed: Option<ServerError>,
 }
 
+/// The state a connection's reader and its parts share.
+struct Shared {
+    address: String,
+    writer: tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, FrameCodec>>,
+    waiting: Mutex<Waiting>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().expect("waiting lock poisoned")
+    }
+
+    /// Marks the connection failed: every part waiting on it, and every later one, gets
+    /// `failure`, and nothing more is read from it.
+    fn fail(&self, failure: ServerError) {
+        let mut waiting = self.waiting();
+        for (_, waiter) in waiting.parts.drain() {
+            let _ = waiter.answer.send(Err(failure.clone()));
+        }
+        waiting.status.clear();
+        waiting.failed.get_or_insert(failure);
+        drop(waiting);
+        if let Some(reader) = self.reader.lock().expect("reader lock poisoned").take() {
+            reader.abort();
+        }
+    }
+
+    fn failure(&self) -> Option<ServerError> {
+        self.waiting().failed.clone()
+    }
+
+    fn closed(&self, reason: impl Into<String>) -> ServerError {
+        ServerError::Closed {
+            address: self.address.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Writes `frame` and flushes it.
+    async fn send_frame(&self, frame: Frame) -> Result<(), FrameError> {
+        let mut writer = self.writer.lock().await;
+        writer.send(frame).await
+    }
+}
+
 /// An open, handshaken connection to one server.
 pub struct ServerConnection {
-    address: String,
+    shared: Arc<Shared>,
     welcome: Welcome,
-    writer: tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, FrameCodec>>,
-    waiting: Arc<Mutex<Waiting>>,
     next_part_id: AtomicU64,
     /// Pessimistic compute time, in nanoseconds, of the parts in flight here.
     queued_nanos: AtomicU64,
     part_timeout: Option<Duration>,
-    reader: JoinHandle<()>,
+    /// How long a liveness probe may wait for the server's status.
+    probe_timeout: Duration,
 }
 
 impl ServerConnection {
@@ -166,29 +232,27 @@ impl ServerConnection {
         let (read_half, write_half) = parts.io.into_split();
         let mut reader = FramedRead::new(read_half, FrameCodec::new());
         reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        let writer = FramedWrite::new(write_half, FrameCodec::new());
-
-        let waiting = Arc::new(Mutex::new(Waiting::default()));
-        let reader = tokio::spawn(route_replies(
-            reader,
-            Arc::clone(&waiting),
-            address.to_string(),
-        ));
-        Ok(ServerConnection {
+        let shared = Arc::new(Shared {
             address: address.to_string(),
+            writer: tokio::sync::Mutex::new(FramedWrite::new(write_half, FrameCodec::new())),
+            waiting: Mutex::new(Waiting::default()),
+            reader: Mutex::new(None),
+        });
+        let task = tokio::spawn(route_replies(reader, Arc::clone(&shared)));
+        *shared.reader.lock().expect("reader lock poisoned") = Some(task);
+        Ok(ServerConnection {
+            shared,
             welcome,
-            writer: tokio::sync::Mutex::new(writer),
-            waiting,
             next_part_id: AtomicU64::new(0),
             queued_nanos: AtomicU64::new(0),
             part_timeout: options.part_timeout,
-            reader,
+            probe_timeout: options.handshake_timeout,
         })
     }
 
     /// The server's address as given.
     pub fn address(&self) -> &str {
-        &self.address
+        &self.shared.address
     }
 
     /// What the server said about itself in the handshake.
@@ -198,11 +262,43 @@ impl ServerConnection {
 
     /// Whether the connection has failed; a failed connection fails every part at once.
     pub fn is_broken(&self) -> bool {
-        self.waiting
-            .lock()
-            .expect("waiting lock poisoned")
-            .failed
-            .is_some()
+        self.shared.failure().is_some()
+    }
+
+    /// Asks the server how it is doing, on this connection. A server that does not
+    /// answer within the handshake timeout is taken for dead: the connection fails.
+    pub async fn status(&self) -> Result<ServerStatus, ServerError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.shared.waiting();
+            if let Some(error) = &waiting.failed {
+                return Err(error.clone());
+            }
+            waiting.status.push_back(tx);
+        }
+        let asked = async {
+            self.shared
+                .send_frame(Frame::Request(Request::Status))
+                .await
+                .map_err(|e| self.shared.closed(format!("asking for its status: {e}")))?;
+            rx.await.map_err(|_| {
+                self.shared
+                    .failure()
+                    .unwrap_or_else(|| self.shared.closed("the connection's reader stopped"))
+            })
+        };
+        match tokio::time::timeout(self.probe_timeout, asked).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let error = ServerError::Timeout {
+                    address: self.address().to_string(),
+                    what: "a status request",
+                    timeout: self.probe_timeout,
+                };
+                self.shared.fail(error.clone());
+                Err(error)
+            }
+        }
     }
 
     /// Sends `part` (its task and its data) and waits for the server's answer.
@@ -210,6 +306,11 @@ impl ServerConnection {
     /// Without a fixed part timeout, the part is given [`PART_TIMEOUT_BASE`] plus a
     /// pessimistic compute time for itself and every part in flight before it on this
     /// connection, since the server may compute those first.
+    ///
+    /// A part that times out, or whose future is dropped (its result is no longer
+    /// wanted), is cancelled on the server by id; the connection's other parts go on.
+    /// After a timeout the server must still answer a status request, or the whole
+    /// connection is failed: a server that answers nothing at all is gone.
     pub async fn run_part(&self, part: &Part) -> Result<PartReply, ServerError> {
         self.run_part_with(part, || {}).await
     }
@@ -234,18 +335,19 @@ impl ServerConnection {
             .unwrap_or(PART_TIMEOUT_BASE.saturating_add(Duration::from_nanos(queued)));
         let outcome = tokio::time::timeout(timeout, self.send_and_wait(part, on_sent)).await;
         self.queued_nanos.fetch_sub(estimate, Ordering::Relaxed);
-        outcome.unwrap_or_else(|_| {
-            let error = ServerError::Timeout {
-                address: self.address.clone(),
-                what: "a part's result",
-                timeout,
-            };
-            // The part may have been cut off mid-send, and a server this late is not to
-            // be trusted with more: give up on the whole connection.
-            fail_all(&self.waiting, error.clone());
-            self.reader.abort();
-            Err(error)
-        })
+        match outcome {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The part was cancelled as its future was dropped; whether the
+                // server is alive at all decides the fate of the rest.
+                let _ = self.status().await;
+                Err(ServerError::Timeout {
+                    address: self.address().to_string(),
+                    what: "a part's result",
+                    timeout,
+                })
+            }
+        }
     }
 
     async fn send_and_wait(
@@ -254,37 +356,39 @@ impl ServerConnection {
         on_sent: impl FnOnce(),
     ) -> Result<PartReply, ServerError> {
         let part_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, reply_rx) = oneshot::channel();
+        let (answer, reply) = oneshot::channel();
         {
-            let mut waiting = self.waiting.lock().expect("waiting lock poisoned");
+            let mut waiting = self.shared.waiting();
             if let Some(error) = &waiting.failed {
                 return Err(error.clone());
             }
-            waiting.parts.insert(part_id, reply_tx);
+            let waiter = PartWaiter {
+                task: part.task.clone(),
+                incoming: None,
+                answer,
+            };
+            waiting.parts.insert(part_id, waiter);
         }
-        let _forget_on_exit = ForgetWaiter {
-            waiting: &self.waiting,
+        let mut in_flight = InFlight {
+            shared: &self.shared,
             part_id,
+            stage: Stage::Sending,
         };
         let started = Instant::now();
         self.send_part(part_id, part).await?;
+        in_flight.stage = Stage::Sent;
         let send = started.elapsed();
         on_sent();
-        let reply = reply_rx.await.unwrap_or_else(|_| {
-            Err(ServerError::Closed {
-                address: self.address.clone(),
-                reason: "the connection's reader stopped".into(),
-            })
-        })?;
+        let reply = reply
+            .await
+            .unwrap_or_else(|_| Err(self.shared.closed("the connection's reader stopped")))?;
+        in_flight.stage = Stage::Answered;
         let round_trip = started.elapsed();
         match reply {
             Reply::PartDone { result, .. } if !part.task.could_produce(&result) => {
-                Err(ServerError::Protocol {
-                    address: self.address.clone(),
-                    source: Arc::new(FrameError::Decode(format!(
-                        "a result part {} could not have produced (wrong kind or out of range)",
-                        part.index
-                    ))),
+                Err(ServerError::BadResult {
+                    address: self.address().to_string(),
+                    part: part.index,
                 })
             }
             Reply::PartDone {
@@ -299,36 +403,84 @@ impl ServerConnection {
             }),
             Reply::PartFailed { error, .. } | Reply::Closing { error } => {
                 Err(ServerError::Remote {
-                    address: self.address.clone(),
+                    address: self.address().to_string(),
                     error,
                 })
             }
-            Reply::Status(_) => unreachable!("the reader routes only part replies"),
+            Reply::PartDoneLarge { .. } | Reply::Status(_) => {
+                unreachable!("the reader assembles large results and routes status replies")
+            }
         }
     }
 
     async fn send_part(&self, part_id: u64, part: &Part) -> Result<(), ServerError> {
-        let mut writer = self.writer.lock().await;
-        let request = Frame::Request(Request::RunPart {
-            part_id,
-            task: part.task.clone(),
-        });
+        let mut writer = self.shared.writer.lock().await;
         let result = async {
-            writer.feed(request).await?;
-            for bytes in part.chunks() {
-                // The header goes through the codec's buffer; the bytes go from the
-                // job's memory straight to the socket, not copied into that buffer.
-                encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
-                writer.flush().await?;
-                writer.get_mut().write_all(&bytes).await?;
+            for frame in part_frames(part_id, &part.task, &part.input) {
+                match frame {
+                    // The header goes through the codec's buffer; the bytes go from the
+                    // job's memory straight to the socket, not copied into that buffer.
+                    Frame::Data { part_id, bytes } => {
+                        encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
+                        writer.flush().await?;
+                        writer.get_mut().write_all(&bytes).await?;
+                    }
+                    other => writer.feed(other).await?,
+                }
             }
             writer.flush().await
         }
         .await;
-        result.map_err(|e| ServerError::Closed {
-            address: self.address.clone(),
-            reason: format!("sending part {}: {e}", part.index),
+        result.map_err(|e| {
+            self.shared
+                .closed(format!("sending part {}: {e}", part.index))
         })
+    }
+}
+
+/// How far a part has got on its connection, for [`InFlight`]'s clean-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Its frames are being written.
+    Sending,
+    /// Written whole; no answer yet.
+    Sent,
+    /// Answered.
+    Answered,
+}
+
+/// Cleans up after a part however its wait ends: answered, failed, timed out, or its
+/// future dropped because its result is no longer wanted.
+struct InFlight<'a> {
+    shared: &'a Arc<Shared>,
+    part_id: u64,
+    stage: Stage,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.shared.waiting().parts.remove(&self.part_id);
+        match self.stage {
+            Stage::Answered => {}
+            // Cut off mid-frame, the byte stream can no longer be parsed by the server.
+            Stage::Sending => self.shared.fail(
+                self.shared
+                    .closed("a part was abandoned while it was being sent"),
+            ),
+            Stage::Sent => {
+                // Withdraw it so its worker is freed; a late answer finds no waiter and
+                // is dropped.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let shared = Arc::clone(self.shared);
+                    let part_id = self.part_id;
+                    runtime.spawn(async move {
+                        let _ = shared
+                            .send_frame(Frame::Request(Request::Cancel { part_id }))
+                            .await;
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -386,70 +538,98 @@ pub async fn open(
 
 impl Drop for ServerConnection {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = self
+            .shared
+            .reader
+            .lock()
+            .expect("reader lock poisoned")
+            .take()
+        {
+            reader.abort();
+        }
     }
 }
 
 /// Reads replies until the connection ends, handing each to the part waiting for it.
-async fn route_replies(
-    mut reader: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    waiting: Arc<Mutex<Waiting>>,
-    address: String,
-) {
+async fn route_replies(mut reader: FramedRead<OwnedReadHalf, FrameCodec>, shared: Arc<Shared>) {
     let failure = loop {
-        let reason = match reader.next().await {
-            Some(Ok(Frame::Reply(Reply::Closing { error }))) => {
-                break ServerError::Remote { address, error };
-            }
-            // This connection never asks for a status, so a status reply is unexpected.
-            Some(Ok(Frame::Reply(Reply::Status(_)))) => {
-                "the server sent an unexpected status reply".to_string()
-            }
-            Some(Ok(Frame::Reply(reply))) => {
-                let part_id = match &reply {
-                    Reply::PartDone { part_id, .. } | Reply::PartFailed { part_id, .. } => *part_id,
-                    Reply::Closing { .. } | Reply::Status(_) => unreachable!("handled above"),
-                };
-                let waiter = waiting
-                    .lock()
-                    .expect("waiting lock poisoned")
-                    .parts
-                    .remove(&part_id);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(Ok(reply));
-                }
-                continue;
-            }
-            Some(Ok(_)) => "the server sent an unexpected frame".to_string(),
-            Some(Err(e)) => e.to_string(),
-            None => "the connection ended".to_string(),
+        let frame = match reader.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => break shared.closed(e.to_string()),
+            None => break shared.closed("the connection ended"),
         };
-        break ServerError::Closed { address, reason };
-    };
-    fail_all(&waiting, failure);
-}
-
-/// Marks the connection failed: every part waiting on it, and every later one, gets
-/// `failure`.
-fn fail_all(waiting: &Mutex<Waiting>, failure: ServerError) {
-    let mut waiting = waiting.lock().expect("waiting lock poisoned");
-    for (_, waiter) in waiting.parts.drain() {
-        let _ = waiter.send(Err(failure.clone()));
-    }
-    waiting.failed.get_or_insert(failure);
-}
-
-/// Removes a part's waiter however its wait ends (answer, error or timeout), so a late
-/// reply finds no one and is dropped.
-struct ForgetWaiter<'a> {
-    waiting: &'a Mutex<Waiting>,
-    part_id: u64,
-}
-
-impl Drop for ForgetWaiter<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.parts.remove(&self.part_id);
+        if let Err(failure) = route(&shared, frame) {
+            break failure;
         }
+    };
+    shared.fail(failure);
+}
+
+/// Hands one frame from the server to whoever waits for it.
+fn route(shared: &Shared, frame: Frame) -> Result<(), ServerError> {
+    let protocol = |reason: String| ServerError::Protocol {
+        address: shared.address.clone(),
+        source: Arc::new(FrameError::Decode(reason)),
+    };
+    let mut waiting = shared.waiting();
+    let (part_id, answer) = match frame {
+        Frame::Reply(Reply::Closing { error }) => {
+            return Err(ServerError::Remote {
+                address: shared.address.clone(),
+                error,
+            })
+        }
+        Frame::Reply(Reply::Status(status)) => {
+            let Some(waiter) = waiting.status.pop_front() else {
+                return Err(protocol("a status reply nobody asked for".into()));
+            };
+            let _ = waiter.send(status);
+            return Ok(());
+        }
+        Frame::Reply(Reply::PartDoneLarge {
+            part_id,
+            result_bytes,
+            compute_nanos,
+        }) => {
+            // A part no longer waited for may still send its result: it is read and
+            // dropped below.
+            if let Some(waiter) = waiting.parts.get_mut(&part_id) {
+                let incoming = IncomingResult::new(&waiter.task, result_bytes)
+                    .map_err(|e| protocol(format!("part id {part_id}: {e}")))?;
+                waiter.incoming = Some((incoming, compute_nanos));
+            }
+            return Ok(());
+        }
+        Frame::Data { part_id, bytes } => {
+            let Some(waiter) = waiting.parts.get_mut(&part_id) else {
+                return Ok(());
+            };
+            let Some((incoming, compute_nanos)) = &mut waiter.incoming else {
+                return Err(protocol(format!(
+                    "data for part id {part_id} before its reply"
+                )));
+            };
+            let compute_nanos = *compute_nanos;
+            match incoming.accept(&bytes).map_err(protocol)? {
+                None => return Ok(()),
+                Some(result) => (
+                    part_id,
+                    Reply::PartDone {
+                        part_id,
+                        result,
+                        compute_nanos,
+                    },
+                ),
+            }
+        }
+        Frame::Reply(reply @ Reply::PartDone { part_id, .. })
+        | Frame::Reply(reply @ Reply::PartFailed { part_id, .. }) => (part_id, reply),
+        Frame::Hello(_) | Frame::Welcome(_) | Frame::Refused(_) | Frame::Request(_) => {
+            return Err(protocol("an unexpected frame".into()));
+        }
+    };
+    if let Some(waiter) = waiting.parts.remove(&part_id) {
+        let _ = waiter.answer.send(Ok(answer));
     }
+    Ok(())
 }

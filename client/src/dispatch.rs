@@ -16,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use pool_common::codec::Frame;
 use pool_common::jobfile::{Fallback, Placement};
 use pool_common::jobs::{combine_all, CancelFlag, Part, PartResult};
+use pool_common::wire::{frames_len, part_frames, result_frames};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
@@ -25,7 +27,6 @@ use rand::SeedableRng;
 use crate::connection::{ConnectOptions, PartReply, ServerConnection, ServerError};
 use crate::progress::{placement_counts, NoProgress, PoolObserver};
 use crate::servers::place;
-use crate::wire;
 
 /// A failed attempt at a part.
 #[derive(Debug, Clone)]
@@ -242,7 +243,7 @@ pub async fn run_pool_observed(
         records.sort_by_key(|r| r.part);
     }
     let elapsed = started.elapsed();
-    let result = combine_all(records.iter().map(|r| r.reply.result))
+    let result = combine_all(records.iter().map(|r| r.reply.result.clone()))
         .expect("every result was checked to be of its part's kind");
     Ok(PoolRun {
         result,
@@ -362,17 +363,17 @@ impl Pool<'_> {
                     // Part ids are per connection; the part's index stands in for its
                     // id, which encodes to about the same size.
                     let id = part.index as u64;
+                    let sent: Vec<Frame> = part_frames(id, &part.task, &part.input).collect();
+                    let compute_nanos = reply.compute.as_nanos() as u64;
+                    let received =
+                        result_frames(id, reply.result.clone(), compute_nanos).unwrap_or_default();
                     return Ok(PartRecord {
                         part: part.index,
                         computed_by: ComputedBy::Server(address.clone()),
                         failed_attempts,
                         start,
-                        bytes_sent: wire::request_bytes(id, part),
-                        bytes_received: wire::reply_bytes(
-                            id,
-                            reply.result,
-                            reply.compute.as_nanos() as u64,
-                        ),
+                        bytes_sent: frames_len(&sent),
+                        bytes_received: frames_len(&received),
                         reply,
                     });
                 }

@@ -1,7 +1,7 @@
 //! Where a run happened: the machine, the build and the settings, so that a result
 //! saved as JSON can be reproduced and compared with another one later.
 
-use pool_common::jobfile::{JobFile, JobSpec, MatrixSource};
+use pool_common::jobfile::JobFile;
 use serde_json::{json, Value};
 
 /// The machine and build a run happened on.
@@ -62,12 +62,14 @@ pub fn build_profile() -> &'static str {
 /// The job file's seeds: what makes its data (and, with the placement seed recorded
 /// beside it, its placement) the same on a rerun.
 pub fn job_seeds(job_file: &JobFile) -> Value {
-    match &job_file.job {
-        JobSpec::MatrixSum(MatrixSource::Generated { seed, .. }) => {
-            json!({ "matrix": seed.to_string() })
-        }
-        JobSpec::MatrixSum(MatrixSource::Csv(_)) | JobSpec::Loop { .. } => json!({}),
-    }
+    // As strings: JSON readers that take numbers for doubles would round 64-bit seeds.
+    job_file
+        .job
+        .seeds()
+        .into_iter()
+        .map(|(name, seed)| (name.to_string(), Value::String(seed.to_string())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn cpu_model() -> Option<String> {

@@ -19,7 +19,6 @@ pub mod report;
 pub mod servers;
 pub mod stats;
 pub mod status;
-pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -183,7 +182,7 @@ pub async fn run_with_progress(
                     .await
                     .context("the pool mode failed")?;
                     workers = pool_run.workers() as usize;
-                    let outcome = (pool_run.elapsed, pool_run.result);
+                    let outcome = (pool_run.elapsed, pool_run.result.clone());
                     if attempt >= options.warmup {
                         pool_runs.push(pool_run);
                     }

@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use pool_common::codec::{read_frame_blocking, write_frame_blocking, Frame};
-use pool_common::jobs::{combine_all, compute_chunk, CancelFlag, Cancelled, Part, PartResult};
-use pool_common::protocol::{Reply, Request};
+use pool_common::jobs::{combine_all, CancelFlag, Cancelled, Part, PartComputation, PartResult};
+use pool_common::protocol::Request;
+use pool_common::wire::{
+    read_answer_blocking, result_frames, write_part_blocking, IncomingInput, PartAnswer,
+};
 
 /// The combined result of some parts and how long computing them took.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LocalRun {
     /// The combined result.
     pub result: PartResult,
@@ -124,18 +127,21 @@ pub fn multi_process(
             .zip(parts)
             .map(|((stdin, stdout), part)| {
                 scope.spawn(move || -> anyhow::Result<PartResult> {
+                    let part_id = part.index as u64;
                     let mut input = BufWriter::new(stdin);
-                    send_part(&mut input, part)?;
+                    write_part_blocking(&mut input, part_id, &part.task, &part.input)?;
                     drop(input);
-                    match read_frame_blocking(&mut BufReader::new(stdout))? {
-                        Some(Frame::Reply(Reply::PartDone { result, .. })) => {
+                    let answer =
+                        read_answer_blocking(&mut BufReader::new(stdout), part_id, &part.task)
+                            .map_err(|e| anyhow!("part {}: worker process: {e}", part.index))?;
+                    match answer {
+                        PartAnswer::Done(result, _) => {
                             on_part_done();
                             Ok(result)
                         }
-                        other => Err(anyhow!(
-                            "part {}: worker process answered {other:?}",
-                            part.index
-                        )),
+                        PartAnswer::Failed(error) => {
+                            Err(anyhow!("part {}: worker process: {error}", part.index))
+                        }
                     }
                 })
             })
@@ -159,27 +165,8 @@ pub fn multi_process(
     Ok(finish(results?, started))
 }
 
-fn send_part(out: &mut impl Write, part: &Part) -> anyhow::Result<()> {
-    let request = Frame::Request(Request::RunPart {
-        part_id: part.index as u64,
-        task: part.task.clone(),
-    });
-    write_frame_blocking(out, &request)?;
-    for bytes in part.chunks() {
-        write_frame_blocking(
-            out,
-            &Frame::Data {
-                part_id: part.index as u64,
-                bytes,
-            },
-        )?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// The body of a worker process (`pool-client part`): reads one part from standard
-/// input, computes it chunk by chunk as the data arrives, writes the reply to standard
+/// input, computes it chunk by chunk as the data arrives, writes the answer to standard
 /// output.
 pub fn worker_process_main() -> anyhow::Result<()> {
     let mut input = BufReader::new(std::io::stdin().lock());
@@ -187,39 +174,29 @@ pub fn worker_process_main() -> anyhow::Result<()> {
     else {
         bail!("a worker process expects a part on standard input");
     };
+    task.validate().map_err(|e| anyhow!(e))?;
+    let mut incoming = IncomingInput::new(&task).map_err(|e| anyhow!(e))?;
     let cancel = CancelFlag::new();
-    let mut remaining = task
-        .input_bytes()
-        .ok_or_else(|| anyhow!("the part's input size overflows"))?;
-    let mut compute = Duration::ZERO;
-    let mut timed = |chunk: &[u8]| {
-        let started = Instant::now();
-        let result = compute_chunk(&task, chunk, &cancel).expect("never cancelled");
-        compute += started.elapsed();
-        result
-    };
-    let mut results = Vec::new();
-    if remaining == 0 {
-        results.push(timed(&[]));
+    let mut computation = PartComputation::new(&task);
+    if incoming.is_complete() {
+        computation.add_chunk(&[], &cancel)?;
     }
-    while remaining > 0 {
+    while !incoming.is_complete() {
         let Some(Frame::Data { bytes, .. }) = read_frame_blocking(&mut input)? else {
-            bail!("the part's data ended {remaining} bytes early");
+            bail!("the part's data ended {} bytes early", incoming.remaining());
         };
-        task.check_chunk(bytes.len()).map_err(|e| anyhow!(e))?;
-        remaining = remaining
-            .checked_sub(bytes.len() as u64)
-            .ok_or_else(|| anyhow!("more data than the part declares"))?;
-        results.push(timed(&bytes));
+        incoming
+            .accept(&task, bytes.len())
+            .map_err(|e| anyhow!(e))?;
+        computation.add_chunk(&bytes, &cancel)?;
     }
-    let result = combine_all(results).ok_or_else(|| anyhow!("chunk results of different kinds"))?;
-    let reply = Frame::Reply(Reply::PartDone {
-        part_id,
-        result,
-        compute_nanos: compute.as_nanos() as u64,
-    });
+    let (result, compute) = computation
+        .finish()
+        .ok_or_else(|| anyhow!("the part's chunk results do not combine"))?;
     let mut out = std::io::stdout().lock();
-    write_frame_blocking(&mut out, &reply)?;
+    for frame in result_frames(part_id, result, compute.as_nanos() as u64)? {
+        write_frame_blocking(&mut out, &frame)?;
+    }
     out.flush()?;
     Ok(())
 }

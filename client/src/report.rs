@@ -81,7 +81,7 @@ impl ModeRun {
             workers,
             parts,
             elapsed: summary.median,
-            result: results[0],
+            result: results[0].clone(),
             consistent: results.iter().all(|r| *r == results[0]),
             samples,
             summary,
@@ -211,6 +211,7 @@ impl Report {
             .find(|r| r.mode == Mode::Sequential)
             .unwrap_or(&self.runs[0])
             .result
+            .clone()
     }
 
     /// Whether every mode's result, on every recorded run, equals the reference.

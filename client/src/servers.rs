@@ -114,10 +114,7 @@ fn read_listen_address(stdout: std::process::ChildStdout) -> anyhow::Result<Stri
         .recv_timeout(Duration::from_secs(10))
         .map_err(|_| anyhow!("a local server did not start within 10 s"))?
         .context("reading a local server's address")?;
-    let Some(address) = line
-        .strip_prefix("pool-server listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-    else {
+    let Some(address) = pool_server::cli::parse_listening_line(&line) else {
         bail!("a local server did not start (it printed {line:?})");
     };
     Ok(address.to_string())

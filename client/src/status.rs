@@ -83,20 +83,29 @@ pub async fn query_all(addresses: &[String], options: &ConnectOptions) -> Vec<Se
 pub fn table(states: &[ServerState]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<22} {:<12} {:<20} {:>7} {:>7} {:>7} {:>10} {:>10}\n",
-        "server", "state", "version", "workers", "running", "served", "uptime", "round trip"
+        "{:<22} {:<12} {:<20} {:>7} {:>7} {:>9} {:>7} {:>10} {:>10}\n",
+        "server",
+        "state",
+        "version",
+        "workers",
+        "busy",
+        "in flight",
+        "served",
+        "uptime",
+        "round trip"
     );
     for state in states {
         match &state.answer {
             Ok((status, round_trip)) => {
                 let _ = writeln!(
                     out,
-                    "{:<22} {:<12} {:<20} {:>7} {:>7} {:>7} {:>10} {:>10}",
+                    "{:<22} {:<12} {:<20} {:>7} {:>7} {:>9} {:>7} {:>10} {:>10}",
                     state.address,
                     "up",
                     status.server,
                     status.workers,
-                    status.parts_running,
+                    status.workers_busy,
+                    status.parts_in_flight,
                     status.parts_served,
                     uptime(Duration::from_nanos(status.uptime_nanos)),
                     seconds(*round_trip)
@@ -121,7 +130,8 @@ pub fn json(states: &[ServerState]) -> Value {
                     "reachable": true,
                     "version": status.server,
                     "workers": status.workers,
-                    "parts_running": status.parts_running,
+                    "workers_busy": status.workers_busy,
+                    "parts_in_flight": status.parts_in_flight,
                     "parts_served": status.parts_served,
                     "uptime_s": Duration::from_nanos(status.uptime_nanos).as_secs_f64(),
                     "round_trip_s": round_trip.as_secs_f64(),

@@ -67,7 +67,8 @@ async fn every_example_job_file_runs() {
             "loop.toml",
             "matrix-csv.toml",
             "matrix-sum.toml",
-            "quickstart.toml"
+            "quickstart.toml",
+            "sum-of-squares.toml"
         ]
     );
 }

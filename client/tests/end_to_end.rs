@@ -4,8 +4,8 @@
 
 mod support;
 
-use pool_common::jobs::loop_sum::splitmix64;
 use pool_common::jobs::PartResult;
+use pool_common::splitmix::splitmix64;
 use support::{addresses, job_file, options, start_servers};
 
 /// The matrix-sum result computed directly from the definition of the generated matrix.

@@ -11,7 +11,8 @@ use bytes::{BufMut, BytesMut};
 use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
 use pool_client::report::Mode;
 use pool_common::codec::{encode_frame, Frame};
-use pool_common::jobs::{LoopPart, Part, PartResult, PartTask};
+use pool_common::jobs::loop_sum::LoopPart;
+use pool_common::jobs::{Part, PartResult, PartTask};
 use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{job_file, options, reference_result, ServerProcess};
@@ -300,7 +301,7 @@ async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
         };
         total = total.wrapping_add(sum);
     }
-    let expected = pool_common::jobs::LoopPart { lo: 0, hi: 500_000 }
+    let expected = LoopPart { lo: 0, hi: 500_000 }
         .compute(&pool_common::jobs::CancelFlag::new())
         .unwrap();
     assert_eq!(total, expected);

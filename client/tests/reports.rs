@@ -218,7 +218,8 @@ async fn status_reports_live_servers_and_names_a_dead_one() {
         assert_eq!(state["address"], address.as_str());
         assert_eq!(state["reachable"], true);
         assert_eq!(state["workers"], 3);
-        assert_eq!(state["parts_running"], 0);
+        assert_eq!(state["workers_busy"], 0);
+        assert_eq!(state["parts_in_flight"], 0);
         assert_eq!(state["parts_served"], 0);
         assert!(state["version"]
             .as_str()

@@ -22,10 +22,15 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::protocol::{Hello, Reply, Request, Welcome, MAGIC, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use crate::jobs::DATA_CHUNK_BYTES;
+use crate::protocol::{Hello, Reply, Request, Welcome, MAGIC, PROTOCOL_VERSION};
+
+/// The largest frame either side accepts: a full data chunk plus its header, with room
+/// to spare. A length prefix above this is rejected before anything is allocated.
+pub const MAX_FRAME_BYTES: usize = DATA_CHUNK_BYTES + 4096;
 
 /// One unit on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// The client's opening frame.
     Hello(Hello),
@@ -75,6 +80,9 @@ pub enum FrameError {
     /// The body did not decode to the message its tag announced.
     #[error("undecodable message: {0}")]
     Decode(String),
+    /// A message could not be encoded (this side's bug, or a value over the limits).
+    #[error("cannot encode a message: {0}")]
+    Encode(String),
 }
 
 /// The tokio codec for [`Frame`]s, used with `Framed` on sockets.
@@ -148,16 +156,16 @@ pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError>
     let start = dst.len();
     dst.put_u32(0); // length, patched below
     match frame {
-        Frame::Hello(hello) => put_handshake(dst, b'H', &bincode_bytes(hello)?),
-        Frame::Welcome(welcome) => put_handshake(dst, b'W', &bincode_bytes(welcome)?),
+        Frame::Hello(hello) => put_handshake(dst, b'H', &encode_message(hello)?),
+        Frame::Welcome(welcome) => put_handshake(dst, b'W', &encode_message(welcome)?),
         Frame::Refused(reason) => put_handshake(dst, b'X', reason.as_bytes()),
         Frame::Request(request) => {
             dst.put_u8(b'Q');
-            dst.put_slice(&bincode_bytes(request)?);
+            dst.put_slice(&encode_message(request)?);
         }
         Frame::Reply(reply) => {
             dst.put_u8(b'R');
-            dst.put_slice(&bincode_bytes(reply)?);
+            dst.put_slice(&encode_message(reply)?);
         }
         Frame::Data { part_id, bytes } => {
             dst.reserve(9 + bytes.len());
@@ -203,15 +211,15 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
     }
     let tag = body.get_u8();
     match tag {
-        b'H' => Ok(Frame::Hello(from_bincode(&take_handshake(&mut body)?)?)),
-        b'W' => Ok(Frame::Welcome(from_bincode(&take_handshake(&mut body)?)?)),
+        b'H' => Ok(Frame::Hello(decode_message(&take_handshake(&mut body)?)?)),
+        b'W' => Ok(Frame::Welcome(decode_message(&take_handshake(&mut body)?)?)),
         b'X' => {
             // A refusal is readable whatever the peer's version: it is plain text.
             take_handshake_header(&mut body)?;
             Ok(Frame::Refused(String::from_utf8_lossy(&body).into_owned()))
         }
-        b'Q' => Ok(Frame::Request(from_bincode(&body)?)),
-        b'R' => Ok(Frame::Reply(from_bincode(&body)?)),
+        b'Q' => Ok(Frame::Request(decode_message(&body)?)),
+        b'R' => Ok(Frame::Reply(decode_message(&body)?)),
         b'D' => {
             if body.len() < 8 {
                 return Err(FrameError::Truncated);
@@ -226,11 +234,21 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
     }
 }
 
-/// Writes one frame to a blocking writer (a child process's pipe).
+/// Writes one frame to a blocking writer (a child process's pipe). A data frame's
+/// bytes are written from where they are, not copied into a frame buffer first.
 pub fn write_frame_blocking(writer: &mut impl Write, frame: &Frame) -> Result<(), FrameError> {
     let mut buf = BytesMut::new();
-    encode_frame(frame, &mut buf)?;
-    writer.write_all(&buf)?;
+    match frame {
+        Frame::Data { part_id, bytes } => {
+            encode_data_header(*part_id, bytes.len(), &mut buf)?;
+            writer.write_all(&buf)?;
+            writer.write_all(bytes)?;
+        }
+        other => {
+            encode_frame(other, &mut buf)?;
+            writer.write_all(&buf)?;
+        }
+    }
     Ok(())
 }
 
@@ -301,12 +319,14 @@ fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
 }
 
-fn bincode_bytes(value: &impl Serialize) -> Result<Vec<u8>, FrameError> {
+/// A message's bincode encoding, as frames carry it.
+pub fn encode_message(value: &impl Serialize) -> Result<Vec<u8>, FrameError> {
     bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|e| FrameError::Decode(format!("cannot encode: {e}")))
+        .map_err(|e| FrameError::Encode(e.to_string()))
 }
 
-fn from_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+/// Decodes a message encoded by [`encode_message`]; every byte must be used.
+pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != bytes.len() {
@@ -321,7 +341,8 @@ fn from_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{LoopPart, PartTask};
+    use crate::jobs::loop_sum::LoopPart;
+    use crate::jobs::PartTask;
 
     fn round_trip(frame: Frame) -> Frame {
         let mut buf = BytesMut::new();
@@ -359,10 +380,12 @@ mod tests {
     fn status_frames_round_trip() {
         let frames = [
             Frame::Request(Request::Status),
+            Frame::Request(Request::Cancel { part_id: 9 }),
             Frame::Reply(Reply::Status(crate::protocol::ServerStatus {
                 server: "pool-server 0.1.0".into(),
                 workers: 4,
-                parts_running: 2,
+                workers_busy: 2,
+                parts_in_flight: 3,
                 parts_served: 1 << 40,
                 uptime_nanos: u64::MAX,
             })),

@@ -8,7 +8,7 @@
 //! placement = "shuffle"            # or "random"
 //!
 //! [job]
-//! kind = "loop"                    # or "matrix-sum"
+//! kind = "loop"                    # or any of jobs::KIND_NAMES
 //! iterations = 3_000_000_000
 //! ```
 //!
@@ -19,13 +19,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::jobs::{loop_sum, matrix_sum, Job, Matrix};
-
-/// The largest matrix the client agrees to hold in memory, in bytes.
-pub const MAX_MATRIX_BYTES: u64 = 32 << 30;
+use crate::jobs::{Job, JobSpec, KIND_NAMES};
 
 /// The most servers `local = N` may start.
 pub const MAX_LOCAL_SERVERS: u64 = 64;
@@ -108,34 +106,6 @@ pub enum Fallback {
     Local,
 }
 
-/// The job a file describes, before its data is loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobSpec {
-    /// The counting loop.
-    Loop {
-        /// Total iterations.
-        iterations: u64,
-    },
-    /// The sum of a matrix.
-    MatrixSum(MatrixSource),
-}
-
-/// Where a matrix comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MatrixSource {
-    /// Generated from a seed (see [`Matrix::generate`]).
-    Generated {
-        /// Rows.
-        rows: u64,
-        /// Columns.
-        cols: u64,
-        /// Seed of the generator.
-        seed: u64,
-    },
-    /// Read from a CSV file (path resolved against the job file's folder).
-    Csv(PathBuf),
-}
-
 /// A line and column in a file, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
@@ -186,18 +156,15 @@ struct RawJobFile {
     #[serde(default)]
     fallback: Fallback,
     token: Option<String>,
-    job: Spanned<RawJob>,
+    /// Read twice: here for its `kind` and its place, then by the kind for its keys
+    /// (see [`parse_job`]).
+    job: Spanned<RawJobKind>,
 }
 
+/// The `[job]` table's `kind`, the other keys left to the kind.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJob {
+struct RawJobKind {
     kind: Spanned<String>,
-    iterations: Option<Spanned<u64>>,
-    rows: Option<Spanned<u64>>,
-    cols: Option<Spanned<u64>>,
-    seed: Option<Spanned<u64>>,
-    csv: Option<Spanned<String>>,
 }
 
 /// Reads and validates a job file. Files it names (servers file, CSV) are resolved
@@ -297,20 +264,15 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         token: raw.token.filter(|t| !t.is_empty()),
     };
 
-    let job = parse_job(raw.job, base, &error_at)?;
-    if let JobSpec::Loop { iterations } = job {
-        if parts > iterations {
+    let job = parse_job(text, &raw.job, &error_at)?;
+    if let Some(units) = job.planned_units() {
+        if parts > units {
             return Err(error_at(
                 Some(raw.parts.span()),
-                format!("parts = {parts} is more than the {iterations} iterations to split"),
-            ));
-        }
-    }
-    if let JobSpec::MatrixSum(MatrixSource::Generated { rows, .. }) = job {
-        if parts > rows {
-            return Err(error_at(
-                Some(raw.parts.span()),
-                format!("parts = {parts} is more than the {rows} matrix rows to split"),
+                format!(
+                    "parts = {parts} is more than the {units} {} to split",
+                    job.unit()
+                ),
             ));
         }
     }
@@ -328,137 +290,72 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
     })
 }
 
+/// Reads the `[job]` table as the kind it names asks: each kind parses its own keys
+/// (refusing unknown ones) and checks their values, and its errors point at them.
 fn parse_job(
-    raw: Spanned<RawJob>,
-    base: &Path,
+    text: &str,
+    raw: &Spanned<RawJobKind>,
     error_at: &dyn Fn(Option<Range<usize>>, String) -> JobFileError,
 ) -> Result<JobSpec, JobFileError> {
-    let job_span = raw.span();
-    let job = raw.into_inner();
-    let kind = job.kind.get_ref().as_str();
-    // Reject keys that belong to another kind, so a typo'd kind is not silently ignored.
-    let not_for = |key: &str, span: Range<usize>| {
-        error_at(Some(span), format!("`{key}` is not a key of a {kind} job"))
+    let kind = &raw.get_ref().kind;
+    let toml_error = |e: toml::de::Error| error_at(e.span(), e.message().trim().to_string());
+    // The first read proved the text is TOML with a `[job]` table; this one keeps
+    // every value's place, so the kind's errors can point at its keys.
+    let mut root = toml::de::DeTable::parse(text)
+        .map_err(toml_error)?
+        .into_inner();
+    let Some(mut table) = root.remove("job") else {
+        return Err(error_at(Some(raw.span()), "no [job] table".into()));
     };
-    match kind {
-        loop_sum::KIND => {
-            for (key, span) in [
-                ("rows", job.rows.as_ref().map(Spanned::span)),
-                ("cols", job.cols.as_ref().map(Spanned::span)),
-                ("seed", job.seed.as_ref().map(Spanned::span)),
-                ("csv", job.csv.as_ref().map(Spanned::span)),
-            ] {
-                if let Some(span) = span {
-                    return Err(not_for(key, span));
-                }
-            }
-            let iterations = job.iterations.ok_or_else(|| {
-                error_at(Some(job_span), "a loop job needs `iterations = N`".into())
-            })?;
-            if *iterations.get_ref() == 0 {
-                return Err(error_at(
-                    Some(iterations.span()),
-                    "iterations must be at least 1".into(),
-                ));
-            }
-            Ok(JobSpec::Loop {
-                iterations: iterations.into_inner(),
-            })
-        }
-        matrix_sum::KIND => {
-            if let Some(it) = &job.iterations {
-                return Err(not_for("iterations", it.span()));
-            }
-            if let Some(csv) = job.csv {
-                for (key, span) in [
-                    ("rows", job.rows.as_ref().map(Spanned::span)),
-                    ("cols", job.cols.as_ref().map(Spanned::span)),
-                    ("seed", job.seed.as_ref().map(Spanned::span)),
-                ] {
-                    if let Some(span) = span {
-                        return Err(error_at(
-                            Some(span),
-                            format!("`{key}` cannot be combined with `csv`: a CSV matrix has its own size"),
-                        ));
-                    }
-                }
-                return Ok(JobSpec::MatrixSum(MatrixSource::Csv(
-                    base.join(csv.get_ref()),
-                )));
-            }
-            let (Some(rows), Some(cols)) = (job.rows, job.cols) else {
-                return Err(error_at(
-                    Some(job_span),
-                    "a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`".into(),
-                ));
-            };
-            for dim in [&rows, &cols] {
-                if *dim.get_ref() == 0 {
-                    return Err(error_at(
-                        Some(dim.span()),
-                        "a matrix dimension must be at least 1".into(),
-                    ));
-                }
-            }
-            let bytes = rows
-                .get_ref()
-                .checked_mul(*cols.get_ref())
-                .and_then(|n| n.checked_mul(8));
-            if bytes.is_none_or(|b| b > MAX_MATRIX_BYTES) {
-                return Err(error_at(
-                    Some(cols.span()),
-                    format!(
-                        "a {} x {} matrix of 8-byte integers is larger than the {} GiB the client may hold",
-                        rows.get_ref(),
-                        cols.get_ref(),
-                        MAX_MATRIX_BYTES >> 30
-                    ),
-                ));
-            }
-            Ok(JobSpec::MatrixSum(MatrixSource::Generated {
-                rows: rows.into_inner(),
-                cols: cols.into_inner(),
-                seed: job.seed.map_or(0, Spanned::into_inner),
-            }))
-        }
-        other => Err(error_at(
-            Some(job.kind.span()),
-            format!(
-                "unknown job kind {other:?}; the kinds are {:?} and {:?}",
-                loop_sum::KIND,
-                matrix_sum::KIND
-            ),
-        )),
+    if let toml::de::DeValue::Table(keys) = table.get_mut() {
+        *keys = std::mem::take(keys)
+            .into_iter()
+            .filter(|(key, _)| key.get_ref() != "kind")
+            .collect();
     }
+    let spec = JobSpec::deserialize(kind.get_ref(), table.into_deserializer())
+        .ok_or_else(|| {
+            error_at(
+                Some(kind.span()),
+                format!(
+                    "unknown job kind {:?}; the kinds are {}",
+                    kind.get_ref(),
+                    KIND_NAMES
+                        .iter()
+                        .map(|k| format!("{k:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?
+        .map_err(|e| {
+            let message = format!("{} (in a {} job)", e.message().trim(), kind.get_ref());
+            error_at(e.span(), message)
+        })?;
+    spec.validate()
+        .map_err(|e| error_at(Some(e.span.unwrap_or_else(|| raw.span())), e.message))?;
+    Ok(spec)
 }
 
 impl JobFile {
     /// Builds the job, loading its data (a CSV matrix is read here), and checks that it
     /// splits into [`parts`](Self::parts).
     pub fn load_job(&self) -> Result<Job, JobFileError> {
-        let job = match &self.job {
-            JobSpec::Loop { iterations } => Job::Loop {
-                iterations: *iterations,
-            },
-            JobSpec::MatrixSum(MatrixSource::Generated { rows, cols, seed }) => {
-                Job::MatrixSum(Matrix::generate(*rows, *cols, *seed))
-            }
-            JobSpec::MatrixSum(MatrixSource::Csv(path)) => {
-                Job::MatrixSum(Matrix::read_csv(path).map_err(|e| JobFileError {
-                    path: self.path.display().to_string(),
-                    location: None,
-                    message: format!("csv: {e}"),
-                })?)
-            }
-        };
+        let base = self.path.parent().unwrap_or(Path::new(""));
+        let job = self.job.load(base).map_err(|message| JobFileError {
+            path: self.path.display().to_string(),
+            location: None,
+            message,
+        })?;
         if self.parts as u64 > job.split_units() {
             return Err(JobFileError {
                 path: self.path.display().to_string(),
                 location: Some(self.parts_location),
                 message: format!(
-                    "parts = {} is more than the {} units this {} job splits into",
+                    "parts = {} is more than the {} {} this {} job splits into",
                     self.parts,
                     job.split_units(),
+                    job.unit(),
                     job.kind()
                 ),
             });
@@ -543,7 +440,8 @@ mod tests {
         assert_eq!(file.servers, ["a:1", "b:2"]);
         assert_eq!(file.seed, Some(4));
         assert_eq!(file.placement, Placement::Shuffle);
-        assert_eq!(file.job, JobSpec::Loop { iterations: 10 });
+        assert_eq!(file.job.kind(), "loop");
+        assert_eq!(file.job.planned_units(), Some(10));
         assert_eq!(file.client, ClientSettings::default());
         let file = parse(
             "parts = 1\nconnect_timeout = 0.5\npart_timeout = 60\nmax_attempts = 5\nfallback = \"local\"\n\
@@ -565,7 +463,7 @@ mod tests {
         let base = "parts = 2\n[job]\nkind = \"loop\"\niterations = 10\n";
         assert_eq!(
             error(&format!("{base}colour = 3\n")),
-            "job.toml:5:1: unknown field `colour`, expected one of `kind`, `iterations`, `rows`, `cols`, `seed`, `csv`"
+            "job.toml:5:1: unknown field `colour`, expected `iterations` (in a loop job)"
         );
         assert_eq!(
             error("parts = 0\n[job]\nkind = \"loop\"\niterations = 10\n"),
@@ -579,13 +477,35 @@ mod tests {
             error("parts = \"two\"\n[job]\nkind = \"loop\"\niterations = 10\n"),
             "job.toml:1:9: invalid type: string \"two\", expected u64"
         );
-        assert_eq!(
-            error("parts = 2\n[job]\nkind = \"lop\"\niterations = 10\n"),
-            "job.toml:3:8: unknown job kind \"lop\"; the kinds are \"loop\" and \"matrix-sum\""
+        assert!(
+            error("parts = 2\n[job]\nkind = \"lop\"\niterations = 10\n").starts_with(
+                "job.toml:3:8: unknown job kind \"lop\"; the kinds are \"loop\", \"matrix-sum\""
+            ),
         );
         assert_eq!(
             error("parts = 2\n[job]\nkind = \"loop\"\nrows = 10\n"),
-            "job.toml:4:8: `rows` is not a key of a loop job"
+            "job.toml:4:1: unknown field `rows`, expected `iterations` (in a loop job)"
+        );
+        let matrix = "parts = 2\n[job]\nkind = \"matrix-sum\"\n";
+        assert_eq!(
+            error(&format!("{matrix}csv = \"m.csv\"\nrows = 3\n")),
+            "job.toml:5:8: `rows` cannot be combined with `csv`: a CSV matrix has its own size"
+        );
+        assert_eq!(
+            error(&format!("{matrix}rows = 3\n")),
+            "job.toml:2:1: a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`"
+        );
+        assert_eq!(
+            error(&format!("{matrix}rows = 3\ncols = 0\n")),
+            "job.toml:5:8: a matrix dimension must be at least 1"
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\niterations = 3\n"),
+            "job.toml:2:1: missing field `kind`"
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\nkind = \"loop\"\niterations = 0\n"),
+            "job.toml:4:14: iterations must be at least 1"
         );
         assert!(
             error("parts = 2\n").starts_with("job.toml:1:1: missing field `job`"),

@@ -2,11 +2,20 @@
 //!
 //! * [`protocol`]: the messages exchanged over a connection and the protocol version.
 //! * [`codec`]: how those messages are framed on a byte stream (TCP or a pipe).
+//! * [`wire`]: which frames carry a part out and its result back, and the checks on
+//!   what arrives.
 //! * [`jobs`]: the job kinds: how a job splits into parts, the kernel that computes one
 //!   part, and how partial results combine.
 //! * [`jobfile`]: the `job.toml` schema and its validation.
+//! * [`splitmix`]: the mixing function the kernels and generated data share.
+//!
+//! The modules depend on each other in one direction only: `jobs` and `splitmix`
+//! need none of the others, `protocol` names the jobs' types, `codec` frames the
+//! protocol, `wire` sequences frames, and `jobfile` reads the kinds' parameters.
 
 pub mod codec;
 pub mod jobfile;
 pub mod jobs;
 pub mod protocol;
+pub mod splitmix;
+pub mod wire;

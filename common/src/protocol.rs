@@ -6,8 +6,11 @@
 //! version mismatch is always reported as such rather than as garbage.
 //!
 //! After the handshake the client sends [`Request`]s and [`Frame::Data`] chunks, and the
-//! server answers each part with one [`Reply`]. Parts are identified by a `part_id` the
-//! client chooses; several parts may be in flight on one connection.
+//! server answers each part with exactly one [`Reply`]: [`Reply::PartDone`],
+//! [`Reply::PartDoneLarge`] (whose result follows in data frames) or
+//! [`Reply::PartFailed`]. Parts are identified by a `part_id` the client chooses;
+//! several parts may be in flight on one connection, and [`Request::Cancel`] withdraws
+//! one of them without touching the others.
 //!
 //! [`Frame::Hello`]: crate::codec::Frame::Hello
 //! [`Frame::Welcome`]: crate::codec::Frame::Welcome
@@ -22,15 +25,16 @@ use crate::jobs::{PartResult, PartTask};
 /// The first four bytes of every handshake frame: tells a pool peer from anything else.
 pub const MAGIC: [u8; 4] = *b"POOL";
 
-/// Bumped whenever a message's encoding changes.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Bumped whenever a message's encoding changes, including the list of job kinds
+/// (their order is the wire order of [`PartTask`] and [`PartResult`]).
+///
+/// 2: job kinds from one list (adds `sum-of-squares`), `Request::Cancel`,
+/// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// Bulk data travels in chunks of at most this many bytes (a multiple of 8).
-pub const DATA_CHUNK_BYTES: usize = 4 << 20;
-
-/// The largest frame either side accepts: a full data chunk plus its header, with room
-/// to spare. A length prefix above this is rejected before anything is allocated.
-pub const MAX_FRAME_BYTES: usize = DATA_CHUNK_BYTES + 4096;
+/// A result whose encoding is longer than this travels after its reply in data frames
+/// ([`Reply::PartDoneLarge`]) instead of inside it.
+pub const INLINE_RESULT_BYTES: usize = 64 << 10;
 
 /// What the client says after the magic and version when it connects.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +65,7 @@ pub struct Welcome {
 }
 
 /// What a client asks of a server once connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Compute one part. If `task` takes input bytes, exactly that many follow in
     /// [`Frame::Data`](crate::codec::Frame::Data) frames carrying the same `part_id`.
@@ -74,10 +78,19 @@ pub enum Request {
     /// Ask how the server is doing; answered at once with [`Reply::Status`], without
     /// waiting for the executor, so it works even while every worker is busy.
     Status,
+    /// The client no longer wants this part (it timed out, or another server answered
+    /// first). The server stops its kernel and frees the worker; the part is still
+    /// answered once, with [`ErrorCode::Cancelled`] unless its result was already on
+    /// its way. A cancel for a part not in flight is ignored (it may have just been
+    /// answered).
+    Cancel {
+        /// The part to withdraw.
+        part_id: u64,
+    },
 }
 
 /// What a server answers to one part.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// The part was computed.
     PartDone {
@@ -87,6 +100,17 @@ pub enum Reply {
         result: PartResult,
         /// Time the server spent computing this part, in nanoseconds. A duration on the
         /// server's clock, never compared with the client's clock.
+        compute_nanos: u64,
+    },
+    /// The part was computed, and its result is longer than [`INLINE_RESULT_BYTES`]:
+    /// its bincode encoding follows in [`Frame::Data`](crate::codec::Frame::Data)
+    /// frames carrying the same `part_id`, `result_bytes` in all.
+    PartDoneLarge {
+        /// The part this answers.
+        part_id: u64,
+        /// The length of the encoded result that follows.
+        result_bytes: u64,
+        /// Time the server spent computing this part, in nanoseconds.
         compute_nanos: u64,
     },
     /// The part could not be computed.
@@ -114,7 +138,9 @@ pub struct ServerStatus {
     /// How many parts it computes at once (its `--workers`).
     pub workers: u32,
     /// Worker threads computing right now.
-    pub parts_running: u32,
+    pub workers_busy: u32,
+    /// Parts accepted and not yet answered, on every connection (queued or computing).
+    pub parts_in_flight: u32,
     /// Parts answered with a result since the server started.
     pub parts_served: u64,
     /// Time since the server started, in nanoseconds (a duration on its clock).
@@ -157,6 +183,8 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The server is shutting down and did not compute the part.
     ShuttingDown,
+    /// The client cancelled the part ([`Request::Cancel`]).
+    Cancelled,
     /// Something went wrong inside the server.
     Internal,
 }

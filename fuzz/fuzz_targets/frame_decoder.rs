@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// What a reader made of a stream: the frames it yielded, and whether it stopped on an
 /// error (rather than at a clean end of the stream).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 struct Outcome {
     frames: Vec<Frame>,
     failed: bool,

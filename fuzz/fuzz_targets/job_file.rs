@@ -4,15 +4,15 @@
 //! at most the number of lines + 1 (the line after a final newline, where "missing
 //! field" errors may point), and its column at most that line's length + 1. Its error
 //! message must display. A job file it accepts must hold the promises the client relies
-//! on (at least one part, no more parts than the job splits into, well-formed server
-//! addresses).
+//! on (at least one part, parameters its kind accepts, no more parts than the job
+//! splits into, well-formed server addresses).
 
 #![no_main]
 
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use pool_common::jobfile::{self, JobSpec, MatrixSource};
+use pool_common::jobfile;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -74,25 +74,13 @@ fn check_accepted(file: &jobfile::JobFile) {
         assert!((1..=jobfile::MAX_LOCAL_SERVERS as usize).contains(&n));
     }
     let parts = file.parts as u64;
-    match &file.job {
-        JobSpec::Loop { iterations } => {
-            assert!(
-                parts <= *iterations,
-                "accepted {parts} parts of {iterations} iterations"
-            )
-        }
-        JobSpec::MatrixSum(MatrixSource::Generated { rows, cols, .. }) => {
-            assert!(
-                *rows >= 1 && *cols >= 1,
-                "accepted a {rows} x {cols} matrix"
-            );
-            assert!(parts <= *rows, "accepted {parts} parts of {rows} rows");
-            let bytes = u128::from(*rows) * u128::from(*cols) * 8;
-            assert!(
-                bytes <= u128::from(jobfile::MAX_MATRIX_BYTES),
-                "accepted a {rows} x {cols} matrix"
-            );
-        }
-        JobSpec::MatrixSum(MatrixSource::Csv(_)) => {}
+    assert!(file.job.validate().is_ok(), "accepted invalid parameters");
+    if let Some(units) = file.job.planned_units() {
+        assert!(units >= 1, "accepted a job of no {}", file.job.unit());
+        assert!(
+            parts <= units,
+            "accepted {parts} parts of {units} {}",
+            file.job.unit()
+        );
     }
 }

@@ -73,7 +73,7 @@ pub fn init_logging(default_level: &str) {
 }
 
 /// Runs a server until Ctrl-C, SIGTERM (or the end of standard input, if asked), then
-/// shuts it down gracefully. Prints `pool-server listening on ADDR` on standard output
+/// shuts it down gracefully. Prints [`listening_line`] on standard output
 /// once it accepts connections.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let defaults = ServerConfig::default();
@@ -96,8 +96,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(
         stdout,
-        "pool-server listening on {} with {workers} workers",
-        server.local_addr()
+        "{} with {workers} workers",
+        listening_line("pool-server", server.local_addr())
     )?;
     stdout.flush()?;
     info!(addr = %server.local_addr(), workers, "listening");
@@ -118,6 +118,19 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// The line a program that listens prints on standard output once it accepts
+/// connections (`pool-server listening on 127.0.0.1:7000`, then anything); whoever
+/// started it reads the address back with [`parse_listening_line`].
+pub fn listening_line(program: &str, address: impl std::fmt::Display) -> String {
+    format!("{program} listening on {address}")
+}
+
+/// The address in a line printed by [`listening_line`], if it is one.
+pub fn parse_listening_line(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(" listening on ")?;
+    rest.split_whitespace().next()
 }
 
 /// Cancels `stop` when standard input reaches its end (the parent went away).

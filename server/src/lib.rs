@@ -2,6 +2,7 @@
 //!
 //! * [`listener`]: the accept loop, the connection limit and graceful shutdown.
 //! * [`connection`]: one connection's life, from handshake to the last reply.
+//! * [`parts`]: the rules for a connection's parts, as a state machine without I/O.
 //! * [`executor`]: the bounded pool of OS threads where kernels run.
 //! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
 //!
@@ -11,9 +12,10 @@ pub mod cli;
 pub mod connection;
 pub mod executor;
 pub mod listener;
+pub mod parts;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,8 @@ pub struct Shared {
     pub executor: Executor,
     /// Parts answered with a result since start.
     pub parts_served: AtomicU64,
+    /// Parts accepted and not yet answered, on every connection.
+    pub parts_in_flight: AtomicUsize,
     /// When the server started.
     pub started: Instant,
     /// Cancelled when the shutdown grace period is over: connections still open end
@@ -116,6 +120,7 @@ pub async fn start(
         executor: Executor::new(config.workers),
         config,
         parts_served: AtomicU64::new(0),
+        parts_in_flight: AtomicUsize::new(0),
         started: Instant::now(),
         force_stop: CancellationToken::new(),
     });

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::connection::Connection;
 use crate::Shared;
@@ -55,14 +55,15 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
         };
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            info!(%peer, "connection opened");
-            match Connection::new(socket, peer, shared, shutdown).run().await {
-                Ok(parts) => info!(%peer, parts, "connection closed"),
-                Err(e) => warn!(%peer, error = %e, "connection closed"),
+        let serve = async move {
+            info!("connection opened");
+            match Connection::new(socket, shared, shutdown).run().await {
+                Ok(parts) => info!(parts, "connection closed"),
+                Err(e) => warn!(error = %e, "connection closed"),
             }
             drop(permit);
-        });
+        };
+        connections.spawn(serve.instrument(info_span!("connection", %peer)));
     }
     drop(listener);
     connections.close();

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures::future::try_join_all;
 use pool_client::connection::{ConnectOptions, ServerConnection};
-use pool_common::jobs::{CancelFlag, LoopPart, Part, PartTask};
+use pool_common::jobs::loop_sum::LoopPart;
+use pool_common::jobs::{CancelFlag, Part, PartTask};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

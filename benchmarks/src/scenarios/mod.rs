@@ -15,7 +15,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use pool_client::connection::{ConnectOptions, ServerConnection};
 use pool_client::dispatch::{run_pool, FaultPolicy};
 use pool_common::jobfile::{Fallback, Placement};
-use pool_common::jobs::{CancelFlag, LoopPart, Part, PartResult, PartTask};
+use pool_common::jobs::loop_sum::LoopPart;
+use pool_common::jobs::{CancelFlag, Part, PartResult, PartTask};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -74,7 +75,10 @@ pub async fn run_windowed(
             .buffer_unordered(WINDOW)
             .map_ok(|reply| reply.result)
             .try_fold(None, |acc: Option<PartResult>, r| async move {
-                Ok(Some(acc.map_or(r, |a| a.combine(r).expect("same kind"))))
+                Ok(Some(match acc {
+                    None => r,
+                    Some(a) => a.combine(r).expect("same kind"),
+                }))
             })
     });
     let results = futures::future::try_join_all(per_conn).await?;

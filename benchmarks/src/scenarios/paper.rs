@@ -30,10 +30,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     let part_secs = if s.quick { 0.02 } else { 4.0 };
     let ns = blocking(|| loop_ns_per_iteration(1 << 26)).await?;
     let per_part = (part_secs * 1e9 / ns) as u64;
-    let parts = Job::Loop {
-        iterations: 3 * per_part,
-    }
-    .split(3);
+    let parts = Job::Loop(3 * per_part).split(3);
     let exe = self_exe()?;
     let servers: Vec<Helper> = (0..3)
         .map(|_| Helper::pool_server(1))
@@ -57,11 +54,11 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             local::threaded(&p, &CancelFlag::new(), &|| {}).expect("never cancelled")
         })
         .await?;
-        check("threaded", thr.result, seq.result)?;
+        check("threaded", thr.result, seq.result.clone())?;
         let (p, e) = (parts.clone(), exe.clone());
         let mp =
             blocking(move || local::multi_process(&p, &e, &CancelFlag::new(), &|| {})).await??;
-        check("multi-process", mp.result, seq.result)?;
+        check("multi-process", mp.result, seq.result.clone())?;
         let (pool, result) = pool_mode(&parts, &addrs).await?;
         check("pool", result, seq.result)?;
         for (k, t) in [

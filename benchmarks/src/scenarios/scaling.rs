@@ -9,7 +9,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use pool_client::local;
-use pool_common::jobs::{CancelFlag, Job, LoopPart, PartResult};
+use pool_common::jobs::loop_sum::LoopPart;
+use pool_common::jobs::{CancelFlag, Job, PartResult};
 
 use super::{blocking, check, loop_ns_per_iteration, pool_mode, secs, Settings};
 use crate::figures::{Figure, Goal};
@@ -28,7 +29,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         .map(|_| Helper::pool_server(1))
         .collect::<anyhow::Result<_>>()?;
     let addrs: Vec<&str> = servers.iter().map(|h| h.addr.as_str()).collect();
-    let job = Job::Loop { iterations };
+    let job = Job::Loop(iterations);
     let c_kernel = CKernel::build();
     let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut put = |k: String, v: f64| m.entry(k).or_default().push(v);
@@ -49,13 +50,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
                 local::threaded(&p, &CancelFlag::new(), &|| {}).expect("never cancelled")
             })
             .await?;
-            check("threaded", thr.result, reference)?;
+            check("threaded", thr.result, reference.clone())?;
             let (p, e) = (parts.clone(), exe.clone());
             let mp = blocking(move || local::multi_process(&p, &e, &CancelFlag::new(), &|| {}))
                 .await??;
-            check("multi-process", mp.result, reference)?;
+            check("multi-process", mp.result, reference.clone())?;
             let (pool, result) = pool_mode(&parts, &addrs[..k]).await?;
-            check("pool", result, reference)?;
+            check("pool", result, reference.clone())?;
             put(format!("thr{k}"), secs(thr.elapsed));
             put(format!("mp{k}"), secs(mp.elapsed));
             put(format!("pool{k}"), secs(pool));

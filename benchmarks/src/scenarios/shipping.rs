@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 use pool_client::local;
+use pool_common::jobs::matrix_sum::Matrix;
 use pool_common::jobs::CancelFlag;
-use pool_common::jobs::{Job, Matrix, Part};
+use pool_common::jobs::{Job, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -5,15 +5,28 @@
 //! optimising compiler; this body is not, so the measured time is the loop's. The same
 //! workload is easy to write in C, numpy, Dask, Ray or MPI, so figures compare directly.
 
+use std::path::Path;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
-use super::{CancelFlag, Cancelled};
-
-/// The kind's name in job files.
-pub const KIND: &str = "loop";
+use super::{CancelFlag, Cancelled, Kind, ParamError};
+use crate::splitmix::splitmix64;
 
 /// How many iterations run between two looks at the cancel flag (about a millisecond).
 const CANCEL_CHECK_INTERVAL: u64 = 1 << 20;
+
+/// The `loop` kind.
+pub struct LoopSum;
+
+/// The `[job]` keys of a loop job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopParams {
+    /// Total iterations: the loop runs over `[0, iterations)`.
+    pub iterations: Spanned<u64>,
+}
 
 /// One part of a loop job: the index range `[lo, hi)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +35,62 @@ pub struct LoopPart {
     pub lo: u64,
     /// Last index, excluded.
     pub hi: u64,
+}
+
+impl Kind for LoopSum {
+    const NAME: &'static str = "loop";
+    const UNIT: &'static str = "iterations";
+    type Params = LoopParams;
+    /// The number of iterations.
+    type Data = u64;
+    type Task = LoopPart;
+    /// The wrapping sum mod 2^64.
+    type Output = u64;
+
+    fn validate_params(params: &LoopParams) -> Result<(), ParamError> {
+        if *params.iterations.get_ref() == 0 {
+            return Err(ParamError::at(
+                params.iterations.span(),
+                "iterations must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn planned_units(params: &LoopParams) -> Option<u64> {
+        Some(*params.iterations.get_ref())
+    }
+
+    fn load(params: &LoopParams, _base: &Path) -> Result<u64, String> {
+        Ok(*params.iterations.get_ref())
+    }
+
+    fn split_units(iterations: &u64) -> u64 {
+        *iterations
+    }
+
+    fn part(_iterations: &u64, lo: u64, hi: u64) -> (LoopPart, Bytes) {
+        (LoopPart { lo, hi }, Bytes::new())
+    }
+
+    fn validate(task: &LoopPart) -> Result<(), String> {
+        if task.lo > task.hi {
+            return Err(format!("loop range [{}, {}) is reversed", task.lo, task.hi));
+        }
+        Ok(())
+    }
+
+    fn work_items(task: &LoopPart) -> u64 {
+        task.hi.saturating_sub(task.lo)
+    }
+
+    fn compute_chunk(task: &LoopPart, _chunk: &[u8], cancel: &CancelFlag) -> Result<u64, Cancelled> {
+        task.compute(cancel)
+    }
+
+    fn combine(a: u64, b: u64) -> Option<u64> {
+        Some(a.wrapping_add(b))
+    }
 }
 
 impl LoopPart {
@@ -39,23 +108,6 @@ impl LoopPart {
         }
         Ok(sum)
     }
-
-    /// Checks `lo <= hi`.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.lo > self.hi {
-            return Err(format!("loop range [{}, {}) is reversed", self.lo, self.hi));
-        }
-        Ok(())
-    }
-}
-
-/// The splitmix64 mixing function (Steele, Lea and Flood), all arithmetic wrapping.
-#[inline(always)]
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The wrapping sum of splitmix64(i) over `[lo, hi)`: the hot loop.
@@ -74,7 +126,6 @@ mod tests {
 
     #[test]
     fn check_values_from_the_design() {
-        assert_eq!(splitmix64(0), 0xe220a8397b1dcdaf);
         assert_eq!(sum(0, 1000), 4839925025133175650);
         assert_eq!(sum(0, 1 << 20), 8731987058694679736);
     }

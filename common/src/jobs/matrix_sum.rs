@@ -10,14 +10,34 @@ use std::path::Path;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
-use super::loop_sum::splitmix64;
-
-/// The kind's name in job files.
-pub const KIND: &str = "matrix-sum";
+use super::{CancelFlag, Cancelled, Kind, ParamError};
+use crate::splitmix::splitmix64;
 
 /// Bytes per element.
 const ELEMENT_BYTES: u64 = 8;
+
+/// The largest matrix the client agrees to hold in memory, in bytes.
+pub const MAX_MATRIX_BYTES: u64 = 32 << 30;
+
+/// The `matrix-sum` kind.
+pub struct MatrixSum;
+
+/// The `[job]` keys of a matrix-sum job: `rows` and `cols` (and `seed`) for a generated
+/// matrix, or `csv` for one read from a file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixParams {
+    /// Rows of a generated matrix.
+    pub rows: Option<Spanned<u64>>,
+    /// Columns of a generated matrix.
+    pub cols: Option<Spanned<u64>>,
+    /// Seed of a generated matrix (default 0).
+    pub seed: Option<Spanned<u64>>,
+    /// A CSV file to read the matrix from, relative to the job file's folder.
+    pub csv: Option<Spanned<String>>,
+}
 
 /// One part of a matrix job: a block of rows, whose bytes follow as input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,32 +50,134 @@ pub struct MatrixPart {
     pub cols: u64,
 }
 
-impl MatrixPart {
-    /// The block's size in bytes, `None` on overflow.
-    pub fn input_bytes(&self) -> Option<u64> {
-        self.rows.checked_mul(self.cols)?.checked_mul(ELEMENT_BYTES)
+impl Kind for MatrixSum {
+    const NAME: &'static str = "matrix-sum";
+    const UNIT: &'static str = "matrix rows";
+    type Params = MatrixParams;
+    type Data = Matrix;
+    type Task = MatrixPart;
+    /// The exact sum, widened so it cannot overflow.
+    type Output = i128;
+
+    fn validate_params(params: &MatrixParams) -> Result<(), ParamError> {
+        if params.csv.is_some() {
+            for (key, value) in [("rows", &params.rows), ("cols", &params.cols), ("seed", &params.seed)] {
+                if let Some(value) = value {
+                    return Err(ParamError::at(
+                        value.span(),
+                        format!("`{key}` cannot be combined with `csv`: a CSV matrix has its own size"),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let (Some(rows), Some(cols)) = (&params.rows, &params.cols) else {
+            return Err(ParamError::in_table(
+                "a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`",
+            ));
+        };
+        for dim in [rows, cols] {
+            if *dim.get_ref() == 0 {
+                return Err(ParamError::at(dim.span(), "a matrix dimension must be at least 1"));
+            }
+        }
+        let bytes = rows
+            .get_ref()
+            .checked_mul(*cols.get_ref())
+            .and_then(|n| n.checked_mul(ELEMENT_BYTES));
+        if bytes.is_none_or(|b| b > MAX_MATRIX_BYTES) {
+            return Err(ParamError::at(
+                cols.span(),
+                format!(
+                    "a {} x {} matrix of 8-byte integers is larger than the {} GiB the client may hold",
+                    rows.get_ref(),
+                    cols.get_ref(),
+                    MAX_MATRIX_BYTES >> 30
+                ),
+            ));
+        }
+        Ok(())
     }
 
-    /// Checks that the block's size is representable.
-    pub fn validate(&self) -> Result<(), String> {
-        match self.input_bytes() {
+    fn planned_units(params: &MatrixParams) -> Option<u64> {
+        match (&params.csv, &params.rows) {
+            (None, Some(rows)) => Some(*rows.get_ref()),
+            _ => None,
+        }
+    }
+
+    fn seeds(params: &MatrixParams) -> Vec<(&'static str, u64)> {
+        match &params.csv {
+            Some(_) => Vec::new(),
+            None => vec![("matrix", params.seed.as_ref().map_or(0, |s| *s.get_ref()))],
+        }
+    }
+
+    fn load(params: &MatrixParams, base: &Path) -> Result<Matrix, String> {
+        match (&params.csv, &params.rows, &params.cols) {
+            (Some(csv), _, _) => Matrix::read_csv(&base.join(csv.get_ref())).map_err(|e| format!("csv: {e}")),
+            (None, Some(rows), Some(cols)) => Ok(Matrix::generate(
+                *rows.get_ref(),
+                *cols.get_ref(),
+                params.seed.as_ref().map_or(0, |s| *s.get_ref()),
+            )),
+            _ => Err("a matrix-sum job needs `rows` and `cols`, or `csv`".into()),
+        }
+    }
+
+    fn split_units(matrix: &Matrix) -> u64 {
+        matrix.rows()
+    }
+
+    fn part(matrix: &Matrix, lo: u64, hi: u64) -> (MatrixPart, Bytes) {
+        matrix.row_block(lo, hi)
+    }
+
+    fn validate(task: &MatrixPart) -> Result<(), String> {
+        match Self::input_bytes(task) {
             Some(_) => Ok(()),
             None => Err(format!(
                 "a block of {} x {} elements overflows",
-                self.rows, self.cols
+                task.rows, task.cols
             )),
         }
     }
-}
 
-/// Checks that a data chunk holds whole elements.
-pub fn check_chunk(len: usize) -> Result<(), String> {
-    if (len as u64).is_multiple_of(ELEMENT_BYTES) {
-        Ok(())
-    } else {
-        Err(format!(
-            "a chunk of {len} bytes does not hold whole 8-byte elements"
-        ))
+    fn input_bytes(task: &MatrixPart) -> Option<u64> {
+        task.rows.checked_mul(task.cols)?.checked_mul(ELEMENT_BYTES)
+    }
+
+    fn work_items(task: &MatrixPart) -> u64 {
+        task.rows.saturating_mul(task.cols)
+    }
+
+    fn check_chunk(_task: &MatrixPart, len: usize) -> Result<(), String> {
+        if (len as u64).is_multiple_of(ELEMENT_BYTES) {
+            Ok(())
+        } else {
+            Err(format!(
+                "a chunk of {len} bytes does not hold whole 8-byte elements"
+            ))
+        }
+    }
+
+    fn compute_chunk(_task: &MatrixPart, chunk: &[u8], cancel: &CancelFlag) -> Result<i128, Cancelled> {
+        // A chunk is at most 4 MiB, about a millisecond: one look at the flag suffices.
+        if cancel.is_cancelled() {
+            return Err(Cancelled);
+        }
+        Ok(sum_le_i64(chunk))
+    }
+
+    fn combine(a: i128, b: i128) -> Option<i128> {
+        a.checked_add(b)
+    }
+
+    /// A block of `rows x cols` elements sums to at most that many times `i64::MAX`
+    /// in size: a larger claim is a lie, and results within it never overflow `i128`.
+    fn could_produce(task: &MatrixPart, sum: &i128) -> bool {
+        let elements = task.rows.saturating_mul(task.cols) as i128;
+        *sum <= elements * i64::MAX as i128 && *sum >= elements * i64::MIN as i128
     }
 }
 

@@ -1,128 +1,175 @@
-//! The job kinds.
+//! The job kinds, and what every kind shares.
 //!
 //! A *job* is what the user asks for (sum this matrix, run this loop). It splits into
 //! *parts*, each a self-contained [`PartTask`] plus the input bytes it reads (a block of
 //! the matrix; nothing for the loop). Every mode (sequential, threaded, multi-process and
-//! the pool's servers) computes a part the same way: it feeds the part's input, in
-//! chunks of at most [`DATA_CHUNK_BYTES`](crate::protocol::DATA_CHUNK_BYTES), to
-//! [`compute_chunk`] and folds the chunk results with [`PartResult::combine`]. Partial
-//! results of the parts combine the same way into the job's result.
+//! the pool's servers) computes a part the same way: its input, cut into chunks of at
+//! most [`DATA_CHUNK_BYTES`], goes through [`compute_chunk`], and the chunk results fold
+//! with [`PartResult::combine`] ([`PartComputation`] does both). Partial results of the
+//! parts combine the same way into the job's result.
 //!
 //! Parts are idempotent: computing one twice gives the same result, so a client may
-//! resend a part to another server.
+//! resend a part to another server, or to two at once.
 //!
-//! Each kind lives in its own file; this one lists them.
-
-pub mod loop_sum;
-pub mod matrix_sum;
+//! # Adding a kind
+//!
+//! A kind is one file in this folder that implements [`Kind`], plus one line in the
+//! [`job_kinds!`] list at the end of this file. The list generates everything that
+//! names every kind: the wire enums [`PartTask`] and [`PartResult`], the job file's
+//! [`JobSpec`], the loaded [`Job`], and [`KIND_NAMES`] for error messages. Every
+//! generated `match` names every kind, so nothing can be forgotten. The README's
+//! "Adding a job kind" walks through a worked example.
 
 use std::fmt;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use loop_sum::LoopPart;
-pub use matrix_sum::{Matrix, MatrixPart};
+/// A part's input travels, and is computed, in chunks of at most this many bytes (a
+/// multiple of 8, so chunks of 8-byte elements hold whole elements).
+pub const DATA_CHUNK_BYTES: usize = 4 << 20;
 
-use crate::protocol::DATA_CHUNK_BYTES;
+/// The largest encoded result a kind may return without saying otherwise in
+/// [`Kind::max_result_bytes`]: room for a few integers.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 4096;
 
-/// What one part asks to compute. Sent to servers and child processes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PartTask {
-    /// Sum of splitmix64 over an index range.
-    Loop(LoopPart),
-    /// Sum of a block of matrix rows, whose bytes follow as input.
-    MatrixSum(MatrixPart),
-}
+/// A kind of job: its parameters in the job file, how it splits, the kernel that
+/// computes one part, and how results combine. Implement it in a file of its own and
+/// register it with one line in [`job_kinds!`].
+///
+/// Everything that reaches a server ([`Kind::Task`]) or comes back from one
+/// ([`Kind::Output`]) is checked before use: the other side may be hostile.
+pub trait Kind {
+    /// The kind's name in job files (`kind = "..."`).
+    const NAME: &'static str;
 
-/// The result of a part, or of a whole job once parts are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PartResult {
-    /// Wrapping sum mod 2^64.
-    Loop(u64),
-    /// Exact sum of 64-bit integers, widened so it cannot overflow.
-    MatrixSum(i128),
-}
+    /// What the kind splits over, plural, for messages ("iterations", "matrix rows").
+    const UNIT: &'static str;
 
-impl PartResult {
-    /// Combines two results of the same kind (of two parts, or two chunks of a part).
-    ///
-    /// Returns `None` when the kinds differ or a matrix sum overflows `i128`, which only
-    /// a confused or hostile peer can cause (see [`PartTask::could_produce`]).
-    pub fn combine(self, other: PartResult) -> Option<PartResult> {
-        match (self, other) {
-            (PartResult::Loop(a), PartResult::Loop(b)) => Some(PartResult::Loop(a.wrapping_add(b))),
-            (PartResult::MatrixSum(a), PartResult::MatrixSum(b)) => {
-                a.checked_add(b).map(PartResult::MatrixSum)
-            }
-            _ => None,
-        }
+    /// The `[job]` table's keys besides `kind`. Parse it with
+    /// `#[serde(deny_unknown_fields)]` and wrap values in [`toml::Spanned`] where an
+    /// error should point at them.
+    type Params: DeserializeOwned + fmt::Debug + Clone + PartialEq + Send + Sync;
+
+    /// The job once loaded: its data in memory, or just its size.
+    type Data: fmt::Debug + Send + Sync;
+
+    /// One part's description, sent to servers and worker processes.
+    type Task: Serialize + DeserializeOwned + fmt::Debug + Clone + PartialEq + Send + Sync;
+
+    /// The result of a part, of a chunk, or of the whole job.
+    type Output: Serialize
+        + DeserializeOwned
+        + fmt::Debug
+        + fmt::Display
+        + Clone
+        + PartialEq
+        + Send
+        + Sync;
+
+    /// Checks the parameters (a reversed range, a zero size, a matrix too large to
+    /// hold). Errors without a span point at the `[job]` table.
+    fn validate_params(params: &Self::Params) -> Result<(), ParamError>;
+
+    /// The number of units the job will split into, when the parameters alone tell
+    /// (they do not for a matrix read from a file): the job file then refuses more
+    /// parts than that before anything is loaded.
+    fn planned_units(params: &Self::Params) -> Option<u64>;
+
+    /// Seeds that make the job's data the same on a rerun, by name, for the report.
+    fn seeds(_params: &Self::Params) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Loads the job: generates its data, or reads the files it names (relative to
+    /// `base`, the job file's folder).
+    fn load(params: &Self::Params, base: &Path) -> Result<Self::Data, String>;
+
+    /// The number of units the loaded job splits over; a job has at most this many
+    /// parts.
+    fn split_units(data: &Self::Data) -> u64;
+
+    /// The part covering units `[lo, hi)` (`lo < hi <= split_units`): its task and its
+    /// input bytes (a zero-copy slice of the job's data, or empty).
+    fn part(data: &Self::Data, lo: u64, hi: u64) -> (Self::Task, Bytes);
+
+    /// Checks a task received from the network; a server refuses one that fails.
+    fn validate(task: &Self::Task) -> Result<(), String>;
+
+    /// The input bytes the task reads, sent after it as data frames. `None` if its
+    /// sizes overflow, which only a broken or hostile peer sends.
+    fn input_bytes(_task: &Self::Task) -> Option<u64> {
+        Some(0)
+    }
+
+    /// The work the task declares (loop iterations, matrix elements), for servers that
+    /// cap it and clients that estimate how long it may take.
+    fn work_items(task: &Self::Task) -> u64;
+
+    /// Checks that a data chunk of `len` bytes can belong to the task.
+    fn check_chunk(_task: &Self::Task, _len: usize) -> Result<(), String> {
+        Err(format!("a {} part takes no data", Self::NAME))
+    }
+
+    /// Computes one chunk of the task's input (the whole task, on an empty chunk, for a
+    /// task without input), checking `cancel` often enough to stop within ~100 ms.
+    fn compute_chunk(
+        task: &Self::Task,
+        chunk: &[u8],
+        cancel: &CancelFlag,
+    ) -> Result<Self::Output, Cancelled>;
+
+    /// Combines the results of two chunks of one part, or of two parts. `None` when
+    /// they cannot combine (an overflow only a hostile peer can cause).
+    fn combine(a: Self::Output, b: Self::Output) -> Option<Self::Output>;
+
+    /// Whether `task` could have produced `output`: a range check against hostile
+    /// peers. Results that pass it always combine.
+    fn could_produce(_task: &Self::Task, _output: &Self::Output) -> bool {
+        true
+    }
+
+    /// The largest encoded result the task can produce, in bytes: a client refuses a
+    /// longer one before reading it.
+    fn max_result_bytes(_task: &Self::Task) -> u64 {
+        DEFAULT_MAX_RESULT_BYTES
     }
 }
 
-impl fmt::Display for PartResult {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PartResult::Loop(v) => write!(f, "{v}"),
-            PartResult::MatrixSum(v) => write!(f, "{v}"),
+/// A problem with a kind's parameters, and where in the job file it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// Byte range in the job file of the value at fault; `None` for the `[job]` table.
+    pub span: Option<Range<usize>>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ParamError {
+    /// An error pointing at a value (`span` from its [`toml::Spanned`]).
+    pub fn at(span: Range<usize>, message: impl Into<String>) -> ParamError {
+        ParamError {
+            span: Some(span),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the `[job]` table as a whole (a key missing).
+    pub fn in_table(message: impl Into<String>) -> ParamError {
+        ParamError {
+            span: None,
+            message: message.into(),
         }
     }
 }
 
-impl PartTask {
-    /// How many input bytes the part reads (sent after the task as data frames).
-    ///
-    /// `None` if the task's sizes overflow, which a well-behaved client never sends.
-    pub fn input_bytes(&self) -> Option<u64> {
-        match self {
-            PartTask::Loop(_) => Some(0),
-            PartTask::MatrixSum(part) => part.input_bytes(),
-        }
-    }
-
-    /// The amount of work the part declares (loop iterations, matrix elements), for
-    /// servers that cap it.
-    pub fn work_items(&self) -> u64 {
-        match self {
-            PartTask::Loop(part) => part.hi.saturating_sub(part.lo),
-            PartTask::MatrixSum(part) => part.rows.saturating_mul(part.cols),
-        }
-    }
-
-    /// Whether this task could have produced `result`: the same kind, and for a matrix
-    /// block a sum no larger than its elements can make. A peer could send anything;
-    /// results that pass this check always combine without overflow.
-    pub fn could_produce(&self, result: &PartResult) -> bool {
-        match (self, result) {
-            (PartTask::Loop(_), PartResult::Loop(_)) => true,
-            (PartTask::MatrixSum(part), PartResult::MatrixSum(sum)) => {
-                let elements = part.rows.saturating_mul(part.cols) as i128;
-                *sum <= elements * i64::MAX as i128 && *sum >= elements * i64::MIN as i128
-            }
-            _ => false,
-        }
-    }
-
-    /// Checks that a data chunk of `len` bytes can belong to this task (whole elements).
-    pub fn check_chunk(&self, len: usize) -> Result<(), String> {
-        match self {
-            PartTask::Loop(_) => Err("a loop part takes no data".into()),
-            PartTask::MatrixSum(_) => matrix_sum::check_chunk(len),
-        }
-    }
-
-    /// Checks the task's own consistency; a server refuses a task that fails this.
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            PartTask::Loop(part) => part.validate(),
-            PartTask::MatrixSum(part) => part.validate(),
-        }
-    }
-}
-
-/// Set when a part's result is no longer wanted (its client went away); kernels check
-/// it often enough to stop within about 100 ms.
+/// Set when a part's result is no longer wanted (its client went away, or cancelled
+/// it); kernels check it often enough to stop within about 100 ms.
 #[derive(Debug, Default)]
 pub struct CancelFlag(AtomicBool);
 
@@ -148,24 +195,6 @@ impl CancelFlag {
 #[error("cancelled")]
 pub struct Cancelled;
 
-/// Computes one chunk of a part's input (for a part without input, the whole part on an
-/// empty chunk). The one kernel entry point used by every mode.
-pub fn compute_chunk(
-    task: &PartTask,
-    chunk: &[u8],
-    cancel: &CancelFlag,
-) -> Result<PartResult, Cancelled> {
-    match task {
-        PartTask::Loop(part) => part.compute(cancel).map(PartResult::Loop),
-        PartTask::MatrixSum(_) => {
-            if cancel.is_cancelled() {
-                return Err(Cancelled);
-            }
-            Ok(PartResult::MatrixSum(matrix_sum::sum_le_i64(chunk)))
-        }
-    }
-}
-
 /// One part of a job: the task and the input bytes it reads.
 #[derive(Debug, Clone)]
 pub struct Part {
@@ -180,94 +209,94 @@ pub struct Part {
 impl Part {
     /// The part's input cut into the chunks it travels and is computed in.
     pub fn chunks(&self) -> impl Iterator<Item = Bytes> + '_ {
-        (0..self.input.len())
-            .step_by(DATA_CHUNK_BYTES)
-            .map(|start| {
-                self.input
-                    .slice(start..self.input.len().min(start + DATA_CHUNK_BYTES))
-            })
+        chunks_of(&self.input)
     }
 
     /// Computes the part in this thread, chunk by chunk, as a server would.
     pub fn compute(&self, cancel: &CancelFlag) -> Result<PartResult, Cancelled> {
+        let mut computation = PartComputation::new(&self.task);
         if self.input.is_empty() {
-            return compute_chunk(&self.task, &[], cancel);
+            computation.add_chunk(&[], cancel)?;
         }
-        let mut total: Option<PartResult> = None;
         for chunk in self.chunks() {
-            let chunk_result = compute_chunk(&self.task, &chunk, cancel)?;
-            total = Some(match total {
-                None => chunk_result,
-                Some(sum) => sum
-                    .combine(chunk_result)
-                    .expect("chunks of one part share a kind"),
-            });
+            computation.add_chunk(&chunk, cancel)?;
         }
-        Ok(total.expect("a part with input has at least one chunk"))
+        Ok(computation
+            .finish()
+            .expect("a part has at least one chunk, of its own kind")
+            .0)
     }
 }
 
-/// A job ready to split: its parameters and, for data jobs, its data in memory.
-#[derive(Debug, Clone)]
-pub enum Job {
-    /// The counting loop over `[0, iterations)`.
-    Loop {
-        /// Total iterations.
-        iterations: u64,
-    },
-    /// The sum of a matrix.
-    MatrixSum(Matrix),
+/// `bytes` cut into the chunks of at most [`DATA_CHUNK_BYTES`] that a part's input
+/// travels in (zero-copy slices).
+pub fn chunks_of(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    (0..bytes.len())
+        .step_by(DATA_CHUNK_BYTES)
+        .map(|start| bytes.slice(start..bytes.len().min(start + DATA_CHUNK_BYTES)))
 }
 
-impl Job {
-    /// The kind's name as written in job files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Job::Loop { .. } => loop_sum::KIND,
-            Job::MatrixSum(_) => matrix_sum::KIND,
+/// A part computed chunk by chunk, in this thread: what the local modes and the worker
+/// process run, with the same fold the server applies to chunks computed on its
+/// executor ([`fold_chunk_result`]).
+pub struct PartComputation<'a> {
+    task: &'a PartTask,
+    partial: Option<PartResult>,
+    compute: Duration,
+    mixed_kinds: bool,
+}
+
+impl<'a> PartComputation<'a> {
+    /// Starts computing `task`.
+    pub fn new(task: &'a PartTask) -> Self {
+        PartComputation {
+            task,
+            partial: None,
+            compute: Duration::ZERO,
+            mixed_kinds: false,
         }
     }
 
-    /// The number of items the job splits over (iterations, matrix rows); a job cannot
-    /// have more parts than this.
-    pub fn split_units(&self) -> u64 {
-        match self {
-            Job::Loop { iterations } => *iterations,
-            Job::MatrixSum(matrix) => matrix.rows(),
-        }
+    /// Computes one chunk (an empty one for a part without input) and folds it in.
+    pub fn add_chunk(&mut self, chunk: &[u8], cancel: &CancelFlag) -> Result<(), Cancelled> {
+        let started = Instant::now();
+        let result = compute_chunk(self.task, chunk, cancel)?;
+        self.compute += started.elapsed();
+        self.mixed_kinds |= fold_chunk_result(&mut self.partial, result).is_err();
+        Ok(())
     }
 
-    /// Splits the job into `parts` parts of near-equal size (they differ by at most one
-    /// unit). `parts` must be between 1 and [`split_units`](Self::split_units).
-    pub fn split(&self, parts: usize) -> Vec<Part> {
-        assert!(
-            parts >= 1 && parts as u64 <= self.split_units(),
-            "invalid part count {parts}"
-        );
-        (0..parts)
-            .map(|index| {
-                let (lo, hi) = even_range(self.split_units(), parts, index);
-                match self {
-                    Job::Loop { .. } => Part {
-                        index,
-                        task: PartTask::Loop(LoopPart { lo, hi }),
-                        input: Bytes::new(),
-                    },
-                    Job::MatrixSum(matrix) => {
-                        let (task, input) = matrix.row_block(lo, hi);
-                        Part {
-                            index,
-                            task: PartTask::MatrixSum(task),
-                            input,
-                        }
-                    }
-                }
-            })
-            .collect()
+    /// The part's result and the time spent computing it; `None` if no chunk was
+    /// computed or chunk results would not combine.
+    pub fn finish(self) -> Option<(PartResult, Duration)> {
+        if self.mixed_kinds {
+            return None;
+        }
+        self.partial.map(|result| (result, self.compute))
     }
 }
 
-/// Combines the results of all parts of a job, `None` for no parts or mixed kinds.
+/// Chunk results that do not combine (of different kinds, or overflowing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("chunk results do not combine")]
+pub struct NoCombination;
+
+/// Folds one chunk result into a part's partial result: the one rule, used by every
+/// mode, for how a part's chunks add up.
+pub fn fold_chunk_result(
+    partial: &mut Option<PartResult>,
+    chunk: PartResult,
+) -> Result<(), NoCombination> {
+    let combined = match partial.take() {
+        None => chunk,
+        Some(sum) => sum.combine(chunk).ok_or(NoCombination)?,
+    };
+    *partial = Some(combined);
+    Ok(())
+}
+
+/// Combines the results of all parts of a job, `None` for no parts or results that do
+/// not combine.
 pub fn combine_all(results: impl IntoIterator<Item = PartResult>) -> Option<PartResult> {
     let mut results = results.into_iter();
     let first = results.next()?;
@@ -280,9 +309,274 @@ fn even_range(total: u64, parts: usize, index: usize) -> (u64, u64) {
     (bound(index), bound(index + 1))
 }
 
+impl Job {
+    /// Splits the job into `parts` parts of near-equal size (they differ by at most one
+    /// unit). `parts` must be between 1 and [`split_units`](Self::split_units).
+    pub fn split(&self, parts: usize) -> Vec<Part> {
+        let units = self.split_units();
+        assert!(
+            parts >= 1 && parts as u64 <= units,
+            "invalid part count {parts}"
+        );
+        (0..parts)
+            .map(|index| {
+                let (lo, hi) = even_range(units, parts, index);
+                let (task, input) = self.part(lo, hi);
+                Part { index, task, input }
+            })
+            .collect()
+    }
+}
+
+/// Generates, from the list of kinds, every type and `match` that names them all.
+///
+/// Each line is `Variant => module::KindType,`: `module.rs` in this folder implements
+/// [`Kind`] for `KindType`. The order of the lines is the order of the variants on the
+/// wire (bincode encodes a variant by its index): add new kinds at the end, and bump
+/// [`PROTOCOL_VERSION`](crate::protocol::PROTOCOL_VERSION) whenever the list changes.
+macro_rules! job_kinds {
+    ($($variant:ident => $module:ident :: $kind:ident,)+) => {
+        $(pub mod $module;)+
+
+        /// Every kind's name, in wire order, for error messages.
+        pub const KIND_NAMES: &[&str] = &[$(<$module::$kind as Kind>::NAME,)+];
+
+        /// What one part asks to compute. Sent to servers and worker processes.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum PartTask {
+            $(
+                #[doc = concat!("A part of a `", stringify!($module), "` job.")]
+                $variant(<$module::$kind as Kind>::Task),
+            )+
+        }
+
+        /// The result of a part, of a chunk, or of a whole job.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum PartResult {
+            $(
+                #[doc = concat!("The result of a `", stringify!($module), "` job or part.")]
+                $variant(<$module::$kind as Kind>::Output),
+            )+
+        }
+
+        /// A job as the job file describes it, before its data is loaded.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum JobSpec {
+            $(
+                #[doc = concat!("A `", stringify!($module), "` job's parameters.")]
+                $variant(<$module::$kind as Kind>::Params),
+            )+
+        }
+
+        /// A job ready to split: its parameters and, for data jobs, its data in memory.
+        #[derive(Debug)]
+        pub enum Job {
+            $(
+                #[doc = concat!("A loaded `", stringify!($module), "` job.")]
+                $variant(<$module::$kind as Kind>::Data),
+            )+
+        }
+
+        impl PartTask {
+            /// The kind's name, as in job files.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(PartTask::$variant(_) => <$module::$kind as Kind>::NAME,)+
+                }
+            }
+
+            /// See [`Kind::validate`].
+            pub fn validate(&self) -> Result<(), String> {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::validate(task),)+
+                }
+            }
+
+            /// See [`Kind::input_bytes`].
+            pub fn input_bytes(&self) -> Option<u64> {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::input_bytes(task),)+
+                }
+            }
+
+            /// See [`Kind::work_items`].
+            pub fn work_items(&self) -> u64 {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::work_items(task),)+
+                }
+            }
+
+            /// See [`Kind::check_chunk`].
+            pub fn check_chunk(&self, len: usize) -> Result<(), String> {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::check_chunk(task, len),)+
+                }
+            }
+
+            /// Whether this task could have produced `result`: the same kind, and
+            /// within [`Kind::could_produce`]'s range.
+            pub fn could_produce(&self, result: &PartResult) -> bool {
+                match self {
+                    $(PartTask::$variant(task) => {
+                        let PartResult::$variant(output) = result else { return false };
+                        <$module::$kind as Kind>::could_produce(task, output)
+                    })+
+                }
+            }
+
+            /// See [`Kind::max_result_bytes`].
+            pub fn max_result_bytes(&self) -> u64 {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::max_result_bytes(task),)+
+                }
+            }
+        }
+
+        /// Computes one chunk of a part's input (for a part without input, the whole
+        /// part on an empty chunk): the one kernel entry point of every mode.
+        pub fn compute_chunk(
+            task: &PartTask,
+            chunk: &[u8],
+            cancel: &CancelFlag,
+        ) -> Result<PartResult, Cancelled> {
+            match task {
+                $(PartTask::$variant(task) => {
+                    <$module::$kind as Kind>::compute_chunk(task, chunk, cancel).map(PartResult::$variant)
+                })+
+            }
+        }
+
+        impl PartResult {
+            /// Combines two results of the same kind (of two parts, or two chunks of a
+            /// part). `None` when the kinds differ or the kind says they cannot
+            /// combine, which only a confused or hostile peer can cause (see
+            /// [`PartTask::could_produce`]).
+            pub fn combine(self, other: PartResult) -> Option<PartResult> {
+                match self {
+                    $(PartResult::$variant(a) => {
+                        let PartResult::$variant(b) = other else { return None };
+                        <$module::$kind as Kind>::combine(a, b).map(PartResult::$variant)
+                    })+
+                }
+            }
+        }
+
+        impl fmt::Display for PartResult {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $(PartResult::$variant(output) => output.fmt(f),)+
+                }
+            }
+        }
+
+        impl JobSpec {
+            /// Reads the parameters of the kind named `kind` from the `[job]` table
+            /// (without its `kind` key); `None` if no kind has that name.
+            pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+                kind: &str,
+                table: D,
+            ) -> Option<Result<JobSpec, D::Error>> {
+                $(if kind == <$module::$kind as Kind>::NAME {
+                    return Some(
+                        <<$module::$kind as Kind>::Params as Deserialize>::deserialize(table)
+                            .map(JobSpec::$variant),
+                    );
+                })+
+                None
+            }
+
+            /// The kind's name, as in job files.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(JobSpec::$variant(_) => <$module::$kind as Kind>::NAME,)+
+                }
+            }
+
+            /// What the kind splits over, plural ("iterations").
+            pub fn unit(&self) -> &'static str {
+                match self {
+                    $(JobSpec::$variant(_) => <$module::$kind as Kind>::UNIT,)+
+                }
+            }
+
+            /// See [`Kind::validate_params`].
+            pub fn validate(&self) -> Result<(), ParamError> {
+                match self {
+                    $(JobSpec::$variant(params) => <$module::$kind as Kind>::validate_params(params),)+
+                }
+            }
+
+            /// See [`Kind::planned_units`].
+            pub fn planned_units(&self) -> Option<u64> {
+                match self {
+                    $(JobSpec::$variant(params) => <$module::$kind as Kind>::planned_units(params),)+
+                }
+            }
+
+            /// See [`Kind::seeds`].
+            pub fn seeds(&self) -> Vec<(&'static str, u64)> {
+                match self {
+                    $(JobSpec::$variant(params) => <$module::$kind as Kind>::seeds(params),)+
+                }
+            }
+
+            /// See [`Kind::load`].
+            pub fn load(&self, base: &Path) -> Result<Job, String> {
+                match self {
+                    $(JobSpec::$variant(params) => {
+                        <$module::$kind as Kind>::load(params, base).map(Job::$variant)
+                    })+
+                }
+            }
+        }
+
+        impl Job {
+            /// The kind's name, as in job files.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(Job::$variant(_) => <$module::$kind as Kind>::NAME,)+
+                }
+            }
+
+            /// What the kind splits over, plural ("iterations").
+            pub fn unit(&self) -> &'static str {
+                match self {
+                    $(Job::$variant(_) => <$module::$kind as Kind>::UNIT,)+
+                }
+            }
+
+            /// The number of units the job splits over (iterations, matrix rows); a job
+            /// cannot have more parts than this.
+            pub fn split_units(&self) -> u64 {
+                match self {
+                    $(Job::$variant(data) => <$module::$kind as Kind>::split_units(data),)+
+                }
+            }
+
+            /// The part covering units `[lo, hi)`: its task and input.
+            fn part(&self, lo: u64, hi: u64) -> (PartTask, Bytes) {
+                match self {
+                    $(Job::$variant(data) => {
+                        let (task, input) = <$module::$kind as Kind>::part(data, lo, hi);
+                        (PartTask::$variant(task), input)
+                    })+
+                }
+            }
+        }
+    };
+}
+
+job_kinds! {
+    Loop => loop_sum::LoopSum,
+    MatrixSum => matrix_sum::MatrixSum,
+    SumOfSquares => sum_of_squares::SumOfSquares,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::loop_sum::LoopPart;
+    use crate::jobs::matrix_sum::{Matrix, MatrixPart};
 
     #[test]
     fn results_out_of_a_part_s_reach_are_caught() {
@@ -300,6 +594,8 @@ mod tests {
             PartResult::MatrixSum(i128::MAX).combine(PartResult::MatrixSum(1)),
             None
         );
+        assert_eq!(PartResult::Loop(1).combine(PartResult::MatrixSum(1)), None);
+        assert!(!PartTask::Loop(LoopPart { lo: 0, hi: 1 }).could_produce(&PartResult::MatrixSum(0)));
     }
 
     #[test]
@@ -321,17 +617,20 @@ mod tests {
         }
     }
 
+    fn split_results(job: &Job, parts: usize) -> Option<PartResult> {
+        combine_all(
+            job.split(parts)
+                .iter()
+                .map(|p| p.compute(&CancelFlag::new()).unwrap()),
+        )
+    }
+
     #[test]
     fn loop_result_does_not_depend_on_the_split() {
-        let job = Job::Loop { iterations: 1000 };
+        let job = Job::Loop(1000);
         for parts in [1, 2, 3, 7, 1000] {
-            let results = job
-                .split(parts)
-                .iter()
-                .map(|p| p.compute(&CancelFlag::new()).unwrap())
-                .collect::<Vec<_>>();
             assert_eq!(
-                combine_all(results),
+                split_results(&job, parts),
                 Some(PartResult::Loop(4839925025133175650))
             );
         }
@@ -340,14 +639,31 @@ mod tests {
     #[test]
     fn matrix_result_does_not_depend_on_the_split() {
         let job = Job::MatrixSum(Matrix::generate(301, 7, 5));
-        let whole = job.split(1)[0].compute(&CancelFlag::new()).unwrap();
+        let whole = split_results(&job, 1);
         for parts in [2, 3, 301] {
-            let results = job
-                .split(parts)
-                .iter()
-                .map(|p| p.compute(&CancelFlag::new()).unwrap())
-                .collect::<Vec<_>>();
-            assert_eq!(combine_all(results), Some(whole));
+            assert_eq!(split_results(&job, parts), whole);
         }
+    }
+
+    #[test]
+    fn kind_names_are_listed_in_wire_order_once_each() {
+        assert_eq!(KIND_NAMES[..2], ["loop", "matrix-sum"]);
+        let mut names = KIND_NAMES.to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KIND_NAMES.len());
+    }
+
+    #[test]
+    fn chunk_results_of_different_kinds_do_not_fold() {
+        let mut partial = Some(PartResult::Loop(1));
+        assert_eq!(
+            fold_chunk_result(&mut partial, PartResult::MatrixSum(1)),
+            Err(NoCombination)
+        );
+        let mut partial = None;
+        fold_chunk_result(&mut partial, PartResult::Loop(2)).unwrap();
+        fold_chunk_result(&mut partial, PartResult::Loop(3)).unwrap();
+        assert_eq!(partial, Some(PartResult::Loop(5)));
     }
 }

@@ -1,0 +1,556 @@
+//! The parts of one connection, as a state machine without I/O.
+//!
+//! The connection task feeds this table what happens (a part requested, a data chunk
+//! arrived, a chunk computed, a cancel) and carries out the [`Action`]s it returns
+//! (hand a chunk to the executor, send a reply). Every rule about parts lives here,
+//! where unit tests reach it without a socket:
+//!
+//! * each part is answered exactly once: with its result, or with one failure (refused,
+//!   failed, cancelled), whatever happens to its other chunks afterwards;
+//! * a part answered early (refused or failed while its input still arrives) drains
+//!   the rest of its input silently, so the byte stream stays in step;
+//! * a cancelled part's kernels are told to stop, which frees their workers, and the
+//!   other parts are untouched;
+//! * every chunk is checked against what its task declared before it is computed.
+//!
+//! A part lives in the table from its request until it is answered, its input has all
+//! arrived, and none of its chunks is still computing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pool_common::jobs::{fold_chunk_result, CancelFlag, Cancelled, PartResult, PartTask};
+use pool_common::protocol::{ErrorCode, RemoteError};
+use pool_common::wire::IncomingInput;
+
+/// What a connection accepts of one part; from the server's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct PartLimits {
+    /// Input bytes one part may ship (`--max-part-bytes`).
+    pub max_part_bytes: u64,
+    /// Work items one part may declare (`--max-part-work`).
+    pub max_part_work: u64,
+    /// Parts in the table at once (`--max-parts-per-connection`).
+    pub max_parts: usize,
+}
+
+/// What the connection must do after an event.
+#[derive(Debug)]
+pub enum Action {
+    /// Compute a chunk of a part on the executor, then report it with
+    /// [`PartTable::computed`].
+    Compute {
+        /// The part.
+        part_id: u64,
+        /// Its task.
+        task: Arc<PartTask>,
+        /// The chunk (empty for a part without input).
+        chunk: Bytes,
+        /// Set when the part is no longer wanted; the kernel checks it.
+        cancel: Arc<CancelFlag>,
+    },
+    /// Send the part's result.
+    Done {
+        /// The part.
+        part_id: u64,
+        /// Its result, every chunk folded in.
+        result: PartResult,
+        /// Executor time spent on its chunks.
+        compute: Duration,
+    },
+    /// Send the part's one failure.
+    Failed {
+        /// The part.
+        part_id: u64,
+        /// Why.
+        error: RemoteError,
+    },
+}
+
+/// A frame that breaks the protocol: the connection must end, saying why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+/// How a chunk computation ended on the executor.
+#[derive(Debug)]
+pub enum ChunkOutcome {
+    /// It computed this.
+    Computed(PartResult),
+    /// The kernel saw the part's cancel flag and stopped.
+    Cancelled,
+    /// The kernel panicked, or the executor stopped.
+    Lost,
+}
+
+impl From<Result<PartResult, Cancelled>> for ChunkOutcome {
+    fn from(result: Result<PartResult, Cancelled>) -> Self {
+        match result {
+            Ok(result) => ChunkOutcome::Computed(result),
+            Err(Cancelled) => ChunkOutcome::Cancelled,
+        }
+    }
+}
+
+/// One part accepted on this connection and not yet gone.
+struct Entry {
+    task: Arc<PartTask>,
+    input: IncomingInput,
+    /// Chunk computations handed out and not yet reported.
+    computing: usize,
+    partial: Option<PartResult>,
+    compute: Duration,
+    cancel: Arc<CancelFlag>,
+    /// Whether the part's one reply has been sent (its result, or a failure).
+    answered: bool,
+}
+
+impl Entry {
+    fn is_finished(&self) -> bool {
+        self.input.is_complete() && self.computing == 0
+    }
+}
+
+/// The parts of one connection. See the module documentation.
+pub struct PartTable {
+    limits: PartLimits,
+    parts: HashMap<u64, Entry>,
+    /// Chunk computations holding input bytes, handed out and not yet reported: the
+    /// connection stops reading while there are many, so its memory stays bounded.
+    data_chunks_computing: usize,
+}
+
+impl PartTable {
+    /// An empty table.
+    pub fn new(limits: PartLimits) -> PartTable {
+        PartTable {
+            limits,
+            parts: HashMap::new(),
+            data_chunks_computing: 0,
+        }
+    }
+
+    /// Parts in the table (answered ones still draining input or computing included).
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Parts accepted and not yet answered.
+    pub fn unanswered(&self) -> usize {
+        self.parts.values().filter(|p| !p.answered).count()
+    }
+
+    /// Chunk computations with input bytes handed out and not yet reported.
+    pub fn data_chunks_computing(&self) -> usize {
+        self.data_chunks_computing
+    }
+
+    /// A part was requested. `refusal` is a reason the server refuses every part now
+    /// (it is shutting down).
+    pub fn run_part(
+        &mut self,
+        part_id: u64,
+        task: PartTask,
+        refusal: Option<RemoteError>,
+    ) -> Result<Vec<Action>, Violation> {
+        if self.parts.contains_key(&part_id) {
+            return Err(Violation(format!("part id {part_id} is already in flight")));
+        }
+        let input = IncomingInput::new(&task)
+            .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
+        let refusal = refusal.or_else(|| self.refusal(&task, input.remaining()));
+        let mut entry = Entry {
+            task: Arc::new(task),
+            input,
+            computing: 0,
+            partial: None,
+            compute: Duration::ZERO,
+            cancel: Arc::new(CancelFlag::new()),
+            answered: false,
+        };
+        let mut actions = Vec::new();
+        match refusal {
+            Some(error) => {
+                entry.answered = true;
+                actions.push(Action::Failed { part_id, error });
+            }
+            None if entry.input.is_complete() => {
+                actions.push(self.compute(part_id, &mut entry, Bytes::new()));
+            }
+            None => {}
+        }
+        if !entry.is_finished() {
+            self.parts.insert(part_id, entry);
+        }
+        Ok(actions)
+    }
+
+    /// Why the server refuses this part, if it does.
+    fn refusal(&self, task: &PartTask, input_bytes: u64) -> Option<RemoteError> {
+        let limits = &self.limits;
+        if let Err(reason) = task.validate() {
+            return Some(RemoteError::new(ErrorCode::BadRequest, reason));
+        }
+        if input_bytes > limits.max_part_bytes {
+            return Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the part ships {input_bytes} bytes, over this server's limit of {} \
+                     (use more parts, or raise pool-server --max-part-bytes)",
+                    limits.max_part_bytes
+                ),
+            ));
+        }
+        if task.work_items() > limits.max_part_work {
+            return Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the part declares {} work items, over this server's limit of {} \
+                     (use more parts, or raise pool-server --max-part-work)",
+                    task.work_items(),
+                    limits.max_part_work
+                ),
+            ));
+        }
+        if self.parts.len() >= limits.max_parts {
+            return Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "more than {} parts in flight on one connection (raise the server's --max-parts-per-connection)",
+                    limits.max_parts
+                ),
+            ));
+        }
+        None
+    }
+
+    /// A chunk of a part's input arrived.
+    pub fn data(&mut self, part_id: u64, chunk: Bytes) -> Result<Vec<Action>, Violation> {
+        let Some(mut entry) = self.parts.remove(&part_id) else {
+            return Err(Violation(format!(
+                "data for part {part_id}, which is not in flight"
+            )));
+        };
+        entry
+            .input
+            .accept(&entry.task, chunk.len())
+            .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
+        let mut actions = Vec::new();
+        if !entry.answered {
+            actions.push(self.compute(part_id, &mut entry, chunk));
+        }
+        if !entry.is_finished() {
+            self.parts.insert(part_id, entry);
+        }
+        Ok(actions)
+    }
+
+    /// A chunk computation handed out by [`Action::Compute`] ended.
+    pub fn computed(
+        &mut self,
+        part_id: u64,
+        had_data: bool,
+        outcome: ChunkOutcome,
+        elapsed: Duration,
+    ) -> Vec<Action> {
+        self.data_chunks_computing -= usize::from(had_data);
+        let Some(mut entry) = self.parts.remove(&part_id) else {
+            return Vec::new();
+        };
+        entry.computing -= 1;
+        entry.compute += elapsed;
+        let failure = match outcome {
+            ChunkOutcome::Computed(result) => fold_chunk_result(&mut entry.partial, result)
+                .err()
+                .map(|_| {
+                    RemoteError::new(
+                        ErrorCode::Internal,
+                        "the part's chunk results do not combine",
+                    )
+                }),
+            ChunkOutcome::Cancelled => Some(RemoteError::new(
+                ErrorCode::Cancelled,
+                "the part was cancelled",
+            )),
+            ChunkOutcome::Lost => Some(RemoteError::new(
+                ErrorCode::Internal,
+                "the kernel failed (see the server log)",
+            )),
+        };
+        let mut actions = Vec::new();
+        if !entry.answered {
+            if let Some(error) = failure {
+                entry.answered = true;
+                entry.cancel.cancel();
+                actions.push(Action::Failed { part_id, error });
+            } else if entry.is_finished() {
+                entry.answered = true;
+                actions.push(Action::Done {
+                    part_id,
+                    result: entry.partial.take().expect("a computed part has a result"),
+                    compute: entry.compute,
+                });
+            }
+        }
+        if !entry.is_finished() {
+            self.parts.insert(part_id, entry);
+        }
+        actions
+    }
+
+    /// The client withdrew a part: its kernels stop, and it is answered now with
+    /// [`ErrorCode::Cancelled`] unless it was answered already. A part not in the table
+    /// was answered a moment ago; the cancel crossed its reply and is ignored.
+    pub fn cancel(&mut self, part_id: u64) -> Vec<Action> {
+        let Some(entry) = self.parts.get_mut(&part_id) else {
+            return Vec::new();
+        };
+        entry.cancel.cancel();
+        if entry.answered {
+            return Vec::new();
+        }
+        entry.answered = true;
+        vec![Action::Failed {
+            part_id,
+            error: RemoteError::new(ErrorCode::Cancelled, "the client cancelled the part"),
+        }]
+    }
+
+    /// Tells every part's kernels to stop (the connection is ending).
+    pub fn cancel_all(&self) {
+        for entry in self.parts.values() {
+            entry.cancel.cancel();
+        }
+    }
+
+    fn compute(&mut self, part_id: u64, entry: &mut Entry, chunk: Bytes) -> Action {
+        entry.computing += 1;
+        self.data_chunks_computing += usize::from(!chunk.is_empty());
+        Action::Compute {
+            part_id,
+            task: Arc::clone(&entry.task),
+            chunk,
+            cancel: Arc::clone(&entry.cancel),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool_common::jobs::compute_chunk;
+    use pool_common::jobs::loop_sum::LoopPart;
+    use pool_common::jobs::matrix_sum::MatrixPart;
+
+    fn table() -> PartTable {
+        PartTable::new(PartLimits {
+            max_part_bytes: 1 << 20,
+            max_part_work: u64::MAX,
+            max_parts: 4,
+        })
+    }
+
+    fn matrix(rows: u64) -> PartTask {
+        PartTask::MatrixSum(MatrixPart {
+            first_row: 0,
+            rows,
+            cols: 1,
+        })
+    }
+
+    fn loop_part(hi: u64) -> PartTask {
+        PartTask::Loop(LoopPart { lo: 0, hi })
+    }
+
+    /// Runs every Compute action as the executor would, and reports it back.
+    fn execute(table: &mut PartTable, actions: Vec<Action>) -> Vec<Action> {
+        let mut replies = Vec::new();
+        for action in actions {
+            match action {
+                Action::Compute {
+                    part_id,
+                    task,
+                    chunk,
+                    cancel,
+                } => {
+                    let outcome = compute_chunk(&task, &chunk, &cancel).into();
+                    let more = table.computed(part_id, !chunk.is_empty(), outcome, Duration::ZERO);
+                    replies.extend(execute(table, more));
+                }
+                reply => replies.push(reply),
+            }
+        }
+        replies
+    }
+
+    fn eight_bytes(value: i64) -> Bytes {
+        Bytes::copy_from_slice(&value.to_le_bytes())
+    }
+
+    #[test]
+    fn a_part_is_computed_from_its_chunks_and_answered_once() {
+        let mut table = table();
+        let actions = table.run_part(1, matrix(2), None).unwrap();
+        assert!(actions.is_empty(), "nothing to compute before its data");
+        let first = table.data(1, eight_bytes(5)).unwrap();
+        let second = table.data(1, eight_bytes(-7)).unwrap();
+        let mut replies = execute(&mut table, second);
+        replies.extend(execute(&mut table, first));
+        assert!(matches!(
+            replies.as_slice(),
+            [Action::Done {
+                part_id: 1,
+                result: PartResult::MatrixSum(-2),
+                ..
+            }]
+        ));
+        assert!(table.is_empty());
+        assert_eq!(table.data_chunks_computing(), 0);
+    }
+
+    #[test]
+    fn a_failed_chunk_answers_the_part_once_whatever_its_other_chunks_do() {
+        let mut table = table();
+        table.run_part(1, matrix(3), None).unwrap();
+        let computes: Vec<Action> = (0..3)
+            .flat_map(|v| table.data(1, eight_bytes(v)).unwrap())
+            .collect();
+        assert_eq!(table.data_chunks_computing(), 3);
+        // The first chunk's kernel fails; the two others then see the cancel flag.
+        let failed = table.computed(1, true, ChunkOutcome::Lost, Duration::ZERO);
+        assert!(matches!(
+            failed.as_slice(),
+            [Action::Failed { part_id: 1, .. }]
+        ));
+        let mut replies = Vec::new();
+        for action in computes.into_iter().skip(1) {
+            let Action::Compute { cancel, .. } = action else {
+                panic!("{action:?}")
+            };
+            assert!(cancel.is_cancelled());
+            replies.extend(table.computed(1, true, ChunkOutcome::Cancelled, Duration::ZERO));
+        }
+        assert!(replies.is_empty(), "a second reply: {replies:?}");
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_refused_part_drains_its_input_without_a_second_reply() {
+        let mut table = table();
+        let too_big = PartTask::MatrixSum(MatrixPart {
+            first_row: 0,
+            rows: 1 << 20,
+            cols: 1,
+        });
+        let actions = table.run_part(7, too_big, None).unwrap();
+        assert!(matches!(
+            actions.as_slice(),
+            [Action::Failed { part_id: 7, error }] if error.code == ErrorCode::LimitExceeded
+        ));
+        for _ in 0..3 {
+            assert!(table.data(7, eight_bytes(1)).unwrap().is_empty());
+        }
+        assert_eq!(table.len(), 1, "still draining");
+        assert!(table.data(8, eight_bytes(1)).is_err());
+    }
+
+    #[test]
+    fn a_cancelled_part_is_answered_once_and_frees_its_worker() {
+        let mut table = table();
+        let actions = table.run_part(1, loop_part(u64::MAX), None).unwrap();
+        let other = table.run_part(2, loop_part(1000), None).unwrap();
+        let [Action::Compute { cancel, .. }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        let cancelled = table.cancel(1);
+        assert!(matches!(
+            cancelled.as_slice(),
+            [Action::Failed { part_id: 1, error }] if error.code == ErrorCode::Cancelled
+        ));
+        assert!(cancel.is_cancelled(), "the kernel is told to stop");
+        assert!(table.cancel(1).is_empty(), "a second cancel sends nothing");
+        // The kernel stops at once; its report sends nothing more.
+        let replies = execute(&mut table, actions);
+        assert!(replies.is_empty(), "{replies:?}");
+        // The other part is untouched.
+        let replies = execute(&mut table, other);
+        assert!(matches!(
+            replies.as_slice(),
+            [Action::Done {
+                part_id: 2,
+                result: PartResult::Loop(4839925025133175650),
+                ..
+            }]
+        ));
+        assert!(table.is_empty());
+        assert!(table.cancel(99).is_empty(), "unknown parts are ignored");
+    }
+
+    #[test]
+    fn a_cancel_after_the_result_sends_nothing() {
+        let mut table = table();
+        let actions = table.run_part(3, loop_part(10), None).unwrap();
+        assert_eq!(execute(&mut table, actions).len(), 1);
+        assert!(table.cancel(3).is_empty());
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        let mut table = table();
+        table.run_part(1, matrix(1), None).unwrap();
+        assert_eq!(
+            table.run_part(1, matrix(1), None).unwrap_err(),
+            Violation("part id 1 is already in flight".into())
+        );
+        assert!(table.data(1, Bytes::from_static(&[1, 2, 3])).is_err());
+        let mut table = self::table();
+        table.run_part(1, matrix(1), None).unwrap();
+        assert!(table
+            .data(1, Bytes::from(vec![0u8; 16]))
+            .unwrap_err()
+            .0
+            .contains("16 bytes of data where 8 remained"));
+        let overflowing = PartTask::MatrixSum(MatrixPart {
+            first_row: 0,
+            rows: u64::MAX,
+            cols: 2,
+        });
+        assert!(table.run_part(2, overflowing, None).is_err());
+    }
+
+    #[test]
+    fn limits_and_shutdown_refuse_parts() {
+        let mut table = table();
+        for id in 0..4 {
+            table.run_part(id, matrix(1), None).unwrap();
+        }
+        let refused = table.run_part(4, loop_part(1), None).unwrap();
+        assert!(matches!(
+            refused.as_slice(),
+            [Action::Failed { error, .. }] if error.message.contains("--max-parts-per-connection")
+        ));
+        let mut table = self::table();
+        let shutting_down = RemoteError::new(ErrorCode::ShuttingDown, "bye");
+        let refused = table
+            .run_part(1, loop_part(1), Some(shutting_down))
+            .unwrap();
+        assert!(matches!(
+            refused.as_slice(),
+            [Action::Failed { error, .. }] if error.code == ErrorCode::ShuttingDown
+        ));
+        assert!(table.is_empty());
+        let reversed = PartTask::Loop(LoopPart { lo: 5, hi: 1 });
+        let refused = table.run_part(2, reversed, None).unwrap();
+        assert!(matches!(
+            refused.as_slice(),
+            [Action::Failed { error, .. }] if error.code == ErrorCode::BadRequest
+        ));
+    }
+}
