@@ -266,28 +266,36 @@ impl ServerConnection {
     }
 
     /// Asks the server how it is doing, on this connection. A server that does not
-    /// answer within the handshake timeout is taken for dead: the connection fails.
+    /// answer within the handshake timeout, counted from when the request is written
+    /// (it may wait behind another part's upload), is taken for dead: the connection
+    /// fails.
     pub async fn status(&self) -> Result<ServerStatus, ServerError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut waiting = self.shared.waiting();
-            if let Some(error) = &waiting.failed {
-                return Err(error.clone());
+            let mut writer = self.shared.writer.lock().await;
+            {
+                // Registered under the writer's lock, so waiters and requests stay in
+                // the same order, and only once nothing can fail before the write.
+                let mut waiting = self.shared.waiting();
+                if let Some(error) = &waiting.failed {
+                    return Err(error.clone());
+                }
+                waiting.status.push_back(tx);
             }
-            waiting.status.push_back(tx);
+            if let Err(e) = writer.send(Frame::Request(Request::Status)).await {
+                let error = self.shared.closed(format!("asking for its status: {e}"));
+                self.shared.fail(error.clone());
+                return Err(error);
+            }
         }
-        let asked = async {
-            self.shared
-                .send_frame(Frame::Request(Request::Status))
-                .await
-                .map_err(|e| self.shared.closed(format!("asking for its status: {e}")))?;
+        let answered = async {
             rx.await.map_err(|_| {
                 self.shared
                     .failure()
                     .unwrap_or_else(|| self.shared.closed("the connection's reader stopped"))
             })
         };
-        match tokio::time::timeout(self.probe_timeout, asked).await {
+        match tokio::time::timeout(self.probe_timeout, answered).await {
             Ok(answer) => answer,
             Err(_) => {
                 let error = ServerError::Timeout {
@@ -326,15 +334,12 @@ impl ServerConnection {
             .task
             .work_items()
             .saturating_mul(PESSIMISTIC_NANOS_PER_ITEM);
-        let queued = self
-            .queued_nanos
-            .fetch_add(estimate, Ordering::Relaxed)
-            .saturating_add(estimate);
+        let queued = QueuedEstimate::add(&self.queued_nanos, estimate);
         let timeout = self
             .part_timeout
-            .unwrap_or(PART_TIMEOUT_BASE.saturating_add(Duration::from_nanos(queued)));
+            .unwrap_or(PART_TIMEOUT_BASE.saturating_add(Duration::from_nanos(queued.total)));
         let outcome = tokio::time::timeout(timeout, self.send_and_wait(part, on_sent)).await;
-        self.queued_nanos.fetch_sub(estimate, Ordering::Relaxed);
+        drop(queued);
         match outcome {
             Ok(answer) => answer,
             Err(_) => {
@@ -372,11 +377,10 @@ impl ServerConnection {
         let mut in_flight = InFlight {
             shared: &self.shared,
             part_id,
-            stage: Stage::Sending,
+            stage: Stage::Queued,
         };
         let started = Instant::now();
-        self.send_part(part_id, part).await?;
-        in_flight.stage = Stage::Sent;
+        self.send_part(part_id, part, &mut in_flight.stage).await?;
         let send = started.elapsed();
         on_sent();
         let reply = reply
@@ -413,10 +417,25 @@ impl ServerConnection {
         }
     }
 
-    async fn send_part(&self, part_id: u64, part: &Part) -> Result<(), ServerError> {
+    /// Writes the part's frames once the writer is free, moving `stage` from queued to
+    /// sending to sent.
+    async fn send_part(
+        &self,
+        part_id: u64,
+        part: &Part,
+        stage: &mut Stage,
+    ) -> Result<(), ServerError> {
         let mut writer = self.shared.writer.lock().await;
+        if let Some(error) = self.shared.failure() {
+            return Err(error);
+        }
+        *stage = Stage::Sending;
         let result = async {
             for frame in part_frames(part_id, &part.task, &part.input) {
+                // A connection that failed meanwhile takes nothing more.
+                if let Some(error) = self.shared.failure() {
+                    return Err(SendError::Failed(error));
+                }
                 match frame {
                     // The header goes through the codec's buffer; the bytes go from the
                     // job's memory straight to the socket, not copied into that buffer.
@@ -428,19 +447,70 @@ impl ServerConnection {
                     other => writer.feed(other).await?,
                 }
             }
-            writer.flush().await
+            writer.flush().await?;
+            *stage = Stage::Sent;
+            Ok(())
         }
         .await;
-        result.map_err(|e| {
-            self.shared
-                .closed(format!("sending part {}: {e}", part.index))
+        result.map_err(|e| match e {
+            SendError::Failed(error) => error,
+            SendError::Frame(e) => self
+                .shared
+                .closed(format!("sending part {}: {e}", part.index)),
         })
+    }
+}
+
+/// Why a part's frames were not all written.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// The connection failed meanwhile, for this reason.
+    #[error("{0}")]
+    Failed(ServerError),
+    /// Writing failed.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+}
+
+impl From<std::io::Error> for SendError {
+    fn from(e: std::io::Error) -> Self {
+        SendError::Frame(e.into())
+    }
+}
+
+/// A part's pessimistic compute time, counted among the connection's queued work for
+/// as long as the part is in flight, however its wait ends.
+struct QueuedEstimate<'a> {
+    counter: &'a AtomicU64,
+    estimate: u64,
+    /// The connection's queued work, this part's included, when it was added.
+    total: u64,
+}
+
+impl<'a> QueuedEstimate<'a> {
+    fn add(counter: &'a AtomicU64, estimate: u64) -> Self {
+        let total = counter
+            .fetch_add(estimate, Ordering::Relaxed)
+            .saturating_add(estimate);
+        QueuedEstimate {
+            counter,
+            estimate,
+            total,
+        }
+    }
+}
+
+impl Drop for QueuedEstimate<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.estimate, Ordering::Relaxed);
     }
 }
 
 /// How far a part has got on its connection, for [`InFlight`]'s clean-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// Waiting for the writer (other parts are being written); nothing sent yet.
+    Queued,
     /// Its frames are being written.
     Sending,
     /// Written whole; no answer yet.
@@ -461,7 +531,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.shared.waiting().parts.remove(&self.part_id);
         match self.stage {
-            Stage::Answered => {}
+            Stage::Queued | Stage::Answered => {}
             // Cut off mid-frame, the byte stream can no longer be parsed by the server.
             Stage::Sending => self.shared.fail(
                 self.shared

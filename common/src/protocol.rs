@@ -20,17 +20,24 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::jobs::{PartResult, PartTask};
+use crate::jobs::{PartResult, PartTask, KIND_NAMES};
 
 /// The first four bytes of every handshake frame: tells a pool peer from anything else.
 pub const MAGIC: [u8; 4] = *b"POOL";
 
-/// Bumped whenever a message's encoding changes, including the list of job kinds
-/// (their order is the wire order of [`PartTask`] and [`PartResult`]).
+/// Bumped by hand whenever a message's encoding changes.
 ///
-/// 2: job kinds from one list (adds `sum-of-squares`), `Request::Cancel`,
-/// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 1: the first release. 2: job kinds from one list, `Request::Cancel`,
+/// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy` and
+/// `parts_in_flight`.
+pub const MESSAGES_REVISION: u16 = 2;
+
+/// The version both sides announce in the handshake: [`MESSAGES_REVISION`] times 100
+/// plus the number of job kinds. A new kind is appended to the list (its index is its
+/// wire tag in [`PartTask`] and [`PartResult`]), which changes the version by itself,
+/// so a client and a server built with different kinds refuse each other by name
+/// instead of misreading parts.
+pub const PROTOCOL_VERSION: u16 = MESSAGES_REVISION * 100 + KIND_NAMES.len() as u16;
 
 /// A result whose encoding is longer than this travels after its reply in data frames
 /// ([`Reply::PartDoneLarge`]) instead of inside it.

@@ -298,6 +298,33 @@ mod tests {
     }
 
     #[test]
+    fn a_large_result_is_read_back_from_its_data_frames() {
+        let task = PartTask::Loop(LoopPart { lo: 0, hi: 10 });
+        let encoded = encode_message(&PartResult::Loop(u64::MAX)).unwrap();
+        let mut stream = Vec::new();
+        let reply = Frame::Reply(Reply::PartDoneLarge {
+            part_id: 2,
+            result_bytes: encoded.len() as u64,
+            compute_nanos: 7,
+        });
+        write_frame_blocking(&mut stream, &reply).unwrap();
+        for piece in encoded.chunks(3) {
+            let data = Frame::Data {
+                part_id: 2,
+                bytes: Bytes::copy_from_slice(piece),
+            };
+            write_frame_blocking(&mut stream, &data).unwrap();
+        }
+        assert_eq!(
+            read_answer_blocking(&mut &stream[..], 2, &task),
+            Ok(PartAnswer::Done(PartResult::Loop(u64::MAX), 7))
+        );
+        // Cut short, it is an error, not a hang or a wrong result.
+        let short = &stream[..stream.len() - 1];
+        assert!(read_answer_blocking(&mut &short[..], 2, &task).is_err());
+    }
+
+    #[test]
     fn a_large_result_is_refused_beyond_what_its_task_can_produce() {
         let task = PartTask::Loop(LoopPart { lo: 0, hi: 10 });
         assert!(IncomingResult::new(&task, 1 << 40).is_err());

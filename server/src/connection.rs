@@ -336,10 +336,9 @@ impl Connection {
     /// Tells the client why the connection ends, then ends it.
     async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
         let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
-        let _ = self
-            .framed
-            .send(Frame::Reply(Reply::Closing { error }))
-            .await;
+        let closing = self.framed.send(Frame::Reply(Reply::Closing { error }));
+        // A client that reads nothing must not hold the connection open.
+        let _ = tokio::time::timeout(self.shared.config.idle_timeout, closing).await;
         Err(ConnectionError::Protocol(reason))
     }
 }

@@ -117,6 +117,8 @@ impl Entry {
 pub struct PartTable {
     limits: PartLimits,
     parts: HashMap<u64, Entry>,
+    /// Entries not yet answered.
+    unanswered: usize,
     /// Chunk computations holding input bytes, handed out and not yet reported: the
     /// connection stops reading while there are many, so its memory stays bounded.
     data_chunks_computing: usize,
@@ -128,6 +130,7 @@ impl PartTable {
         PartTable {
             limits,
             parts: HashMap::new(),
+            unanswered: 0,
             data_chunks_computing: 0,
         }
     }
@@ -144,7 +147,7 @@ impl PartTable {
 
     /// Parts accepted and not yet answered.
     pub fn unanswered(&self) -> usize {
-        self.parts.values().filter(|p| !p.answered).count()
+        self.unanswered
     }
 
     /// Chunk computations with input bytes handed out and not yet reported.
@@ -166,6 +169,17 @@ impl PartTable {
         let input = IncomingInput::new(&task)
             .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
         let refusal = refusal.or_else(|| self.refusal(&task, input.remaining()));
+        // A refused part with input stays in the table until its input has drained.
+        // Refusals cannot fill it without bound: past twice the limit, the connection
+        // ends.
+        let full = self.parts.len() >= 2 * self.limits.max_parts;
+        if refusal.is_some() && !input.is_complete() && full {
+            return Err(Violation(format!(
+                "more than {} parts in flight on one connection, and as many refused parts \
+                 still sending their data (raise the server's --max-parts-per-connection)",
+                self.limits.max_parts
+            )));
+        }
         let mut entry = Entry {
             task: Arc::new(task),
             input,
@@ -186,6 +200,7 @@ impl PartTable {
             }
             None => {}
         }
+        self.unanswered += usize::from(!entry.answered);
         if !entry.is_finished() {
             self.parts.insert(part_id, entry);
         }
@@ -238,10 +253,11 @@ impl PartTable {
                 "data for part {part_id}, which is not in flight"
             )));
         };
-        entry
-            .input
-            .accept(&entry.task, chunk.len())
-            .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
+        if let Err(reason) = entry.input.accept(&entry.task, chunk.len()) {
+            // The connection ends; the part's kernels must not outlive it.
+            entry.cancel.cancel();
+            return Err(Violation(format!("part {part_id}: {reason}")));
+        }
         let mut actions = Vec::new();
         if !entry.answered {
             actions.push(self.compute(part_id, &mut entry, chunk));
@@ -288,10 +304,12 @@ impl PartTable {
         if !entry.answered {
             if let Some(error) = failure {
                 entry.answered = true;
+                self.unanswered -= 1;
                 entry.cancel.cancel();
                 actions.push(Action::Failed { part_id, error });
             } else if entry.is_finished() {
                 entry.answered = true;
+                self.unanswered -= 1;
                 actions.push(Action::Done {
                     part_id,
                     result: entry.partial.take().expect("a computed part has a result"),
@@ -317,6 +335,7 @@ impl PartTable {
             return Vec::new();
         }
         entry.answered = true;
+        self.unanswered -= 1;
         vec![Action::Failed {
             part_id,
             error: RemoteError::new(ErrorCode::Cancelled, "the client cancelled the part"),
@@ -523,6 +542,36 @@ mod tests {
             cols: 2,
         });
         assert!(table.run_part(2, overflowing, None).is_err());
+    }
+
+    #[test]
+    fn a_violation_stops_the_part_s_kernels() {
+        let mut table = table();
+        let actions = table.run_part(1, loop_part(u64::MAX), None).unwrap();
+        let [Action::Compute { cancel, .. }] = actions.as_slice() else {
+            panic!("{actions:?}")
+        };
+        assert!(
+            table.data(1, eight_bytes(1)).is_err(),
+            "a loop takes no data"
+        );
+        assert!(cancel.is_cancelled());
+    }
+
+    #[test]
+    fn refused_parts_cannot_grow_the_table_without_bound() {
+        let mut table = table();
+        let mut id = 0;
+        let outcome = loop {
+            id += 1;
+            match table.run_part(id, matrix(2), None) {
+                Ok(_) if id < 100 => continue,
+                other => break other,
+            }
+        };
+        assert!(outcome.is_err(), "still accepting after {id} parts");
+        assert_eq!(table.len(), 8, "the limit and as many draining refusals");
+        assert_eq!(table.unanswered(), 4);
     }
 
     #[test]

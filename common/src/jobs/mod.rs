@@ -243,7 +243,7 @@ pub struct PartComputation<'a> {
     task: &'a PartTask,
     partial: Option<PartResult>,
     compute: Duration,
-    mixed_kinds: bool,
+    combine_failed: bool,
 }
 
 impl<'a> PartComputation<'a> {
@@ -253,7 +253,7 @@ impl<'a> PartComputation<'a> {
             task,
             partial: None,
             compute: Duration::ZERO,
-            mixed_kinds: false,
+            combine_failed: false,
         }
     }
 
@@ -262,14 +262,14 @@ impl<'a> PartComputation<'a> {
         let started = Instant::now();
         let result = compute_chunk(self.task, chunk, cancel)?;
         self.compute += started.elapsed();
-        self.mixed_kinds |= fold_chunk_result(&mut self.partial, result).is_err();
+        self.combine_failed |= fold_chunk_result(&mut self.partial, result).is_err();
         Ok(())
     }
 
     /// The part's result and the time spent computing it; `None` if no chunk was
     /// computed or chunk results would not combine.
     pub fn finish(self) -> Option<(PartResult, Duration)> {
-        if self.mixed_kinds {
+        if self.combine_failed {
             return None;
         }
         self.partial.map(|result| (result, self.compute))
@@ -332,8 +332,11 @@ impl Job {
 ///
 /// Each line is `Variant => module::KindType,`: `module.rs` in this folder implements
 /// [`Kind`] for `KindType`. The order of the lines is the order of the variants on the
-/// wire (bincode encodes a variant by its index): add new kinds at the end, and bump
-/// [`PROTOCOL_VERSION`](crate::protocol::PROTOCOL_VERSION) whenever the list changes.
+/// wire (bincode encodes a variant by its index): add new kinds at the end, never
+/// between or instead of others. The number of kinds is part of
+/// [`PROTOCOL_VERSION`](crate::protocol::PROTOCOL_VERSION), so adding one changes the
+/// version by itself; reordering or replacing kinds needs a new
+/// [`MESSAGES_REVISION`](crate::protocol::MESSAGES_REVISION).
 macro_rules! job_kinds {
     ($($variant:ident => $module:ident :: $kind:ident,)+) => {
         $(pub mod $module;)+
