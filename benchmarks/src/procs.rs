@@ -2,12 +2,11 @@
 //! and a raw TCP sink (the baselines), all on 127.0.0.1 port 0, all children of this
 //! program, so their memory can be read from `/proc/PID/status`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Child;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -22,16 +21,10 @@ pub struct Helper {
 impl Helper {
     /// A pool server (`pool-bench serve`, the very server of `pool-server`).
     pub fn pool_server(workers: usize) -> anyhow::Result<Helper> {
-        Helper::spawn(&[
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--exit-with-stdin",
-            "--workers",
-            &workers.to_string(),
-        ])
+        let workers = workers.to_string();
+        let (child, addr) =
+            pool_client::servers::spawn_server(&self_exe()?, &["--workers", &workers])?;
+        Ok(Helper { child, addr })
     }
 
     /// A raw TCP echo server (the floor for a round trip).
@@ -45,25 +38,8 @@ impl Helper {
     }
 
     fn spawn(args: &[&str]) -> anyhow::Result<Helper> {
-        let exe = self_exe()?;
-        let mut child = Command::new(&exe)
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut helper = Helper {
-            child,
-            addr: String::new(),
-        };
-        helper.addr = read_address(stdout)?;
-        Ok(helper)
+        let (child, addr) = pool_client::servers::spawn_listening(&self_exe()?, args)?;
+        Ok(Helper { child, addr })
     }
 
     /// The process id.
@@ -92,23 +68,6 @@ impl Drop for Helper {
 /// This program's path: helpers and worker processes run it again.
 pub fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find this program's own path")
-}
-
-/// Reads a `... listening on ADDR ...` line within 10 s.
-fn read_address(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("a helper process did not start within 10 s"))?
-        .context("reading a helper's address")?;
-    match pool_server::cli::parse_listening_line(&line) {
-        Some(address) => Ok(address.to_string()),
-        None => bail!("a helper process did not start (it printed {line:?})"),
-    }
 }
 
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {

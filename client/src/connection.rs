@@ -385,8 +385,10 @@ impl ServerConnection {
         on_sent();
         let reply = reply
             .await
-            .unwrap_or_else(|_| Err(self.shared.closed("the connection's reader stopped")))?;
+            .unwrap_or_else(|_| Err(self.shared.closed("the connection's reader stopped")));
+        // Answered, or its connection failed: either way nothing is left to cancel.
         in_flight.stage = Stage::Answered;
+        let reply = reply?;
         let round_trip = started.elapsed();
         match reply {
             Reply::PartDone { result, .. } if !part.task.could_produce(&result) => {

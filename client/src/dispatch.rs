@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use pool_common::codec::Frame;
 use pool_common::jobfile::{Fallback, Placement};
 use pool_common::jobs::{combine_all, CancelFlag, Part, PartResult};
 use pool_common::wire::{frames_len, part_frames, result_frames};
@@ -363,7 +362,6 @@ impl Pool<'_> {
                     // Part ids are per connection; the part's index stands in for its
                     // id, which encodes to about the same size.
                     let id = part.index as u64;
-                    let sent: Vec<Frame> = part_frames(id, &part.task, &part.input).collect();
                     let compute_nanos = reply.compute.as_nanos() as u64;
                     let received =
                         result_frames(id, reply.result.clone(), compute_nanos).unwrap_or_default();
@@ -372,7 +370,7 @@ impl Pool<'_> {
                         computed_by: ComputedBy::Server(address.clone()),
                         failed_attempts,
                         start,
-                        bytes_sent: frames_len(&sent),
+                        bytes_sent: frames_len(part_frames(id, &part.task, &part.input)),
                         bytes_received: frames_len(&received),
                         reply,
                     });

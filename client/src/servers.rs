@@ -73,16 +73,25 @@ impl Drop for LocalServers {
 /// The server exits when its standard input closes, that is when the returned `Child`
 /// is dropped or this process dies, so it cannot outlive its parent.
 pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, String)> {
+    let mut args = vec![
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--exit-with-stdin",
+    ];
+    args.extend_from_slice(extra_args);
+    spawn_listening(exe, &args).context("starting a local server")
+}
+
+/// Runs `exe args` with piped standard input and output (and `RUST_LOG` passed on,
+/// `warn` by default), and returns it with the address of its
+/// [`listening_line`](pool_server::cli::listening_line), read within 10 s. If it prints
+/// anything else first, or nothing, it is killed.
+pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
     let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--exit-with-stdin",
-        ])
-        .args(extra_args)
+        .args(args)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -91,7 +100,7 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot start a local server from {}", exe.display()))?;
+        .with_context(|| format!("cannot start {}", exe.display()))?;
     let stdout = child.stdout.take().expect("piped");
     match read_listen_address(stdout) {
         Ok(address) => Ok((child, address)),
@@ -103,7 +112,7 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
     }
 }
 
-/// Reads the server's `pool-server listening on ADDR ...` line, within a bound.
+/// Reads a [`listening_line`](pool_server::cli::listening_line), within a bound.
 fn read_listen_address(stdout: std::process::ChildStdout) -> anyhow::Result<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -112,10 +121,10 @@ fn read_listen_address(stdout: std::process::ChildStdout) -> anyhow::Result<Stri
     });
     let line = rx
         .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("a local server did not start within 10 s"))?
-        .context("reading a local server's address")?;
+        .map_err(|_| anyhow!("the process did not start listening within 10 s"))?
+        .context("reading the process's address")?;
     let Some(address) = pool_server::cli::parse_listening_line(&line) else {
-        bail!("a local server did not start (it printed {line:?})");
+        bail!("the process did not start listening (it printed {line:?})");
     };
     Ok(address.to_string())
 }

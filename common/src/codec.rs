@@ -325,6 +325,14 @@ pub fn encode_message(value: &impl Serialize) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Encode(e.to_string()))
 }
 
+/// The length of a message's bincode encoding, found without building it.
+pub fn encoded_message_len(value: &impl Serialize) -> Result<usize, FrameError> {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, bincode_config())
+        .map_err(|e| FrameError::Encode(e.to_string()))?;
+    Ok(size.bytes_written)
+}
+
 /// Decodes a message encoded by [`encode_message`]; every byte must be used.
 pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())

@@ -156,8 +156,8 @@ struct RawJobFile {
     #[serde(default)]
     fallback: Fallback,
     token: Option<String>,
-    /// Read twice: here for its `kind` and its place, then by the kind for its keys
-    /// (see [`parse_job`]).
+    /// Only its `kind` and its place here; the kind reads its own keys (see
+    /// [`parse_job`]).
     job: Spanned<RawJobKind>,
 }
 
@@ -186,8 +186,11 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         location: span.map(|s| location_of(text, s.start)),
         message,
     };
-    let raw: RawJobFile =
-        toml::from_str(text).map_err(|e| error_at(e.span(), e.message().trim().to_string()))?;
+    let toml_error = |e: toml::de::Error| error_at(e.span(), e.message().trim().to_string());
+    // Parsed once, keeping every value's place: read here for the common keys, and by
+    // the job's kind for its own (see `parse_job`).
+    let document = toml::de::DeTable::parse(text).map_err(toml_error)?;
+    let raw = RawJobFile::deserialize(document.clone().into_deserializer()).map_err(toml_error)?;
     let base = path.parent().unwrap_or(Path::new(""));
 
     let parts = *raw.parts.get_ref();
@@ -264,7 +267,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         token: raw.token.filter(|t| !t.is_empty()),
     };
 
-    let job = parse_job(text, &raw.job, &error_at)?;
+    let job = parse_job(document.into_inner(), &raw.job, &error_at)?;
     if let Some(units) = job.planned_units() {
         if parts > units {
             return Err(error_at(
@@ -293,18 +296,12 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
 /// Reads the `[job]` table as the kind it names asks: each kind parses its own keys
 /// (refusing unknown ones) and checks their values, and its errors point at them.
 fn parse_job(
-    text: &str,
+    mut document: toml::de::DeTable<'_>,
     raw: &Spanned<RawJobKind>,
     error_at: &dyn Fn(Option<Range<usize>>, String) -> JobFileError,
 ) -> Result<JobSpec, JobFileError> {
     let kind = &raw.get_ref().kind;
-    let toml_error = |e: toml::de::Error| error_at(e.span(), e.message().trim().to_string());
-    // The first read proved the text is TOML with a `[job]` table; this one keeps
-    // every value's place, so the kind's errors can point at its keys.
-    let mut root = toml::de::DeTable::parse(text)
-        .map_err(toml_error)?
-        .into_inner();
-    let Some(mut table) = root.remove("job") else {
+    let Some(mut table) = document.remove("job") else {
         return Err(error_at(Some(raw.span()), "no [job] table".into()));
     };
     if let toml::de::DeValue::Table(keys) = table.get_mut() {

@@ -7,13 +7,14 @@
 //! with the result inside, or, for a result longer than [`INLINE_RESULT_BYTES`],
 //! [`Reply::PartDoneLarge`] followed by the result's encoding in data frames.
 
+use std::borrow::Borrow;
 use std::io::{Read, Write};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{
-    decode_message, encode_frame, encode_message, read_frame_blocking, write_frame_blocking, Frame,
-    FrameError,
+    decode_message, encode_frame, encode_message, encoded_message_len, read_frame_blocking,
+    write_frame_blocking, Frame, FrameError,
 };
 use crate::jobs::{chunks_of, PartResult, PartTask};
 use crate::protocol::{RemoteError, Reply, Request, INLINE_RESULT_BYTES};
@@ -47,14 +48,14 @@ pub fn result_frames(
     result: PartResult,
     compute_nanos: u64,
 ) -> Result<Vec<Frame>, FrameError> {
-    let encoded = Bytes::from(encode_message(&result)?);
-    if encoded.len() <= INLINE_RESULT_BYTES {
+    if encoded_message_len(&result)? <= INLINE_RESULT_BYTES {
         return Ok(vec![Frame::Reply(Reply::PartDone {
             part_id,
             result,
             compute_nanos,
         })]);
     }
+    let encoded = Bytes::from(encode_message(&result)?);
     let reply = Frame::Reply(Reply::PartDoneLarge {
         part_id,
         result_bytes: encoded.len() as u64,
@@ -67,10 +68,10 @@ pub fn result_frames(
 
 /// The bytes `frames` take on the wire, length prefixes included, counted without
 /// copying any data frame's payload.
-pub fn frames_len<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> u64 {
+pub fn frames_len(frames: impl IntoIterator<Item = impl Borrow<Frame>>) -> u64 {
     frames
         .into_iter()
-        .map(|frame| match frame {
+        .map(|frame| match frame.borrow() {
             Frame::Data { bytes, .. } => DATA_FRAME_OVERHEAD + bytes.len() as u64,
             other => {
                 let mut buf = BytesMut::new();

@@ -56,8 +56,6 @@ pub enum ConnectionError {
 /// A chunk computation finished on the executor.
 struct Computed {
     part_id: u64,
-    /// Whether the computation held a data chunk (counted against the read-ahead cap).
-    had_data: bool,
     outcome: ChunkOutcome,
     elapsed: Duration,
 }
@@ -231,7 +229,7 @@ impl Connection {
     async fn on_computed(&mut self, done: Computed) -> Result<(), ConnectionError> {
         let actions = self
             .parts
-            .computed(done.part_id, done.had_data, done.outcome, done.elapsed);
+            .computed(done.part_id, done.outcome, done.elapsed);
         self.carry_out(actions).await
     }
 
@@ -290,7 +288,6 @@ impl Connection {
 
     /// Hands one chunk of a part to the executor.
     fn submit(&mut self, part_id: u64, task: Arc<PartTask>, chunk: Bytes, cancel: Arc<CancelFlag>) {
-        let had_data = !chunk.is_empty();
         let work = self.shared.executor.run(move || {
             let started = Instant::now();
             let result = compute_chunk(&task, &chunk, &cancel);
@@ -303,7 +300,6 @@ impl Connection {
             };
             Computed {
                 part_id,
-                had_data,
                 outcome,
                 elapsed,
             }

@@ -98,6 +98,9 @@ impl From<Result<PartResult, Cancelled>> for ChunkOutcome {
 struct Entry {
     task: Arc<PartTask>,
     input: IncomingInput,
+    /// Whether the part ships input: its chunk computations then hold data, and count
+    /// against the connection's read-ahead.
+    has_input: bool,
     /// Chunk computations handed out and not yet reported.
     computing: usize,
     partial: Option<PartResult>,
@@ -182,6 +185,7 @@ impl PartTable {
         }
         let mut entry = Entry {
             task: Arc::new(task),
+            has_input: !input.is_complete(),
             input,
             computing: 0,
             partial: None,
@@ -272,14 +276,14 @@ impl PartTable {
     pub fn computed(
         &mut self,
         part_id: u64,
-        had_data: bool,
         outcome: ChunkOutcome,
         elapsed: Duration,
     ) -> Vec<Action> {
-        self.data_chunks_computing -= usize::from(had_data);
+        // A part stays in the table while any of its chunks computes.
         let Some(mut entry) = self.parts.remove(&part_id) else {
             return Vec::new();
         };
+        self.data_chunks_computing -= usize::from(entry.has_input);
         entry.computing -= 1;
         entry.compute += elapsed;
         let failure = match outcome {
@@ -351,7 +355,7 @@ impl PartTable {
 
     fn compute(&mut self, part_id: u64, entry: &mut Entry, chunk: Bytes) -> Action {
         entry.computing += 1;
-        self.data_chunks_computing += usize::from(!chunk.is_empty());
+        self.data_chunks_computing += usize::from(entry.has_input);
         Action::Compute {
             part_id,
             task: Arc::clone(&entry.task),
@@ -400,7 +404,7 @@ mod tests {
                     cancel,
                 } => {
                     let outcome = compute_chunk(&task, &chunk, &cancel).into();
-                    let more = table.computed(part_id, !chunk.is_empty(), outcome, Duration::ZERO);
+                    let more = table.computed(part_id, outcome, Duration::ZERO);
                     replies.extend(execute(table, more));
                 }
                 reply => replies.push(reply),
@@ -443,7 +447,7 @@ mod tests {
             .collect();
         assert_eq!(table.data_chunks_computing(), 3);
         // The first chunk's kernel fails; the two others then see the cancel flag.
-        let failed = table.computed(1, true, ChunkOutcome::Lost, Duration::ZERO);
+        let failed = table.computed(1, ChunkOutcome::Lost, Duration::ZERO);
         assert!(matches!(
             failed.as_slice(),
             [Action::Failed { part_id: 1, .. }]
@@ -454,7 +458,7 @@ mod tests {
                 panic!("{action:?}")
             };
             assert!(cancel.is_cancelled());
-            replies.extend(table.computed(1, true, ChunkOutcome::Cancelled, Duration::ZERO));
+            replies.extend(table.computed(1, ChunkOutcome::Cancelled, Duration::ZERO));
         }
         assert!(replies.is_empty(), "a second reply: {replies:?}");
         assert!(table.is_empty());
