@@ -270,6 +270,24 @@ impl ServerConnection {
     /// (it may wait behind another part's upload), is taken for dead: the connection
     /// fails.
     pub async fn status(&self) -> Result<ServerStatus, ServerError> {
+        match self.probe(self.probe_timeout).await? {
+            Some(status) => Ok(status),
+            None => {
+                let error = ServerError::Timeout {
+                    address: self.address().to_string(),
+                    what: "a status request",
+                    timeout: self.probe_timeout,
+                };
+                self.shared.fail(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Asks the server how it is doing and waits up to `timeout` for the answer,
+    /// counted from when the request is written. `None` if it did not answer in time:
+    /// the connection stays open, and a late answer is dropped.
+    pub async fn probe(&self, timeout: Duration) -> Result<Option<ServerStatus>, ServerError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut writer = self.shared.writer.lock().await;
@@ -295,17 +313,9 @@ impl ServerConnection {
                     .unwrap_or_else(|| self.shared.closed("the connection's reader stopped"))
             })
         };
-        match tokio::time::timeout(self.probe_timeout, answered).await {
-            Ok(answer) => answer,
-            Err(_) => {
-                let error = ServerError::Timeout {
-                    address: self.address().to_string(),
-                    what: "a status request",
-                    timeout: self.probe_timeout,
-                };
-                self.shared.fail(error.clone());
-                Err(error)
-            }
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(answer) => answer.map(Some),
+            Err(_) => Ok(None),
         }
     }
 
@@ -655,6 +665,8 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), ServerError> {
             let Some(waiter) = waiting.status.pop_front() else {
                 return Err(protocol("a status reply nobody asked for".into()));
             };
+            // A probe that gave up waiting has dropped its receiver; the answer is
+            // dropped with it.
             let _ = waiter.send(status);
             return Ok(());
         }

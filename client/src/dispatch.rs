@@ -1,39 +1,189 @@
-//! The pool mode: parts to servers, failures survived, results gathered.
+//! The pool mode: parts to servers, failures survived, stragglers copied, results
+//! gathered.
 //!
-//! Each part starts on the server its placement chose. One connection per server is
-//! opened on first use and shared by every part sent there. When an attempt fails (the
-//! server refuses, resets, times out or reports an error), the server is marked failed
-//! and avoided for the rest of the job, and the part is resent to a server drawn at
-//! random among the healthy ones; failed servers are tried again only when no healthy
-//! one is left. A part is in flight on one server at a time and its result is taken
-//! once, so nothing is lost or counted twice. Parts that fail `max_attempts` times are
-//! computed locally if the job file says `fallback = "local"`; otherwise the job fails
-//! with what happened on each server.
+//! One connection per server is opened and shared by every part sent there. How parts
+//! reach the servers is the job file's `schedule`:
+//!
+//! * **dynamic** (the default): each server holds at most its slots (its workers, or
+//!   the weight written in the list) plus [`READ_AHEAD`] parts, and the next part goes
+//!   out as soon as one of them is done, to the server the `placement` policy picks
+//!   among those with a free slot. Fast servers thus take more parts than slow ones.
+//! * **static**: every part is dealt at the start, as in the original paper, and the
+//!   job waits for the slowest server.
+//!
+//! When an attempt fails (the server refuses, resets, times out or reports an error),
+//! the server is avoided for the rest of the job while healthy ones are left, and the
+//! part is sent again elsewhere; parts that fail `max_attempts` times are computed
+//! locally if the job file says `fallback = "local"`, and otherwise fail the job with
+//! what happened on each server.
+//!
+//! Under the dynamic schedule two more mechanisms keep one server from holding the job
+//! back ([`Scheduling::speculate`]):
+//!
+//! * **speculation**: once no part is left to hand out, a part that has run much
+//!   longer than parts of its size took on the other servers gets a copy on an idle
+//!   server;
+//! * **liveness**: every server is asked for its status each [`PROBE_INTERVAL`] (which
+//!   also feeds `least-loaded` placement); one that holds parts and leaves a request
+//!   unanswered for `liveness_timeout` is suspect: it gets no new parts, and its parts
+//!   get copies at once.
+//!
+//! The first result of a part wins, the other copy is cancelled by id, and the result
+//! is counted once; the report shows the server time the losing copies cost.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
-use pool_common::jobfile::{Fallback, Placement};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use pool_common::jobfile::{Fallback, JobFile, Placement, Schedule, ServerEntry};
 use pool_common::jobs::{combine_all, CancelFlag, Part, PartResult};
+use pool_common::protocol::ServerStatus;
 use pool_common::wire::{frames_len, part_frames, result_frames};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
+use tokio::sync::oneshot;
 
 use crate::connection::{ConnectOptions, PartReply, ServerConnection, ServerError};
-use crate::progress::{placement_counts, NoProgress, PoolObserver};
-use crate::servers::place;
+use crate::placement::{Choice, Placer};
+use crate::progress::{NoProgress, PoolObserver};
 
-/// A failed attempt at a part.
+/// Parts a server may hold beyond its slots under the dynamic schedule: the next part
+/// is already there when a worker frees up, so no server idles for a round trip.
+pub const READ_AHEAD: usize = 1;
+
+/// How often each server is asked for its status while a job runs.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often stragglers are looked for.
+const SPECULATION_CHECK: Duration = Duration::from_millis(50);
+
+/// A part is a straggler once it has run this many times the time parts of its size
+/// took on the servers that answered...
+const STRAGGLER_FACTOR: f64 = 1.5;
+
+/// ...and at least this much longer, so that tiny parts with noisy timings are not
+/// copied for nothing.
+const STRAGGLER_SLACK: Duration = Duration::from_millis(50);
+
+/// How the pool hands parts to servers: the job file's `schedule`, `placement`,
+/// `speculate` and `liveness_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scheduling {
+    /// When parts go out.
+    pub schedule: Schedule,
+    /// Which server each part goes to.
+    pub placement: Placement,
+    /// Whether stragglers and the parts of unresponsive servers get copies.
+    pub speculate: bool,
+    /// How long a server holding parts may leave a status request unanswered.
+    pub liveness_timeout: Duration,
+}
+
+impl Scheduling {
+    /// What a job file asks for.
+    pub fn from_job_file(job_file: &JobFile) -> Scheduling {
+        Scheduling {
+            schedule: job_file.schedule,
+            placement: job_file.placement,
+            speculate: job_file.speculate,
+            liveness_timeout: job_file.client.liveness_timeout,
+        }
+    }
+}
+
+impl Default for Scheduling {
+    /// The job file's defaults.
+    fn default() -> Self {
+        Scheduling {
+            schedule: Schedule::default(),
+            placement: Placement::default(),
+            speculate: true,
+            liveness_timeout: pool_common::jobfile::ClientSettings::default().liveness_timeout,
+        }
+    }
+}
+
+/// Why an attempt at a part was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// The part's first attempt.
+    First,
+    /// After an attempt failed.
+    Retry,
+    /// A copy of a part still running elsewhere, whose server was slow or silent.
+    Copy,
+}
+
+impl AttemptKind {
+    /// A word for logs and charts.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptKind::First => "first",
+            AttemptKind::Retry => "retry",
+            AttemptKind::Copy => "copy",
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Its result is the part's result.
+    Won,
+    /// It failed, for this reason (the message names the server).
+    Failed(String),
+    /// Another attempt at the part answered first: this one was cancelled, or its
+    /// result arrived late and was dropped. Its server time was spent twice.
+    Lost,
+}
+
+impl AttemptOutcome {
+    /// A word for logs and charts: `won`, `failed` or `lost`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Won => "won",
+            AttemptOutcome::Failed(_) => "failed",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
+}
+
+/// One attempt at a part on a server.
 #[derive(Debug, Clone)]
-pub struct FailedAttempt {
+pub struct AttemptRecord {
     /// The server tried.
     pub server: String,
-    /// What went wrong there.
-    pub error: String,
+    /// Why this attempt was made.
+    pub kind: AttemptKind,
+    /// Why this server: the placement policy's reason, or what made the copy.
+    pub reason: String,
+    /// When sending began, from the start of the pool run (client clock).
+    pub start: Duration,
+    /// When it ended (answered, failed or cancelled), on the same clock.
+    pub end: Duration,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+impl AttemptRecord {
+    /// Why it failed, if it did.
+    pub fn error(&self) -> Option<&str> {
+        match &self.outcome {
+            AttemptOutcome::Failed(error) => Some(error),
+            _ => None,
+        }
+    }
+
+    /// From its start to its end.
+    pub fn duration(&self) -> Duration {
+        self.end.saturating_sub(self.start)
+    }
 }
 
 /// Where a part's result came from.
@@ -63,10 +213,11 @@ pub struct PartRecord {
     pub computed_by: ComputedBy,
     /// The answer and its timings.
     pub reply: PartReply,
-    /// The attempts that failed before the one that counted, in order.
-    pub failed_attempts: Vec<FailedAttempt>,
-    /// When sending the part began on the attempt that counted, from the start of the
-    /// pool run (client clock).
+    /// Every attempt on a server, in the order they started; the one that counted is
+    /// [`AttemptOutcome::Won`] (none is, for a part computed by the local fallback).
+    pub attempts: Vec<AttemptRecord>,
+    /// When sending began on the attempt that counted, from the start of the pool run
+    /// (client clock).
     pub start: Duration,
     /// Bytes sent for the part on the attempt that counted: its request and data frames.
     pub bytes_sent: u64,
@@ -75,9 +226,20 @@ pub struct PartRecord {
 }
 
 impl PartRecord {
-    /// The number of the attempt that counted, from 1.
+    /// The number of the attempt that counted, from 1, in the order attempts started.
     pub fn attempt(&self) -> usize {
-        self.failed_attempts.len() + 1
+        self.attempts
+            .iter()
+            .position(|a| a.outcome == AttemptOutcome::Won)
+            .unwrap_or(self.attempts.len())
+            + 1
+    }
+
+    /// The attempts that failed, in order.
+    pub fn failed_attempts(&self) -> impl Iterator<Item = &AttemptRecord> {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Failed(_)))
     }
 }
 
@@ -88,10 +250,18 @@ pub struct ServerRecord {
     pub address: String,
     /// Worker threads the server reported (0 if it never answered).
     pub workers: u32,
+    /// Parts it could compute at once, for placement: the weight in the server list,
+    /// or else its workers.
+    pub slots: u32,
     /// Time to connect and complete the handshake, if it ever did.
     pub connect: Option<Duration>,
     /// The last failure seen on this server, if any.
     pub failure: Option<String>,
+    /// Whether it ever left a status request unanswered past the liveness timeout
+    /// while holding parts.
+    pub suspected: bool,
+    /// The last status it reported during the run.
+    pub status: Option<ServerStatus>,
 }
 
 /// The outcome of running a job's parts on the pool.
@@ -101,6 +271,8 @@ pub struct PoolRun {
     pub result: PartResult,
     /// From the first connection attempt to the last result (client clock).
     pub elapsed: Duration,
+    /// How parts were handed out.
+    pub scheduling: Scheduling,
     /// Every part, in part order.
     pub parts: Vec<PartRecord>,
     /// Every server that was tried, in the order of the server list.
@@ -113,9 +285,25 @@ impl PoolRun {
         self.servers.iter().map(|s| s.workers).sum()
     }
 
-    /// The parts that needed more than one attempt.
+    /// The parts that needed more than one attempt because one failed.
     pub fn retried(&self) -> impl Iterator<Item = &PartRecord> {
-        self.parts.iter().filter(|p| !p.failed_attempts.is_empty())
+        self.parts
+            .iter()
+            .filter(|p| p.failed_attempts().next().is_some())
+    }
+
+    /// Every attempt that lost the race to another copy of its part.
+    pub fn lost_attempts(&self) -> impl Iterator<Item = &AttemptRecord> {
+        self.parts
+            .iter()
+            .flat_map(|p| &p.attempts)
+            .filter(|a| a.outcome == AttemptOutcome::Lost)
+    }
+
+    /// Server time spent on copies whose result was not used: the price of
+    /// speculation.
+    pub fn time_spent_twice(&self) -> Duration {
+        self.lost_attempts().map(AttemptRecord::duration).sum()
     }
 }
 
@@ -160,54 +348,78 @@ impl fmt::Display for PoolError {
     }
 }
 
-/// Runs `parts` on `servers`, placed by `placement` with `rng`, surviving failures as
-/// `policy` says.
+/// Runs `parts` on `servers` as `scheduling` says, drawing every random choice from
+/// `rng`, and surviving failures as `policy` says.
 pub async fn run_pool(
     parts: &[Part],
-    servers: &[String],
-    placement: Placement,
+    servers: &[ServerEntry],
+    scheduling: &Scheduling,
     rng: &mut StdRng,
     options: &ConnectOptions,
     policy: FaultPolicy,
 ) -> Result<PoolRun, PoolError> {
-    run_pool_observed(parts, servers, placement, rng, options, policy, &NoProgress).await
+    run_pool_observed(
+        parts,
+        servers,
+        scheduling,
+        rng,
+        options,
+        policy,
+        &NoProgress,
+    )
+    .await
 }
 
 /// [`run_pool`], telling `observer` where parts go and when each is sent and done.
 pub async fn run_pool_observed(
     parts: &[Part],
-    servers: &[String],
-    placement: Placement,
+    servers: &[ServerEntry],
+    scheduling: &Scheduling,
     rng: &mut StdRng,
     options: &ConnectOptions,
     policy: FaultPolicy,
     observer: &dyn PoolObserver,
 ) -> Result<PoolRun, PoolError> {
-    let placed = place(parts.len(), servers.len(), placement, rng);
-    observer.placed(&placement_counts(servers, &placed));
+    assert!(!servers.is_empty(), "no servers to run parts on");
     let started = Instant::now();
     let pool = Pool {
-        slots: servers.iter().map(|a| Slot::new(a)).collect(),
-        rng: Mutex::new(StdRng::from_rng(rng)),
+        slots: servers.iter().map(Slot::new).collect(),
         options,
-        max_attempts: policy.max_attempts.max(1),
         started,
         observer,
     };
-    let outcomes = join_all(
-        parts
-            .iter()
-            .zip(&placed)
-            .map(|(part, &server)| pool.run_part(part, server)),
-    )
-    .await;
+    let mut rng = StdRng::from_rng(rng);
+    let placer = Placer::new(scheduling.placement, servers.len(), &mut rng);
+    let mut run = Scheduler {
+        pool: &pool,
+        parts,
+        scheduling: *scheduling,
+        max_attempts: policy.max_attempts.max(1),
+        rng,
+        placer,
+        servers: (0..servers.len()).map(|_| ServerState::default()).collect(),
+        states: (0..parts.len()).map(|_| PartState::default()).collect(),
+        pending: VecDeque::new(),
+        copies: VecDeque::new(),
+        next_attempt: 0,
+        attempts: FuturesUnordered::new(),
+        connects: FuturesUnordered::new(),
+        probes: FuturesUnordered::new(),
+    };
+    run.run().await;
+    let Scheduler {
+        states, servers, ..
+    } = run;
 
     let mut records = Vec::with_capacity(parts.len());
     let mut failed = Vec::new();
-    for (part, outcome) in parts.iter().zip(outcomes) {
-        match outcome {
-            Ok(record) => records.push(record),
-            Err(attempts) => failed.push((part, attempts)),
+    for (part, state) in parts.iter().zip(states) {
+        match state.record {
+            Some(record) => records.push(PartRecord {
+                attempts: state.finished,
+                ..record
+            }),
+            None => failed.push((part, state.finished)),
         }
     }
     if !failed.is_empty() {
@@ -220,7 +432,7 @@ pub async fn run_pool_observed(
                     .filter(|s| s.was_tried())
                     .map(|s| (s.address.clone(), s.failure()))
                     .collect(),
-                attempts: pool.max_attempts,
+                attempts: policy.max_attempts.max(1),
             });
         }
         let fallback_parts: Vec<Part> = failed.iter().map(|(part, _)| (*part).clone()).collect();
@@ -228,12 +440,12 @@ pub async fn run_pool_observed(
         let computed = tokio::task::spawn_blocking(move || compute_locally(&fallback_parts))
             .await
             .expect("local fallback computation panicked");
-        for ((part, failed_attempts), reply) in failed.into_iter().zip(computed) {
+        for ((part, attempts), reply) in failed.into_iter().zip(computed) {
             records.push(PartRecord {
                 part: part.index,
                 computed_by: ComputedBy::LocalFallback,
                 reply,
-                failed_attempts,
+                attempts,
                 start: fallback_start,
                 bytes_sent: 0,
                 bytes_received: 0,
@@ -247,12 +459,14 @@ pub async fn run_pool_observed(
     Ok(PoolRun {
         result,
         elapsed,
+        scheduling: *scheduling,
         parts: records,
         servers: pool
             .slots
             .iter()
-            .filter(|s| s.was_tried())
-            .map(Slot::record)
+            .zip(&servers)
+            .filter(|(slot, _)| slot.was_tried())
+            .map(|(slot, state)| slot.record(state))
             .collect(),
     })
 }
@@ -284,9 +498,11 @@ fn compute_locally(parts: &[Part]) -> Vec<PartReply> {
     })
 }
 
-/// One server of the list and what the job has learnt about it.
+/// One server of the list and its connection, shared with the attempts in flight.
 struct Slot {
     address: String,
+    /// The weight written in the server list, if any.
+    listed_slots: Option<u32>,
     /// The open connection; replaced when it breaks and the server is needed again.
     connection: tokio::sync::Mutex<Option<Arc<ServerConnection>>>,
     connect_time: Mutex<Option<Duration>>,
@@ -294,24 +510,29 @@ struct Slot {
     failure: Mutex<Option<String>>,
     /// Set when connecting failed; the server is not tried again in this job.
     connect_error: Mutex<Option<ServerError>>,
-    tried: std::sync::atomic::AtomicBool,
+    tried: AtomicBool,
 }
 
 impl Slot {
-    fn new(address: &str) -> Slot {
+    fn new(entry: &ServerEntry) -> Slot {
         Slot {
-            address: address.to_string(),
+            address: entry.address.clone(),
+            listed_slots: entry.slots,
             connection: tokio::sync::Mutex::new(None),
             connect_time: Mutex::new(None),
             workers: AtomicU32::new(0),
             failure: Mutex::new(None),
             connect_error: Mutex::new(None),
-            tried: Default::default(),
+            tried: AtomicBool::new(false),
         }
     }
 
     fn failure(&self) -> Option<String> {
         self.failure.lock().expect("slot lock poisoned").clone()
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *self.failure.lock().expect("slot lock poisoned") = failure;
     }
 
     fn is_healthy(&self) -> bool {
@@ -322,76 +543,37 @@ impl Slot {
         self.tried.load(Ordering::Relaxed)
     }
 
-    fn record(&self) -> ServerRecord {
+    /// Parts the server computes at once: its weight in the list, else the workers it
+    /// reported (1 until it has).
+    fn slots(&self) -> u32 {
+        self.listed_slots
+            .unwrap_or_else(|| self.workers.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    fn record(&self, state: &ServerState) -> ServerRecord {
         ServerRecord {
             address: self.address.clone(),
             workers: self.workers.load(Ordering::Relaxed),
+            slots: self.slots(),
             connect: *self.connect_time.lock().expect("slot lock poisoned"),
             failure: self.failure(),
+            suspected: state.suspected,
+            status: state.status.clone(),
         }
     }
 }
 
+/// What the attempts in flight share: the servers and how to reach them.
 struct Pool<'a> {
     slots: Vec<Slot>,
-    /// Draws the servers for retries.
-    rng: Mutex<StdRng>,
     options: &'a ConnectOptions,
-    max_attempts: u32,
-    /// When the pool run started, for each part's start offset.
+    /// When the pool run started, for each attempt's start and end.
     started: Instant,
     observer: &'a dyn PoolObserver,
 }
 
 impl Pool<'_> {
-    /// Runs one part, moving it to another server after each failure. Returns the
-    /// failed attempts if all of them failed.
-    async fn run_part(
-        &self,
-        part: &Part,
-        first_server: usize,
-    ) -> Result<PartRecord, Vec<FailedAttempt>> {
-        let mut server = first_server;
-        let mut failed_attempts = Vec::new();
-        for attempt in 1..=self.max_attempts {
-            let start = self.started.elapsed();
-            match self.attempt(part, server).await {
-                Ok(reply) => {
-                    let address = &self.slots[server].address;
-                    self.observer.part_done(address);
-                    // Part ids are per connection; the part's index stands in for its
-                    // id, which encodes to about the same size.
-                    let id = part.index as u64;
-                    let compute_nanos = reply.compute.as_nanos() as u64;
-                    let received =
-                        result_frames(id, reply.result.clone(), compute_nanos).unwrap_or_default();
-                    return Ok(PartRecord {
-                        part: part.index,
-                        computed_by: ComputedBy::Server(address.clone()),
-                        failed_attempts,
-                        start,
-                        bytes_sent: frames_len(part_frames(id, &part.task, &part.input)),
-                        bytes_received: frames_len(&received),
-                        reply,
-                    });
-                }
-                Err(error) => {
-                    tracing::info!(part = part.index, attempt, %error, "attempt failed");
-                    *self.slots[server]
-                        .failure
-                        .lock()
-                        .expect("slot lock poisoned") = Some(error.to_string());
-                    failed_attempts.push(FailedAttempt {
-                        server: self.slots[server].address.clone(),
-                        error: error.to_string(),
-                    });
-                    server = self.next_server(server);
-                }
-            }
-        }
-        Err(failed_attempts)
-    }
-
     async fn attempt(&self, part: &Part, server: usize) -> Result<PartReply, ServerError> {
         let connection = self.connection(server).await?;
         let bytes = part.task.input_bytes().unwrap_or(0);
@@ -400,6 +582,12 @@ impl Pool<'_> {
                 self.observer.part_sent(connection.address(), bytes)
             })
             .await
+    }
+
+    /// The server's connection if it is open and nobody is opening it right now.
+    fn open_connection(&self, server: usize) -> Option<Arc<ServerConnection>> {
+        let connection = self.slots[server].connection.try_lock().ok()?;
+        connection.as_ref().filter(|c| !c.is_broken()).cloned()
     }
 
     /// The server's connection, opened (or reopened, if it broke) on demand. Parts
@@ -440,18 +628,581 @@ impl Pool<'_> {
         Ok(opened)
     }
 
-    /// A server for a part's next attempt: a random healthy one other than the one that
-    /// just failed; else any other; else the same.
-    fn next_server(&self, failed: usize) -> usize {
-        let healthy: Vec<usize> = (0..self.slots.len())
-            .filter(|&s| s != failed && self.slots[s].is_healthy())
+}
+
+/// What the scheduler knows of one server during a run.
+#[derive(Default)]
+struct ServerState {
+    /// Connected (under the dynamic schedule, a server takes parts only once it is).
+    connected: bool,
+    /// Its first connection is being opened.
+    connecting: bool,
+    /// Attempts in flight there.
+    running: usize,
+    /// Nanoseconds per work item its answered parts took (a moving average).
+    nanos_per_item: Option<f64>,
+    /// Its last status reply.
+    status: Option<ServerStatus>,
+    /// A status request is waiting for its answer.
+    probing: bool,
+    /// When it was last asked for its status.
+    last_probe: Option<Instant>,
+    /// It left a status request unanswered past the liveness timeout, and has not
+    /// answered one since.
+    suspect: bool,
+    /// It was suspect at some point of the run.
+    suspected: bool,
+}
+
+/// An attempt in flight.
+struct Running {
+    id: u64,
+    server: usize,
+    kind: AttemptKind,
+    reason: String,
+    start: Duration,
+    started: Instant,
+    /// Dropped or fired to cancel the attempt.
+    cancel: oneshot::Sender<()>,
+}
+
+/// What the scheduler knows of one part.
+#[derive(Default)]
+struct PartState {
+    running: Vec<Running>,
+    /// Attempts that have ended, in the order they started.
+    finished: Vec<AttemptRecord>,
+    failures: u32,
+    /// Its result, once one attempt has won.
+    record: Option<PartRecord>,
+    /// Every attempt it was allowed has failed.
+    given_up: bool,
+}
+
+impl PartState {
+    fn settled(&self) -> bool {
+        self.record.is_some() || self.given_up
+    }
+
+    /// Files an ended attempt in start order.
+    fn file(&mut self, record: AttemptRecord) {
+        let at = self.finished.partition_point(|a| a.start <= record.start);
+        self.finished.insert(at, record);
+    }
+}
+
+/// An attempt that has ended: `None` if it was cancelled.
+struct Ended {
+    part: usize,
+    id: u64,
+    outcome: Option<Result<PartReply, ServerError>>,
+}
+
+/// Hands out parts, reacts to their answers, and watches the servers; one per run.
+struct Scheduler<'a> {
+    pool: &'a Pool<'a>,
+    parts: &'a [Part],
+    scheduling: Scheduling,
+    max_attempts: u32,
+    rng: StdRng,
+    placer: Placer,
+    servers: Vec<ServerState>,
+    states: Vec<PartState>,
+    /// Parts waiting for their first attempt or a retry, in order.
+    pending: VecDeque<(usize, AttemptKind)>,
+    /// Parts waiting for a copy, with what made it.
+    copies: VecDeque<(usize, String)>,
+    next_attempt: u64,
+    attempts: FuturesUnordered<BoxFuture<'a, Ended>>,
+    connects: FuturesUnordered<BoxFuture<'a, (usize, Result<(), ServerError>)>>,
+    probes: FuturesUnordered<BoxFuture<'a, (usize, Result<Option<ServerStatus>, ServerError>)>>,
+}
+
+impl<'a> Scheduler<'a> {
+    async fn run(&mut self) {
+        match self.scheduling.schedule {
+            Schedule::Static => self.deal(),
+            Schedule::Dynamic => {
+                self.pending
+                    .extend((0..self.parts.len()).map(|p| (p, AttemptKind::First)));
+                self.pool.observer.placed(
+                    &self
+                        .pool
+                        .slots
+                        .iter()
+                        .map(|s| (s.address.clone(), None))
+                        .collect::<Vec<_>>(),
+                );
+                for server in 0..self.pool.slots.len() {
+                    self.servers[server].connecting = true;
+                    let pool = self.pool;
+                    self.connects.push(
+                        async move { (server, pool.connection(server).await.map(|_| ())) }.boxed(),
+                    );
+                }
+            }
+        }
+        let mut tick = tokio::time::interval(SPECULATION_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.hand_out();
+            if self.states.iter().all(PartState::settled) {
+                return;
+            }
+            tokio::select! {
+                Some(ended) = self.attempts.next(), if !self.attempts.is_empty() => {
+                    self.ended(ended);
+                }
+                Some((server, result)) = self.connects.next(), if !self.connects.is_empty() => {
+                    let state = &mut self.servers[server];
+                    state.connecting = false;
+                    match result {
+                        Ok(()) => state.connected = true,
+                        Err(error) => self.pool.slots[server].set_failure(Some(error.to_string())),
+                    }
+                }
+                Some((server, answer)) = self.probes.next(), if !self.probes.is_empty() => {
+                    self.probed(server, answer);
+                }
+                _ = tick.tick() => {
+                    if self.scheduling.schedule == Schedule::Dynamic {
+                        self.probe_servers();
+                        if self.scheduling.speculate {
+                            self.find_stragglers();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The static schedule: every part's first attempt goes out now, to the server the
+    /// policy dealt it.
+    fn deal(&mut self) {
+        let slots: Vec<u32> = self.pool.slots.iter().map(Slot::slots).collect();
+        let dealt = self.placer.deal(self.parts.len(), &slots, &mut self.rng);
+        let mut counts = vec![0usize; slots.len()];
+        for choice in &dealt {
+            counts[choice.server] += 1;
+        }
+        self.pool.observer.placed(
+            &self
+                .pool
+                .slots
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (s.address.clone(), Some(n)))
+                .collect::<Vec<_>>(),
+        );
+        for (part, choice) in dealt.into_iter().enumerate() {
+            self.launch(part, AttemptKind::First, choice);
+        }
+    }
+
+    /// Sends waiting copies and parts to servers with a free slot (dynamic schedule),
+    /// and retries at once (static schedule).
+    fn hand_out(&mut self) {
+        if self.scheduling.schedule == Schedule::Static {
+            while let Some((part, kind)) = self.pending.pop_front() {
+                let choice = self.retry_server(part);
+                self.launch(part, kind, choice);
+            }
+            return;
+        }
+        while let Some((part, reason)) = self.copies.front().cloned() {
+            let state = &self.states[part];
+            if state.settled() || state.running.len() != 1 {
+                self.copies.pop_front();
+                continue;
+            }
+            let held_by = state.running[0].server;
+            let candidates: Vec<usize> = self
+                .candidates()
+                .into_iter()
+                .filter(|&s| s != held_by)
+                .collect();
+            let Some(choice) = self.choose(part, &candidates) else {
+                break;
+            };
+            self.copies.pop_front();
+            let choice = Choice {
+                server: choice.server,
+                reason: format!("{reason}; {}", choice.reason),
+            };
+            self.launch(part, AttemptKind::Copy, choice);
+        }
+        while let Some(&(part, kind)) = self.pending.front() {
+            if self.states[part].settled() {
+                self.pending.pop_front();
+                continue;
+            }
+            let mut candidates = self.candidates();
+            // A retry goes elsewhere than where the part failed, if it can.
+            let fresh: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&s| {
+                    !self.states[part]
+                        .finished
+                        .iter()
+                        .any(|a| a.server == self.pool.slots[s].address)
+                })
+                .collect();
+            if !fresh.is_empty() {
+                candidates = fresh;
+            }
+            let Some(choice) = self.choose(part, &candidates) else {
+                break;
+            };
+            self.pending.pop_front();
+            self.launch(part, kind, choice);
+        }
+    }
+
+    /// Servers that may take a part now: connected, healthy, not suspect, with a free
+    /// slot. When no healthy server is left, the failed ones are tried again (an
+    /// attempt on a server that cannot be reached fails at once).
+    fn candidates(&self) -> Vec<usize> {
+        let free = |s: usize| {
+            self.servers[s].running < self.pool.slots[s].slots() as usize + READ_AHEAD
+        };
+        let any_healthy = (0..self.servers.len()).any(|s| {
+            self.pool.slots[s].is_healthy()
+                && (self.servers[s].connected || self.servers[s].connecting)
+        });
+        (0..self.servers.len())
+            .filter(|&s| free(s) && !self.servers[s].suspect)
+            .filter(|&s| {
+                if any_healthy {
+                    self.servers[s].connected && self.pool.slots[s].is_healthy()
+                } else {
+                    !self.servers[s].connecting
+                }
+            })
+            .collect()
+    }
+
+    fn choose(&mut self, part: usize, candidates: &[usize]) -> Option<Choice> {
+        let items = self.parts[part].task.work_items().max(1) as f64;
+        let estimates: Vec<f64> = (0..self.servers.len())
+            .map(|s| self.finish_estimate(s, items))
             .collect();
-        let others: Vec<usize> = (0..self.slots.len()).filter(|&s| s != failed).collect();
-        let mut rng = self.rng.lock().expect("rng lock poisoned");
-        healthy
-            .choose(&mut *rng)
-            .or_else(|| others.choose(&mut *rng))
+        self.placer
+            .choose(candidates, |s| estimates[s], &mut self.rng)
+    }
+
+    /// A static retry: a random healthy server other than the ones the part failed
+    /// on; else any other; else the same.
+    fn retry_server(&mut self, part: usize) -> Choice {
+        let tried: Vec<&str> = self.states[part]
+            .finished
+            .iter()
+            .map(|a| a.server.as_str())
+            .collect();
+        let untried = |s: &usize| !tried.contains(&self.pool.slots[*s].address.as_str());
+        let all: Vec<usize> = (0..self.pool.slots.len()).collect();
+        let healthy: Vec<usize> = all
+            .iter()
             .copied()
-            .unwrap_or(failed)
+            .filter(|s| untried(s) && self.pool.slots[*s].is_healthy())
+            .collect();
+        let others: Vec<usize> = all.iter().copied().filter(untried).collect();
+        let server = healthy
+            .choose(&mut self.rng)
+            .or_else(|| others.choose(&mut self.rng))
+            .or_else(|| all.choose(&mut self.rng))
+            .copied()
+            .expect("there is at least one server");
+        Choice {
+            server,
+            reason: "random healthy server".into(),
+        }
+    }
+
+    fn launch(&mut self, part: usize, kind: AttemptKind, choice: Choice) {
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        let server = choice.server;
+        tracing::debug!(part, server = %self.pool.slots[server].address, kind = kind.name(), reason = %choice.reason, "part sent");
+        self.servers[server].running += 1;
+        self.states[part].running.push(Running {
+            id,
+            server,
+            kind,
+            reason: choice.reason,
+            start: self.pool.started.elapsed(),
+            started: Instant::now(),
+            cancel,
+        });
+        let pool = self.pool;
+        let job_part = &self.parts[part];
+        self.attempts.push(
+            async move {
+                let outcome = tokio::select! {
+                    outcome = pool.attempt(job_part, server) => Some(outcome),
+                    _ = cancelled => None,
+                };
+                Ended { part, id, outcome }
+            }
+            .boxed(),
+        );
+    }
+
+    /// Takes in an ended attempt: the part's result, or a failure to retry.
+    fn ended(&mut self, ended: Ended) {
+        let Ended { part, id, outcome } = ended;
+        let Some(index) = self.states[part].running.iter().position(|r| r.id == id) else {
+            // Cancelled, and already filed as lost.
+            return;
+        };
+        let running = self.states[part].running.remove(index);
+        self.servers[running.server].running -= 1;
+        let slot = &self.pool.slots[running.server];
+        let end = self.pool.started.elapsed();
+        let attempt = |outcome| AttemptRecord {
+            server: slot.address.clone(),
+            kind: running.kind,
+            reason: running.reason.clone(),
+            start: running.start,
+            end,
+            outcome,
+        };
+        match outcome {
+            None => self.states[part].file(attempt(AttemptOutcome::Lost)),
+            Some(Ok(_)) if self.states[part].record.is_some() => {
+                self.states[part].file(attempt(AttemptOutcome::Lost));
+            }
+            Some(Ok(reply)) => {
+                self.pool.observer.part_done(&slot.address);
+                let items = self.parts[part].task.work_items().max(1) as f64;
+                let observed = reply.compute.as_nanos() as f64 / items;
+                let rate = &mut self.servers[running.server].nanos_per_item;
+                *rate = Some(rate.map_or(observed, |old| (old + observed) / 2.0));
+                // A server that answers is healthy again.
+                slot.set_failure(None);
+                let record = self.part_record(part, &running, reply);
+                let state = &mut self.states[part];
+                state.file(attempt(AttemptOutcome::Won));
+                state.record = Some(record);
+                // The other copy is no longer wanted.
+                for other in std::mem::take(&mut state.running) {
+                    let loser = AttemptRecord {
+                        server: self.pool.slots[other.server].address.clone(),
+                        kind: other.kind,
+                        reason: other.reason,
+                        start: other.start,
+                        end,
+                        outcome: AttemptOutcome::Lost,
+                    };
+                    let _ = other.cancel.send(());
+                    self.servers[other.server].running -= 1;
+                    state.file(loser);
+                }
+            }
+            Some(Err(error)) => {
+                tracing::info!(part, server = %slot.address, %error, "attempt failed");
+                slot.set_failure(Some(error.to_string()));
+                let state = &mut self.states[part];
+                state.file(attempt(AttemptOutcome::Failed(error.to_string())));
+                if state.record.is_some() || !state.running.is_empty() {
+                    return;
+                }
+                state.failures += 1;
+                if state.failures >= self.max_attempts {
+                    state.given_up = true;
+                } else {
+                    self.pending.push_front((part, AttemptKind::Retry));
+                }
+            }
+        }
+    }
+
+    fn part_record(&self, part: usize, running: &Running, reply: PartReply) -> PartRecord {
+        let job_part = &self.parts[part];
+        // Part ids are per connection; the part's index stands in for its id, which
+        // encodes to about the same size.
+        let id = job_part.index as u64;
+        let compute_nanos = reply.compute.as_nanos() as u64;
+        let received = result_frames(id, reply.result.clone(), compute_nanos).unwrap_or_default();
+        PartRecord {
+            part: job_part.index,
+            computed_by: ComputedBy::Server(self.pool.slots[running.server].address.clone()),
+            // Filled in from the part's attempts when the run is over.
+            attempts: Vec::new(),
+            start: running.start,
+            bytes_sent: frames_len(part_frames(id, &job_part.task, &job_part.input)),
+            bytes_received: frames_len(&received),
+            reply,
+        }
+    }
+
+    /// How long, in seconds, a part of `items` work items sent to `server` now would
+    /// take to be done there: the work already there plus its own, at the speed the
+    /// server has shown, over its slots. Parts other clients run there count too.
+    fn finish_estimate(&self, server: usize, items: f64) -> f64 {
+        let state = &self.servers[server];
+        let ours = state.running as f64 * items;
+        let others = state.status.as_ref().map_or(0.0, |s| {
+            (s.parts_in_flight as usize).saturating_sub(state.running) as f64 * items
+        });
+        let slots = f64::from(self.pool.slots[server].slots());
+        (ours + others + items) * self.nanos_per_item(server) / slots / 1e9
+    }
+
+    /// The speed `server` has shown on this job's parts, in nanoseconds per work item:
+    /// its answered parts, and at least what its oldest part in flight has taken so far.
+    /// A server with no answer yet is assumed as fast as the others, scaled by the
+    /// calibrated speeds the servers report, when both report one.
+    fn nanos_per_item(&self, server: usize) -> f64 {
+        let calibrated = |s: usize| {
+            self.servers[s]
+                .status
+                .as_ref()
+                .and_then(|st| st.loop_picos_per_iteration)
+                .map(|p| p as f64)
+        };
+        let own = self.servers[server].nanos_per_item.or_else(|| {
+            let observed: Vec<(usize, f64)> = (0..self.servers.len())
+                .filter_map(|s| self.servers[s].nanos_per_item.map(|r| (s, r)))
+                .collect();
+            let (reference, rate) = *observed
+                .iter()
+                .min_by(|a, b| a.1.total_cmp(&b.1))?;
+            Some(match (calibrated(server), calibrated(reference)) {
+                (Some(mine), Some(theirs)) => rate * mine / theirs,
+                _ => rate,
+            })
+        });
+        let oldest = self
+            .states
+            .iter()
+            .zip(self.parts)
+            .flat_map(|(state, part)| state.running.iter().map(move |r| (r, part)))
+            .filter(|(r, _)| r.server == server)
+            .map(|(r, part)| {
+                r.started.elapsed().as_nanos() as f64 / part.task.work_items().max(1) as f64
+            })
+            .fold(0.0, f64::max);
+        own.unwrap_or(1.0).max(oldest)
+    }
+
+    /// Asks every connected server for its status once per [`PROBE_INTERVAL`], one
+    /// request at a time.
+    fn probe_servers(&mut self) {
+        for server in 0..self.servers.len() {
+            let state = &mut self.servers[server];
+            if state.probing
+                || state
+                    .last_probe
+                    .is_some_and(|at| at.elapsed() < PROBE_INTERVAL)
+            {
+                continue;
+            }
+            let Some(connection) = self.pool.open_connection(server) else {
+                continue;
+            };
+            state.probing = true;
+            state.last_probe = Some(Instant::now());
+            let timeout = self.scheduling.liveness_timeout;
+            self.probes
+                .push(async move { (server, connection.probe(timeout).await) }.boxed());
+        }
+    }
+
+    fn probed(&mut self, server: usize, answer: Result<Option<ServerStatus>, ServerError>) {
+        let state = &mut self.servers[server];
+        state.probing = false;
+        match answer {
+            Ok(Some(status)) => {
+                if state.suspect {
+                    tracing::info!(server = %self.pool.slots[server].address, "answering again");
+                }
+                state.suspect = false;
+                state.status = Some(status);
+            }
+            Ok(None) if state.running > 0 && !state.suspect => {
+                tracing::warn!(
+                    server = %self.pool.slots[server].address,
+                    timeout = ?self.scheduling.liveness_timeout,
+                    "no answer to a status request: its parts get copies elsewhere"
+                );
+                state.suspect = true;
+                state.suspected = true;
+                if self.scheduling.speculate {
+                    let held: Vec<usize> = (0..self.states.len())
+                        .filter(|&p| {
+                            let running = &self.states[p].running;
+                            running.len() == 1 && running[0].server == server
+                        })
+                        .collect();
+                    for part in held {
+                        self.copies
+                            .push_back((part, "copy: its server did not answer".into()));
+                    }
+                }
+            }
+            // Silent but holding nothing of ours: nothing to rescue. A failed
+            // connection fails its parts, which are retried.
+            Ok(None) | Err(_) => {}
+        }
+    }
+
+    /// Once no part waits to be handed out and a server is idle, copies the part that
+    /// has run longest past what parts of its size took elsewhere.
+    fn find_stragglers(&mut self) {
+        if !self.pending.is_empty() || !self.copies.is_empty() {
+            return;
+        }
+        let idle = (0..self.servers.len()).any(|s| {
+            let state = &self.servers[s];
+            state.connected
+                && state.running == 0
+                && !state.suspect
+                && self.pool.slots[s].is_healthy()
+        });
+        if !idle {
+            return;
+        }
+        let mut rates: Vec<f64> = self
+            .states
+            .iter()
+            .zip(self.parts)
+            .filter_map(|(state, part)| {
+                let record = state.record.as_ref()?;
+                (record.computed_by != ComputedBy::LocalFallback).then(|| {
+                    record.reply.round_trip.as_nanos() as f64
+                        / part.task.work_items().max(1) as f64
+                })
+            })
+            .collect();
+        if rates.is_empty() {
+            return;
+        }
+        rates.sort_by(f64::total_cmp);
+        let typical = rates[rates.len() / 2];
+        let straggler = self
+            .states
+            .iter()
+            .zip(self.parts)
+            .enumerate()
+            .filter(|(_, (state, _))| !state.settled() && state.running.len() == 1)
+            .map(|(index, (state, part))| {
+                let expected = typical * part.task.work_items().max(1) as f64 / 1e9;
+                let ran = state.running[0].started.elapsed().as_secs_f64();
+                (index, ran, expected)
+            })
+            .filter(|&(_, ran, expected)| {
+                ran > expected * STRAGGLER_FACTOR
+                    && ran > expected + STRAGGLER_SLACK.as_secs_f64()
+            })
+            .max_by(|a, b| (a.1 / a.2.max(1e-9)).total_cmp(&(b.1 / b.2.max(1e-9))));
+        if let Some((part, ran, expected)) = straggler {
+            self.copies.push_back((
+                part,
+                format!("copy: ran {ran:.2} s, parts like it took {expected:.2} s"),
+            ));
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! local runs of the same parts.
 //!
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
-//! * [`servers`]: placing parts on servers; servers started locally for one run.
-//! * [`dispatch`]: the pool mode: parts out, results in.
+//! * [`servers`]: servers started locally for one run.
+//! * [`placement`]: which server a part goes to.
+//! * [`dispatch`]: the pool mode: parts out as servers free up, stragglers copied,
+//!   results in.
 //! * [`local`]: the sequential, threaded and multi-process baselines.
 //! * [`report`]: the comparison table and JSON.
 //!
@@ -14,6 +16,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod environment;
 pub mod local;
+pub mod placement;
 pub mod progress;
 pub mod report;
 pub mod servers;
@@ -25,13 +28,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pool_common::jobfile::JobFile;
+use pool_common::jobfile::{JobFile, ServerEntry};
 use pool_common::jobs::{CancelFlag, Part, PartResult};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use connection::ConnectOptions;
-use dispatch::FaultPolicy;
+use dispatch::{FaultPolicy, Scheduling};
 use environment::Environment;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
@@ -143,6 +146,11 @@ pub async fn run_with_progress(
         fallback: job_file.client.fallback,
     };
     let connect = ConnectOptions::from_settings(&job_file.client);
+    let scheduling = Scheduling::from_job_file(job_file);
+    let server_entries = servers
+        .iter()
+        .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let parts = job.split(job_file.parts);
     let input_bytes: u64 = parts
@@ -172,8 +180,8 @@ pub async fn run_with_progress(
                 Mode::Pool => {
                     let pool_run = dispatch::run_pool_observed(
                         &parts,
-                        &servers,
-                        job_file.placement,
+                        &server_entries,
+                        &scheduling,
                         &mut rng,
                         &connect,
                         policy,

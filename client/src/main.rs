@@ -168,7 +168,7 @@ fn run_job(args: RunArgs) -> ExitCode {
         job_file.client.token = std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty());
     }
     for server in args.servers.iter().flatten() {
-        if let Err(message) = jobfile::check_address(server) {
+        if let Err(message) = jobfile::ServerEntry::parse(server) {
             eprintln!("error: --servers: {message}");
             return ExitCode::from(EXIT_USAGE);
         }
@@ -289,12 +289,17 @@ fn run_status(args: StatusArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut addresses = Vec::with_capacity(servers.len());
     for server in &servers {
-        if let Err(message) = jobfile::check_address(server) {
-            eprintln!("error: --servers: {message}");
-            return ExitCode::from(EXIT_USAGE);
+        match jobfile::ServerEntry::parse(server) {
+            Ok(entry) => addresses.push(entry.address),
+            Err(message) => {
+                eprintln!("error: --servers: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     }
+    let servers = addresses;
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_USAGE);

@@ -16,8 +16,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// What the pool mode tells whoever watches it. Every method has an empty default, so
 /// an observer implements only what it shows.
 pub trait PoolObserver: Sync {
-    /// Parts have been placed: each server that got any, with how many.
-    fn placed(&self, _servers: &[(String, usize)]) {}
+    /// The servers parts will go to, each with how many when that is decided up front
+    /// (the static schedule); `None` when parts go out as servers free up.
+    fn placed(&self, _servers: &[(String, Option<usize>)]) {}
     /// The last byte of a part (`bytes` of input data) was written to `server`.
     fn part_sent(&self, _server: &str, _bytes: u64) {}
     /// `server` answered a part with its result.
@@ -28,17 +29,6 @@ pub trait PoolObserver: Sync {
 pub struct NoProgress;
 
 impl PoolObserver for NoProgress {}
-
-/// How many of the `placed` parts (server indices) each server in `servers` got,
-/// leaving out servers that got none.
-pub fn placement_counts(servers: &[String], placed: &[usize]) -> Vec<(String, usize)> {
-    servers
-        .iter()
-        .enumerate()
-        .map(|(i, address)| (address.clone(), placed.iter().filter(|&&s| s == i).count()))
-        .filter(|(_, count)| *count > 0)
-        .collect()
-}
 
 /// Whether progress bars can be shown: standard output is a terminal.
 pub fn stdout_is_terminal() -> bool {
@@ -120,14 +110,15 @@ impl ModeProgress {
 }
 
 impl PoolObserver for ModeProgress {
-    fn placed(&self, servers: &[(String, usize)]) {
+    fn placed(&self, servers: &[(String, Option<usize>)]) {
         let mut bars = self.servers.lock().expect("progress lock poisoned");
         for (address, count) in servers {
-            let bar = self.multi.add(
-                ProgressBar::new(*count as u64)
-                    .with_style(style("{prefix:<28} [{bar:30}] {pos}/{len} parts"))
-                    .with_prefix(format!("  {address}")),
-            );
+            let bar = match count {
+                Some(count) => ProgressBar::new(*count as u64)
+                    .with_style(style("{prefix:<28} [{bar:30}] {pos}/{len} parts")),
+                None => ProgressBar::no_length().with_style(style("{prefix:<28} {pos} parts")),
+            };
+            let bar = self.multi.add(bar.with_prefix(format!("  {address}")));
             bars.push((address.clone(), bar));
         }
     }
@@ -167,19 +158,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_parts_per_server() {
-        let servers = vec!["a:1".to_string(), "b:2".to_string(), "c:3".to_string()];
-        assert_eq!(
-            placement_counts(&servers, &[0, 2, 0, 0]),
-            vec![("a:1".to_string(), 3), ("c:3".to_string(), 1)]
-        );
-    }
-
-    #[test]
     fn a_hidden_display_takes_every_call() {
         let progress = Progress::hidden();
         let mode = progress.mode("pool", 2, 16);
-        mode.placed(&[("a:1".to_string(), 2)]);
+        mode.placed(&[("a:1".to_string(), Some(2)), ("b:2".to_string(), None)]);
         mode.part_sent("a:1", 16);
         mode.part_done("a:1");
         mode.parts_bar().inc(1);

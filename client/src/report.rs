@@ -7,7 +7,7 @@ use std::time::Duration;
 use pool_common::jobs::PartResult;
 use serde_json::json;
 
-use crate::dispatch::{ComputedBy, PartRecord, PoolRun};
+use crate::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PartRecord, PoolRun};
 use crate::environment::Environment;
 use crate::stats::Summary;
 
@@ -133,6 +133,8 @@ pub struct ServerBreakdown {
     pub done_at: Duration,
     /// Attempts that failed on this server (their parts were resent elsewhere).
     pub failed_attempts: usize,
+    /// Attempts on this server that another copy of their part beat.
+    pub lost_attempts: usize,
     /// The last failure seen on this server, if any.
     pub failure: Option<String>,
 }
@@ -169,8 +171,12 @@ pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
                 failed_attempts: pool
                     .parts
                     .iter()
-                    .flat_map(|p| &p.failed_attempts)
+                    .flat_map(PartRecord::failed_attempts)
                     .filter(|f| f.server == server.address)
+                    .count(),
+                lost_attempts: pool
+                    .lost_attempts()
+                    .filter(|a| a.server == server.address)
                     .count(),
                 failure: server.failure.clone(),
             }
@@ -264,6 +270,14 @@ impl Report {
             self.kind, self.job_file, self.parts
         );
         if let Some(pool) = &self.pool {
+            let scheduling = &pool.scheduling;
+            let _ = writeln!(
+                out,
+                "pool: {} schedule, {} placement, speculation {}",
+                scheduling.schedule.name(),
+                scheduling.placement.name(),
+                if scheduling.speculate { "on" } else { "off" }
+            );
             if pool.parts.len() <= MAX_PART_LINES {
                 let _ = writeln!(
                     out,
@@ -285,14 +299,44 @@ impl Report {
             if !retried.is_empty() {
                 let _ = writeln!(out, "\nretried parts:");
                 for part in retried {
-                    for failed in &part.failed_attempts {
-                        let _ = writeln!(
-                            out,
-                            "  part {} failed on {}: {}",
-                            part.part, failed.server, failed.error
-                        );
+                    for failed in part.failed_attempts() {
+                        if let AttemptOutcome::Failed(error) = &failed.outcome {
+                            let _ = writeln!(
+                                out,
+                                "  part {} failed on {}: {error}",
+                                part.part, failed.server
+                            );
+                        }
                     }
                     let _ = writeln!(out, "  part {} computed by {}", part.part, part.computed_by);
+                }
+            }
+            let copies: Vec<_> = pool
+                .parts
+                .iter()
+                .flat_map(|p| p.attempts.iter().map(move |a| (p, a)))
+                .filter(|(_, a)| a.kind == AttemptKind::Copy)
+                .collect();
+            if !copies.is_empty() {
+                let won = copies
+                    .iter()
+                    .filter(|(_, a)| a.outcome == AttemptOutcome::Won)
+                    .count();
+                let _ = writeln!(
+                    out,
+                    "\nspeculation: {} copies of slow parts, {won} finished first; server time spent twice: {}",
+                    copies.len(),
+                    seconds(pool.time_spent_twice())
+                );
+                for (part, copy) in copies {
+                    let _ = writeln!(
+                        out,
+                        "  part {} on {} ({}): {}",
+                        part.part,
+                        copy.server,
+                        copy.reason,
+                        if copy.outcome == AttemptOutcome::Won { "won" } else { "lost" }
+                    );
                 }
             }
         }
@@ -342,7 +386,7 @@ impl Report {
             let _ = writeln!(out, "\npool per server ({which}):");
             let _ = writeln!(
                 out,
-                "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>5}",
                 "server",
                 "workers",
                 "parts",
@@ -351,12 +395,13 @@ impl Report {
                 "compute",
                 "wait",
                 "done at",
-                "failed"
+                "failed",
+                "lost"
             );
             for server in breakdown(pool) {
                 let _ = writeln!(
                     out,
-                    "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                    "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>5}",
                     server.address,
                     server.workers,
                     server.parts,
@@ -365,7 +410,8 @@ impl Report {
                     seconds(server.compute),
                     seconds(server.wait),
                     seconds(server.done_at),
-                    server.failed_attempts
+                    server.failed_attempts,
+                    server.lost_attempts
                 );
             }
         }
@@ -412,15 +458,28 @@ impl Report {
                     "wait_s": s.wait.as_secs_f64(),
                     "done_at_s": s.done_at.as_secs_f64(),
                     "failed_attempts": s.failed_attempts,
+                    "lost_attempts": s.lost_attempts,
                     "failure": s.failure,
                 })).collect::<Vec<_>>(),
+                "schedule": pool.scheduling.schedule.name(),
+                "placement": pool.scheduling.placement.name(),
+                "speculate": pool.scheduling.speculate,
+                "time_spent_twice_s": pool.time_spent_twice().as_secs_f64(),
                 "parts": pool.parts.iter().map(|p| json!({
                     "part": p.part,
                     "server": p.computed_by.to_string(),
                     "attempt": p.attempt(),
-                    "failed_attempts": p.failed_attempts.iter().map(|f| json!({
-                        "server": f.server,
-                        "error": f.error,
+                    "attempts": p.attempts.iter().map(|a| json!({
+                        "server": a.server,
+                        "kind": a.kind.name(),
+                        "reason": a.reason,
+                        "start_s": a.start.as_secs_f64(),
+                        "end_s": a.end.as_secs_f64(),
+                        "outcome": a.outcome.name(),
+                        "error": match &a.outcome {
+                            AttemptOutcome::Failed(error) => Some(error),
+                            _ => None,
+                        },
                     })).collect::<Vec<_>>(),
                     "start_s": p.start.as_secs_f64(),
                     "send_s": p.reply.send.as_secs_f64(),
@@ -484,37 +543,49 @@ impl Report {
     }
 
     /// The per-part log of every recorded pool run, tab-separated like GNU parallel's
-    /// joblog: a header line, then one line per part and attempt.
+    /// joblog: a header line, then one line per attempt at a part, with why it went
+    /// where it went.
     pub fn part_log(&self) -> String {
         let mut out = String::from(
-            "run\tpart\tserver\tattempt\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus\n",
+            "run\tpart\tserver\tattempt\tkind\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus\treason\n",
         );
+        let clean = |text: &str| text.replace(['\t', '\n'], " ");
         for (run, pool) in self.pool_runs.iter().enumerate() {
             for p in &pool.parts {
-                // Failed attempts keep only where and why, not their timings.
-                for (attempt, failed) in p.failed_attempts.iter().enumerate() {
-                    let status = failed.error.replace(['\t', '\n'], " ");
+                for (number, attempt) in p.attempts.iter().enumerate() {
+                    let (sent, received) = match attempt.outcome {
+                        AttemptOutcome::Won => (p.bytes_sent.to_string(), p.bytes_received.to_string()),
+                        _ => ("-".into(), "-".into()),
+                    };
+                    let status = match &attempt.outcome {
+                        AttemptOutcome::Failed(error) => format!("failed: {}", clean(error)),
+                        outcome => outcome.name().to_string(),
+                    };
                     let _ = writeln!(
                         out,
-                        "{}\t{}\t{}\t{}\t-\t-\t-\t-\tfailed: {status}",
+                        "{}\t{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{sent}\t{received}\t{status}\t{}",
                         run + 1,
                         p.part,
-                        failed.server,
-                        attempt + 1,
+                        attempt.server,
+                        number + 1,
+                        attempt.kind.name(),
+                        attempt.start.as_secs_f64(),
+                        attempt.duration().as_secs_f64(),
+                        clean(&attempt.reason),
                     );
                 }
-                let _ = writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{:.6}\t{:.6}\t{}\t{}\tok",
-                    run + 1,
-                    p.part,
-                    p.computed_by,
-                    p.attempt(),
-                    p.start.as_secs_f64(),
-                    p.reply.round_trip.as_secs_f64(),
-                    p.bytes_sent,
-                    p.bytes_received,
-                );
+                if p.computed_by == ComputedBy::LocalFallback {
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\tfallback\t{:.6}\t{:.6}\t0\t0\tok\tevery attempt failed",
+                        run + 1,
+                        p.part,
+                        p.computed_by,
+                        p.attempt(),
+                        p.start.as_secs_f64(),
+                        p.reply.round_trip.as_secs_f64(),
+                    );
+                }
             }
         }
         out

@@ -1,5 +1,5 @@
-//! The servers a job runs on: the static list, how parts are placed on it, and the
-//! servers `local = N` starts on this machine for one run.
+//! Servers started on this machine: the ones `local = N` starts for one run, and the
+//! helper that starts a server process and reads the address it listens on.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -7,23 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use pool_common::jobfile::Placement;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::RngExt;
-
-/// Chooses a server (an index into the list of `servers`) for each of `parts` parts.
-pub fn place(parts: usize, servers: usize, placement: Placement, rng: &mut StdRng) -> Vec<usize> {
-    assert!(servers > 0, "no servers to place parts on");
-    match placement {
-        Placement::Shuffle => {
-            let mut order: Vec<usize> = (0..servers).collect();
-            order.shuffle(rng);
-            (0..parts).map(|i| order[i % servers]).collect()
-        }
-        Placement::Random => (0..parts).map(|_| rng.random_range(0..servers)).collect(),
-    }
-}
 
 /// Servers started on 127.0.0.1 for one run, stopped when this is dropped (also on an
 /// error or Ctrl-C). Each is a real process running the pool server; should this
@@ -127,29 +110,4 @@ fn read_listen_address(stdout: std::process::ChildStdout) -> anyhow::Result<Stri
         bail!("the process did not start listening (it printed {line:?})");
     };
     Ok(address.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::SeedableRng;
-
-    #[test]
-    fn shuffle_balances_and_seeds_reproduce() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let placed = place(7, 3, Placement::Shuffle, &mut rng);
-        let mut counts = [0; 3];
-        for &s in &placed {
-            counts[s] += 1;
-        }
-        counts.sort();
-        assert_eq!(counts, [2, 2, 3]);
-        assert_eq!(
-            placed,
-            place(7, 3, Placement::Shuffle, &mut StdRng::seed_from_u64(1))
-        );
-        assert!(place(50, 3, Placement::Random, &mut rng)
-            .iter()
-            .all(|&s| s < 3));
-    }
 }

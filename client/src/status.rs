@@ -82,34 +82,45 @@ pub async fn query_all(addresses: &[String], options: &ConnectOptions) -> Vec<Se
 /// The states as a table, with each unreachable server's reason under it.
 pub fn table(states: &[ServerState]) -> String {
     use std::fmt::Write as _;
-    let mut out = format!(
-        "{:<22} {:<12} {:<20} {:>7} {:>7} {:>9} {:>7} {:>10} {:>10}\n",
-        "server",
-        "state",
-        "version",
-        "workers",
-        "busy",
-        "in flight",
-        "served",
-        "uptime",
-        "round trip"
-    );
+    let header = [
+        "cores", "workers", "running", "queued", "load", "idle", "mem free", "ns/iter",
+        "served", "uptime", "round trip",
+    ];
+    let mut out = format!("{:<22} {:<12} {:<20}", "server", "state", "version");
+    for column in header {
+        let _ = write!(out, " {column:>10}");
+    }
+    out.push('\n');
     for state in states {
         match &state.answer {
             Ok((status, round_trip)) => {
-                let _ = writeln!(
-                    out,
-                    "{:<22} {:<12} {:<20} {:>7} {:>7} {:>9} {:>7} {:>10} {:>10}",
-                    state.address,
-                    "up",
-                    status.server,
-                    status.workers,
-                    status.workers_busy,
-                    status.parts_in_flight,
-                    status.parts_served,
+                let unknown = || "-".to_string();
+                let cells = [
+                    status.cores.to_string(),
+                    status.workers.to_string(),
+                    status.workers_busy.to_string(),
+                    status.parts_in_flight.saturating_sub(status.workers_busy).to_string(),
+                    status
+                        .load_average_milli
+                        .map_or_else(unknown, |l| format!("{:.2}", l as f64 / 1000.0)),
+                    status
+                        .cpu_idle_milli
+                        .map_or_else(unknown, |i| format!("{:.0}%", i as f64 / 10.0)),
+                    status
+                        .memory_available_bytes
+                        .map_or_else(unknown, |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)),
+                    status
+                        .loop_picos_per_iteration
+                        .map_or_else(unknown, |p| format!("{:.2}", p as f64 / 1000.0)),
+                    status.parts_served.to_string(),
                     uptime(Duration::from_nanos(status.uptime_nanos)),
-                    seconds(*round_trip)
-                );
+                    seconds(*round_trip),
+                ];
+                let _ = write!(out, "{:<22} {:<12} {:<20}", state.address, "up", status.server);
+                for cell in cells {
+                    let _ = write!(out, " {cell:>10}");
+                }
+                out.push('\n');
             }
             Err(error) => {
                 let _ = writeln!(out, "{:<22} {:<12} {error}", state.address, "unreachable");
@@ -129,11 +140,16 @@ pub fn json(states: &[ServerState]) -> Value {
                     "address": state.address,
                     "reachable": true,
                     "version": status.server,
+                    "cores": status.cores,
                     "workers": status.workers,
                     "workers_busy": status.workers_busy,
                     "parts_in_flight": status.parts_in_flight,
                     "parts_served": status.parts_served,
                     "uptime_s": Duration::from_nanos(status.uptime_nanos).as_secs_f64(),
+                    "load_average_1m": status.load_average_milli.map(|l| l as f64 / 1000.0),
+                    "cpu_idle_share": status.cpu_idle_milli.map(|i| i as f64 / 1000.0),
+                    "memory_available_bytes": status.memory_available_bytes,
+                    "loop_ns_per_iteration": status.loop_picos_per_iteration.map(|p| p as f64 / 1000.0),
                     "round_trip_s": round_trip.as_secs_f64(),
                 }),
                 Err(error) => json!({

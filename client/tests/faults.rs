@@ -6,11 +6,16 @@ mod support;
 
 use std::time::Duration;
 
-use pool_client::dispatch::ComputedBy;
+use pool_client::dispatch::{AttemptRecord, ComputedBy, PartRecord};
 use pool_client::report::Mode;
 use support::{
     dead_address, job_file, options, reference_result, run_client, stderr, ServerProcess,
 };
+
+/// The first failed attempt at a part that was retried.
+fn first_failure(part: &PartRecord) -> &AttemptRecord {
+    part.failed_attempts().next().expect("the part was retried")
+}
 
 /// Options that run only the pool mode on `servers`.
 fn pool_only(servers: Vec<String>) -> pool_client::RunOptions {
@@ -44,7 +49,7 @@ async fn a_server_killed_mid_compute_loses_no_part() {
         "the killed server's parts must have been retried"
     );
     for part in retried {
-        assert_eq!(part.failed_attempts[0].server, victim);
+        assert_eq!(first_failure(part).server, victim);
         assert_ne!(part.computed_by, ComputedBy::Server(victim.clone()));
     }
 }
@@ -57,23 +62,41 @@ async fn a_server_dead_before_the_job_is_avoided() {
     let dead = dead_address();
     let mut addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
     addresses.push(dead.clone());
-    let job = job_file("parts = 6\n[job]\nkind = \"loop\"\niterations = 6_000_000\n");
-    let report = pool_client::run(&job, &pool_only(addresses)).await.unwrap();
+    let job = job_file(
+        "parts = 6\nschedule = \"static\"\nplacement = \"shuffle\"\n[job]\nkind = \"loop\"\niterations = 6_000_000\n",
+    );
+    let report = pool_client::run(&job, &pool_only(addresses.clone()))
+        .await
+        .unwrap();
     assert_eq!(report.runs[0].result, reference_result(&job));
     let pool = report.pool.unwrap();
-    // Shuffle placement gives the dead server two of the six parts.
+    // A static shuffle deals the dead server two of the six parts.
     let retried: Vec<_> = pool.retried().collect();
     assert_eq!(retried.len(), 2);
     for part in retried {
-        assert_eq!(part.failed_attempts[0].server, dead);
+        assert_eq!(first_failure(part).server, dead);
         assert!(
-            part.failed_attempts[0].error.contains("cannot connect"),
+            first_failure(part).error().unwrap().contains("cannot connect"),
             "{:?}",
-            part.failed_attempts
+            part.attempts
         );
     }
     let dead_record = pool.servers.iter().find(|s| s.address == dead).unwrap();
     assert!(dead_record.failure.is_some());
+
+    // The dynamic schedule hands parts only to servers it has connected to: the dead
+    // one gets none, and no part needs a second attempt.
+    let job = job_file("parts = 6\n[job]\nkind = \"loop\"\niterations = 6_000_000\n");
+    let report = pool_client::run(&job, &pool_only(addresses)).await.unwrap();
+    assert_eq!(report.runs[0].result, reference_result(&job));
+    let pool = report.pool.unwrap();
+    assert_eq!(pool.retried().count(), 0);
+    assert!(pool
+        .parts
+        .iter()
+        .all(|p| p.computed_by != ComputedBy::Server(dead.clone())));
+    let dead_record = pool.servers.iter().find(|s| s.address == dead).unwrap();
+    assert!(dead_record.failure.as_ref().unwrap().contains("cannot connect"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,8 +119,7 @@ async fn a_server_killed_while_data_ships_loses_no_part() {
         assert_eq!(report.runs[0].result, expected, "kill after {delay_ms} ms");
         for part in &report.pool.unwrap().parts {
             assert!(part
-                .failed_attempts
-                .iter()
+                .failed_attempts()
                 .all(|f| f.server == servers[1].address));
         }
     }
@@ -126,23 +148,34 @@ async fn a_server_that_accepts_nothing_times_out_and_the_part_moves() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_address = silent.local_addr().unwrap().to_string();
     let server = ServerProcess::start(&["--workers", "1"]);
-    let job = job_file(
-        "parts = 4\nseed = 1\nhandshake_timeout = 0.5\n[job]\nkind = \"loop\"\niterations = 4_000_000\n",
-    );
-    let report = pool_client::run(
-        &job,
-        &pool_only(vec![silent_address.clone(), server.address.clone()]),
-    )
-    .await
-    .unwrap();
+    let servers = vec![silent_address.clone(), server.address.clone()];
+    let job_text = "parts = 4\nseed = 1\nhandshake_timeout = 0.5\n[job]\nkind = \"loop\"\niterations = 4_000_000\n";
+
+    // Dynamic: parts go only to servers that finished the handshake.
+    let job = job_file(job_text);
+    let report = pool_client::run(&job, &pool_only(servers.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report.runs[0].result, reference_result(&job));
+    let pool = report.pool.unwrap();
+    assert_eq!(pool.retried().count(), 0);
+    assert!(pool
+        .parts
+        .iter()
+        .all(|p| p.computed_by == ComputedBy::Server(server.address.clone())));
+
+    // Static: the silent server is dealt parts, which move once the handshake times out.
+    let job = job_file(&format!("schedule = \"static\"\n{job_text}"));
+    let report = pool_client::run(&job, &pool_only(servers)).await.unwrap();
     assert_eq!(report.runs[0].result, reference_result(&job));
     let pool = report.pool.unwrap();
     let retried: Vec<_> = pool.retried().collect();
     assert!(!retried.is_empty());
     for part in retried {
         assert!(
-            part.failed_attempts[0]
-                .error
+            first_failure(part)
+                .error()
+                .unwrap()
                 .contains("did not answer within 500ms (handshake)"),
             "{:?}",
             part
@@ -285,7 +318,9 @@ async fn a_lying_server_is_caught_and_its_parts_computed_elsewhere() {
         }
     });
     let honest = ServerProcess::start(&["--workers", "1"]);
-    let job = job_file("parts = 4\nseed = 2\n[job]\nkind = \"matrix-sum\"\nrows = 40\ncols = 10\n");
+    let job = job_file(
+        "parts = 4\nseed = 2\nschedule = \"static\"\nplacement = \"shuffle\"\n[job]\nkind = \"matrix-sum\"\nrows = 40\ncols = 10\n",
+    );
     let report = pool_client::run(
         &job,
         &pool_only(vec![liar_address.clone(), honest.address.clone()]),
@@ -298,13 +333,14 @@ async fn a_lying_server_is_caught_and_its_parts_computed_elsewhere() {
     assert_eq!(
         retried.len(),
         2,
-        "shuffle placement gives the liar two parts"
+        "a static shuffle deals the liar two parts"
     );
     for part in retried {
-        assert_eq!(part.failed_attempts[0].server, liar_address);
+        assert_eq!(first_failure(part).server, liar_address);
         assert!(
-            part.failed_attempts[0]
-                .error
+            first_failure(part)
+                .error()
+                .unwrap()
                 .contains("could not have produced"),
             "{:?}",
             part

@@ -391,11 +391,16 @@ mod tests {
             Frame::Request(Request::Cancel { part_id: 9 }),
             Frame::Reply(Reply::Status(crate::protocol::ServerStatus {
                 server: "pool-server 0.1.0".into(),
+                cores: 8,
                 workers: 4,
                 workers_busy: 2,
                 parts_in_flight: 3,
                 parts_served: 1 << 40,
                 uptime_nanos: u64::MAX,
+                load_average_milli: Some(1_250),
+                cpu_idle_milli: None,
+                memory_available_bytes: Some(3 << 30),
+                loop_picos_per_iteration: Some(1_700),
             })),
         ];
         for frame in frames {

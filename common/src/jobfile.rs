@@ -5,7 +5,8 @@
 //! parts = 6                        # how many parts to split the job into
 //! servers = ["10.0.0.5:7000"]      # or servers_file = "servers.txt", or local = 3
 //! seed = 42                        # optional: makes the choice of servers reproducible
-//! placement = "shuffle"            # or "random"
+//! schedule = "dynamic"             # or "static": every part dealt up front
+//! placement = "least-loaded"       # or "random", "shuffle", "round-robin", "two-choices"
 //!
 //! [job]
 //! kind = "loop"                    # or any of jobs::KIND_NAMES
@@ -41,8 +42,12 @@ pub struct JobFile {
     pub parts: usize,
     /// Seed for the random choice of servers; `None` picks a fresh one each run.
     pub seed: Option<u64>,
-    /// How parts are assigned to servers.
+    /// When parts are handed to servers.
+    pub schedule: Schedule,
+    /// Which server a part goes to.
     pub placement: Placement,
+    /// Whether a straggling part gets a copy on an idle server (`speculate`).
+    pub speculate: bool,
     /// What to compute.
     pub job: JobSpec,
     /// How the client talks to servers and copes with their failures.
@@ -51,17 +56,96 @@ pub struct JobFile {
     parts_location: Location,
 }
 
-/// How the client assigns parts to servers.
+/// When the client hands parts to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// A part goes out as soon as a server has a free slot (its workers plus a small
+    /// read-ahead), so fast servers take more parts than slow ones. The default.
+    #[default]
+    Dynamic,
+    /// Every part is dealt at the start, as in the original paper: the job then waits
+    /// for the slowest server.
+    Static,
+}
+
+impl Schedule {
+    /// The schedule's name in a job file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Dynamic => "dynamic",
+            Schedule::Static => "static",
+        }
+    }
+}
+
+/// Which server the client gives a part to. Under [`Schedule::Dynamic`] the choice is
+/// among the servers with a free slot; under [`Schedule::Static`] it deals every part
+/// at the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
-    /// Servers in a random order, dealt round-robin: random, but no server gets more
-    /// than one part more than another. The default.
+    /// The server expected to finish the part first, from the parts in flight there,
+    /// the speed it showed on this job's parts, and what it reports about its load.
+    /// The default.
     #[default]
+    LeastLoaded,
+    /// The less loaded (as for `least-loaded`) of two servers drawn at random: nearly
+    /// as good, and it needs no global view.
+    TwoChoices,
+    /// Servers in a random order, taken in turn: random, but no server gets more than
+    /// one part more than another when all are equally fast.
     Shuffle,
+    /// Servers in the order of the list, taken in turn.
+    RoundRobin,
     /// Each part goes to a server drawn independently at random, as in the original
     /// paper: simple, but several parts may land on one server while another idles.
     Random,
+}
+
+impl Placement {
+    /// The policy's name in a job file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Placement::LeastLoaded => "least-loaded",
+            Placement::TwoChoices => "two-choices",
+            Placement::Shuffle => "shuffle",
+            Placement::RoundRobin => "round-robin",
+            Placement::Random => "random",
+        }
+    }
+}
+
+/// One entry of a server list: an address, and optionally how many parts it may hold
+/// at once, written GNU parallel's way (`4/host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEntry {
+    /// `host:port`.
+    pub address: String,
+    /// The slots given in the list, overriding the workers the server reports.
+    pub slots: Option<u32>,
+}
+
+impl ServerEntry {
+    /// Reads `host:port` or `N/host:port`, saying what to fix if it is neither.
+    pub fn parse(entry: &str) -> Result<ServerEntry, String> {
+        let (slots, address) = match entry.split_once('/') {
+            None => (None, entry),
+            Some((slots, address)) => match slots.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => (Some(n), address),
+                _ => {
+                    return Err(format!(
+                        "{entry:?}: the slots before `/` must be a whole number of at least 1, as in \"4/host:7000\""
+                    ))
+                }
+            },
+        };
+        check_address(address)?;
+        Ok(ServerEntry {
+            address: address.to_string(),
+            slots,
+        })
+    }
 }
 
 /// How the client talks to servers and copes with their failures.
@@ -80,6 +164,9 @@ pub struct ClientSettings {
     pub fallback: Fallback,
     /// The shared secret for servers started with `--token` (`token`).
     pub token: Option<String>,
+    /// How long a server holding parts may leave a status request unanswered before
+    /// its parts get copies elsewhere (`liveness_timeout`).
+    pub liveness_timeout: Duration,
 }
 
 impl Default for ClientSettings {
@@ -91,6 +178,7 @@ impl Default for ClientSettings {
             max_attempts: 3,
             fallback: Fallback::None,
             token: None,
+            liveness_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -148,10 +236,14 @@ struct RawJobFile {
     local: Option<Spanned<u64>>,
     seed: Option<u64>,
     #[serde(default)]
+    schedule: Schedule,
+    #[serde(default)]
     placement: Placement,
+    speculate: Option<Spanned<bool>>,
     connect_timeout: Option<Spanned<f64>>,
     handshake_timeout: Option<Spanned<f64>>,
     part_timeout: Option<Spanned<f64>>,
+    liveness_timeout: Option<Spanned<f64>>,
     max_attempts: Option<Spanned<u32>>,
     #[serde(default)]
     fallback: Fallback,
@@ -215,7 +307,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
     }
     let mut servers = Vec::new();
     for server in raw.servers.iter().flatten() {
-        check_address(server.get_ref()).map_err(|m| error_at(Some(server.span()), m))?;
+        ServerEntry::parse(server.get_ref()).map_err(|m| error_at(Some(server.span()), m))?;
         servers.push(server.get_ref().clone());
     }
     if let Some(file) = &raw.servers_file {
@@ -265,6 +357,19 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         },
         fallback: raw.fallback,
         token: raw.token.filter(|t| !t.is_empty()),
+        liveness_timeout: seconds(&raw.liveness_timeout, "liveness_timeout")?
+            .unwrap_or(defaults.liveness_timeout),
+    };
+    let speculate = match (&raw.speculate, raw.schedule) {
+        (None, schedule) => schedule == Schedule::Dynamic,
+        (Some(on), Schedule::Static) if *on.get_ref() => {
+            return Err(error_at(
+                Some(on.span()),
+                "speculate = true needs schedule = \"dynamic\": a static deal sends no copies"
+                    .into(),
+            ))
+        }
+        (Some(on), _) => *on.get_ref(),
     };
 
     let job = parse_job(document.into_inner(), &raw.job, &error_at)?;
@@ -286,7 +391,9 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         local_servers,
         parts: parts_usize,
         seed: raw.seed,
+        schedule: raw.schedule,
         placement: raw.placement,
+        speculate,
         job,
         client,
         parts_location: location_of(text, raw.parts.span().start),
@@ -361,8 +468,8 @@ impl JobFile {
     }
 }
 
-/// Reads a servers file: one `host:port` per line; `#` starts a comment; blank lines are
-/// skipped.
+/// Reads a servers file: one `host:port` (or `N/host:port`, N slots) per line; `#`
+/// starts a comment; blank lines are skipped.
 pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
@@ -376,7 +483,7 @@ pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
         if entry.is_empty() {
             continue;
         }
-        check_address(entry).map_err(|message| JobFileError {
+        ServerEntry::parse(entry).map_err(|message| JobFileError {
             path: shown.clone(),
             location: Some(Location {
                 line: index + 1,
@@ -436,7 +543,10 @@ mod tests {
         assert_eq!(file.parts, 3);
         assert_eq!(file.servers, ["a:1", "b:2"]);
         assert_eq!(file.seed, Some(4));
-        assert_eq!(file.placement, Placement::Shuffle);
+        assert_eq!(
+            (file.schedule, file.placement, file.speculate),
+            (Schedule::Dynamic, Placement::LeastLoaded, true)
+        );
         assert_eq!(file.job.kind(), "loop");
         assert_eq!(file.job.planned_units(), Some(10));
         assert_eq!(file.client, ClientSettings::default());
@@ -522,6 +632,14 @@ mod tests {
             "job.toml:2:12: unknown variant `remote`, expected `none` or `local`"
         );
         assert_eq!(
+            error("parts = 2\nschedule = \"static\"\nspeculate = true\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:3:13: speculate = true needs schedule = \"dynamic\": a static deal sends no copies"
+        );
+        assert_eq!(
+            error("parts = 2\nplacement = \"fastest\"\n[job]\nkind = \"loop\"\niterations = 10\n"),
+            "job.toml:2:13: unknown variant `fastest`, expected one of `least-loaded`, `two-choices`, `shuffle`, `round-robin`, `random`"
+        );
+        assert_eq!(
             error("parts = 2\nservers = [\"nowhere\"]\n[job]\nkind = \"loop\"\niterations = 10\n"),
             "job.toml:2:12: \"nowhere\" is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
         );
@@ -535,10 +653,18 @@ mod tests {
         std::fs::write(&path, "# lab\n127.0.0.1:7001  # first\n\n  bad-entry\n").unwrap();
         let err = read_servers_file(&path).unwrap_err();
         assert_eq!(err.location, Some(Location { line: 4, column: 3 }));
-        std::fs::write(&path, "# lab\n127.0.0.1:7001  # first\n\nhost:7002\n").unwrap();
+        std::fs::write(&path, "# lab\n127.0.0.1:7001  # first\n\n4/host:7002\n").unwrap();
         assert_eq!(
             read_servers_file(&path).unwrap(),
-            ["127.0.0.1:7001", "host:7002"]
+            ["127.0.0.1:7001", "4/host:7002"]
+        );
+        std::fs::write(&path, "0/host:7002\n").unwrap();
+        assert_eq!(
+            read_servers_file(&path).unwrap_err().to_string(),
+            format!(
+                "{}:1:1: \"0/host:7002\": the slots before `/` must be a whole number of at least 1, as in \"4/host:7000\"",
+                path.display()
+            )
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -29,8 +29,8 @@ pub const MAGIC: [u8; 4] = *b"POOL";
 ///
 /// 1: the first release. 2: job kinds from one list, `Request::Cancel`,
 /// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy` and
-/// `parts_in_flight`.
-pub const MESSAGES_REVISION: u16 = 2;
+/// `parts_in_flight`. 3: `ServerStatus` reports cores, load, memory and speed.
+pub const MESSAGES_REVISION: u16 = 3;
 
 /// The version both sides announce in the handshake: [`MESSAGES_REVISION`] times 100
 /// plus the number of job kinds. A new kind is appended to the list (its index is its
@@ -137,11 +137,14 @@ pub enum Reply {
     Status(ServerStatus),
 }
 
-/// A server's state at one moment, for `pool-client status`.
+/// A server's state at one moment, for `pool-client status` and for placing parts by
+/// load. Readings the server's system cannot give are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
     /// The server program and its version.
     pub server: String,
+    /// Cores the server's machine offers this process.
+    pub cores: u32,
     /// How many parts it computes at once (its `--workers`).
     pub workers: u32,
     /// Worker threads computing right now.
@@ -152,6 +155,16 @@ pub struct ServerStatus {
     pub parts_served: u64,
     /// Time since the server started, in nanoseconds (a duration on its clock).
     pub uptime_nanos: u64,
+    /// The machine's 1-minute load average, in thousandths.
+    pub load_average_milli: Option<u32>,
+    /// The share of the machine's CPU time that was idle over the last sampling
+    /// interval (about a second), in thousandths.
+    pub cpu_idle_milli: Option<u32>,
+    /// Memory the machine can give new work without swapping, in bytes.
+    pub memory_available_bytes: Option<u64>,
+    /// The loop kernel's speed on one worker, measured at start-up: picoseconds per
+    /// iteration (`None` until measured, a few milliseconds after start).
+    pub loop_picos_per_iteration: Option<u64>,
 }
 
 /// An error reported by a server, shown to the user by the client.

@@ -306,16 +306,21 @@ impl Connection {
         }));
     }
 
-    /// The answer to a status request: counters only, nothing that waits.
+    /// The answer to a status request: counters and readings, nothing that waits.
     fn status(&self) -> ServerStatus {
         let shared = &self.shared;
         ServerStatus {
             server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
             workers: shared.executor.workers() as u32,
             workers_busy: shared.executor.busy() as u32,
             parts_in_flight: shared.parts_in_flight.load(Ordering::Relaxed) as u32,
             parts_served: shared.parts_served.load(Ordering::Relaxed),
             uptime_nanos: shared.started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            load_average_milli: crate::load::load_average_milli(),
+            cpu_idle_milli: shared.load.cpu_idle_milli(),
+            memory_available_bytes: crate::load::memory_available_bytes(),
+            loop_picos_per_iteration: shared.load.loop_picos_per_iteration(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! * [`connection`]: one connection's life, from handshake to the last reply.
 //! * [`parts`]: the rules for a connection's parts, as a state machine without I/O.
 //! * [`executor`]: the bounded pool of OS threads where kernels run.
+//! * [`load`]: the machine's load and the server's speed, for status replies.
 //! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
 //!
 //! To embed a server (tests do), call [`start`] inside a tokio runtime.
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod connection;
 pub mod executor;
 pub mod listener;
+pub mod load;
 pub mod parts;
 
 use std::net::SocketAddr;
@@ -77,6 +79,8 @@ pub struct Shared {
     pub parts_in_flight: AtomicUsize,
     /// When the server started.
     pub started: Instant,
+    /// The idle CPU share and the calibrated speed, sampled in the background.
+    pub load: Arc<load::LoadMonitor>,
     /// Cancelled when the shutdown grace period is over: connections still open end
     /// and their parts are cancelled.
     pub force_stop: CancellationToken,
@@ -122,6 +126,7 @@ pub async fn start(
         parts_served: AtomicU64::new(0),
         parts_in_flight: AtomicUsize::new(0),
         started: Instant::now(),
+        load: load::LoadMonitor::start(),
         force_stop: CancellationToken::new(),
     });
     let task = tokio::spawn(listener::run(listener, shared, shutdown.clone()));

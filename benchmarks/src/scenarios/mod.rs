@@ -13,8 +13,8 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use pool_client::connection::{ConnectOptions, ServerConnection};
-use pool_client::dispatch::{run_pool, FaultPolicy};
-use pool_common::jobfile::{Fallback, Placement};
+use pool_client::dispatch::{run_pool, FaultPolicy, PoolRun, Scheduling};
+use pool_common::jobfile::{Fallback, ServerEntry};
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{CancelFlag, Part, PartResult, PartTask};
 use rand::rngs::StdRng;
@@ -91,15 +91,29 @@ pub async fn run_windowed(
     Ok((elapsed, result))
 }
 
-/// The product's pool mode ([`run_pool`]) on `addrs`: elapsed time (connecting
-/// included) and the result.
+/// The product's pool mode ([`run_pool`]) on `addrs` with the job file's default
+/// scheduling: elapsed time (connecting included) and the result.
 pub async fn pool_mode(parts: &[Part], addrs: &[&str]) -> anyhow::Result<(Duration, PartResult)> {
-    let servers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let run = pool_run(parts, addrs, &Scheduling::default()).await?;
+    Ok((run.elapsed, run.result))
+}
+
+/// The product's pool mode on `addrs`, scheduled as `scheduling` says, with the seed
+/// fixed so runs place alike.
+pub async fn pool_run(
+    parts: &[Part],
+    addrs: &[&str],
+    scheduling: &Scheduling,
+) -> anyhow::Result<PoolRun> {
+    let servers: Vec<ServerEntry> = addrs
+        .iter()
+        .map(|a| ServerEntry::parse(a).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
     let mut rng = StdRng::seed_from_u64(1);
     let run = run_pool(
         parts,
         &servers,
-        Placement::Shuffle,
+        scheduling,
         &mut rng,
         &ConnectOptions::default(),
         FaultPolicy {
@@ -108,7 +122,7 @@ pub async fn pool_mode(parts: &[Part], addrs: &[&str]) -> anyhow::Result<(Durati
         },
     )
     .await?;
-    Ok((run.elapsed, run.result))
+    Ok(run)
 }
 
 /// Fails unless `got` equals `want`.
