@@ -627,7 +627,6 @@ impl Pool<'_> {
         *connection = Some(Arc::clone(&opened));
         Ok(opened)
     }
-
 }
 
 /// What the scheduler knows of one server during a run.
@@ -698,6 +697,9 @@ struct Ended {
     outcome: Option<Result<PartReply, ServerError>>,
 }
 
+/// A server's answer to a status probe: `None` if it gave none in time.
+type ProbeAnswer = Result<Option<ServerStatus>, ServerError>;
+
 /// Hands out parts, reacts to their answers, and watches the servers; one per run.
 struct Scheduler<'a> {
     pool: &'a Pool<'a>,
@@ -715,7 +717,7 @@ struct Scheduler<'a> {
     next_attempt: u64,
     attempts: FuturesUnordered<BoxFuture<'a, Ended>>,
     connects: FuturesUnordered<BoxFuture<'a, (usize, Result<(), ServerError>)>>,
-    probes: FuturesUnordered<BoxFuture<'a, (usize, Result<Option<ServerStatus>, ServerError>)>>,
+    probes: FuturesUnordered<BoxFuture<'a, (usize, ProbeAnswer)>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -864,9 +866,8 @@ impl<'a> Scheduler<'a> {
     /// slot. When no healthy server is left, the failed ones are tried again (an
     /// attempt on a server that cannot be reached fails at once).
     fn candidates(&self) -> Vec<usize> {
-        let free = |s: usize| {
-            self.servers[s].running < self.pool.slots[s].slots() as usize + READ_AHEAD
-        };
+        let free =
+            |s: usize| self.servers[s].running < self.pool.slots[s].slots() as usize + READ_AHEAD;
         let any_healthy = (0..self.servers.len()).any(|s| {
             self.pool.slots[s].is_healthy()
                 && (self.servers[s].connected || self.servers[s].connecting)
@@ -1067,9 +1068,7 @@ impl<'a> Scheduler<'a> {
             let observed: Vec<(usize, f64)> = (0..self.servers.len())
                 .filter_map(|s| self.servers[s].nanos_per_item.map(|r| (s, r)))
                 .collect();
-            let (reference, rate) = *observed
-                .iter()
-                .min_by(|a, b| a.1.total_cmp(&b.1))?;
+            let (reference, rate) = *observed.iter().min_by(|a, b| a.1.total_cmp(&b.1))?;
             Some(match (calibrated(server), calibrated(reference)) {
                 (Some(mine), Some(theirs)) => rate * mine / theirs,
                 _ => rate,
@@ -1111,7 +1110,7 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    fn probed(&mut self, server: usize, answer: Result<Option<ServerStatus>, ServerError>) {
+    fn probed(&mut self, server: usize, answer: ProbeAnswer) {
         let state = &mut self.servers[server];
         state.probing = false;
         match answer {
@@ -1172,8 +1171,7 @@ impl<'a> Scheduler<'a> {
             .filter_map(|(state, part)| {
                 let record = state.record.as_ref()?;
                 (record.computed_by != ComputedBy::LocalFallback).then(|| {
-                    record.reply.round_trip.as_nanos() as f64
-                        / part.task.work_items().max(1) as f64
+                    record.reply.round_trip.as_nanos() as f64 / part.task.work_items().max(1) as f64
                 })
             })
             .collect();
@@ -1194,8 +1192,7 @@ impl<'a> Scheduler<'a> {
                 (index, ran, expected)
             })
             .filter(|&(_, ran, expected)| {
-                ran > expected * STRAGGLER_FACTOR
-                    && ran > expected + STRAGGLER_SLACK.as_secs_f64()
+                ran > expected * STRAGGLER_FACTOR && ran > expected + STRAGGLER_SLACK.as_secs_f64()
             })
             .max_by(|a, b| (a.1 / a.2.max(1e-9)).total_cmp(&(b.1 / b.2.max(1e-9))));
         if let Some((part, ran, expected)) = straggler {

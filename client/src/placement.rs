@@ -148,7 +148,11 @@ mod tests {
         let mut c = counts(&shuffled, 3);
         c.sort();
         assert_eq!(c, [2, 2, 3]);
-        let again = deal(Placement::Shuffle, &[1, 1, 1], &mut StdRng::seed_from_u64(1));
+        let again = deal(
+            Placement::Shuffle,
+            &[1, 1, 1],
+            &mut StdRng::seed_from_u64(1),
+        );
         assert_eq!(shuffled, again, "a seed replays the deal");
 
         let rr = deal(Placement::RoundRobin, &[1, 1, 1], &mut rng);
@@ -168,7 +172,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let finish = |s: usize| [3.0, 1.0, 2.0, 0.5][s];
         let mut least = Placer::new(Placement::LeastLoaded, 4, &mut rng);
-        assert_eq!(least.choose(&[0, 1, 2], finish, &mut rng).unwrap().server, 1);
+        assert_eq!(
+            least.choose(&[0, 1, 2], finish, &mut rng).unwrap().server,
+            1
+        );
         assert_eq!(least.choose(&[0, 2], finish, &mut rng).unwrap().server, 2);
         assert_eq!(least.choose(&[], finish, &mut rng), None);
 

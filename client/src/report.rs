@@ -335,7 +335,11 @@ impl Report {
                         part.part,
                         copy.server,
                         copy.reason,
-                        if copy.outcome == AttemptOutcome::Won { "won" } else { "lost" }
+                        if copy.outcome == AttemptOutcome::Won {
+                            "won"
+                        } else {
+                            "lost"
+                        }
                     );
                 }
             }
@@ -554,12 +558,15 @@ impl Report {
             for p in &pool.parts {
                 for (number, attempt) in p.attempts.iter().enumerate() {
                     let (sent, received) = match attempt.outcome {
-                        AttemptOutcome::Won => (p.bytes_sent.to_string(), p.bytes_received.to_string()),
+                        AttemptOutcome::Won => {
+                            (p.bytes_sent.to_string(), p.bytes_received.to_string())
+                        }
                         _ => ("-".into(), "-".into()),
                     };
                     let status = match &attempt.outcome {
+                        AttemptOutcome::Won => "ok".to_string(),
                         AttemptOutcome::Failed(error) => format!("failed: {}", clean(error)),
-                        outcome => outcome.name().to_string(),
+                        AttemptOutcome::Lost => "lost: another copy answered first".to_string(),
                     };
                     let _ = writeln!(
                         out,

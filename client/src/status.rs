@@ -83,8 +83,17 @@ pub async fn query_all(addresses: &[String], options: &ConnectOptions) -> Vec<Se
 pub fn table(states: &[ServerState]) -> String {
     use std::fmt::Write as _;
     let header = [
-        "cores", "workers", "running", "queued", "load", "idle", "mem free", "ns/iter",
-        "served", "uptime", "round trip",
+        "cores",
+        "workers",
+        "running",
+        "queued",
+        "load",
+        "idle",
+        "mem free",
+        "ns/iter",
+        "served",
+        "uptime",
+        "round trip",
     ];
     let mut out = format!("{:<22} {:<12} {:<20}", "server", "state", "version");
     for column in header {
@@ -99,16 +108,19 @@ pub fn table(states: &[ServerState]) -> String {
                     status.cores.to_string(),
                     status.workers.to_string(),
                     status.workers_busy.to_string(),
-                    status.parts_in_flight.saturating_sub(status.workers_busy).to_string(),
+                    status
+                        .parts_in_flight
+                        .saturating_sub(status.workers_busy)
+                        .to_string(),
                     status
                         .load_average_milli
                         .map_or_else(unknown, |l| format!("{:.2}", l as f64 / 1000.0)),
                     status
                         .cpu_idle_milli
                         .map_or_else(unknown, |i| format!("{:.0}%", i as f64 / 10.0)),
-                    status
-                        .memory_available_bytes
-                        .map_or_else(unknown, |b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)),
+                    status.memory_available_bytes.map_or_else(unknown, |b| {
+                        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+                    }),
                     status
                         .loop_picos_per_iteration
                         .map_or_else(unknown, |p| format!("{:.2}", p as f64 / 1000.0)),
@@ -116,7 +128,11 @@ pub fn table(states: &[ServerState]) -> String {
                     uptime(Duration::from_nanos(status.uptime_nanos)),
                     seconds(*round_trip),
                 ];
-                let _ = write!(out, "{:<22} {:<12} {:<20}", state.address, "up", status.server);
+                let _ = write!(
+                    out,
+                    "{:<22} {:<12} {:<20}",
+                    state.address, "up", status.server
+                );
                 for cell in cells {
                     let _ = write!(out, " {cell:>10}");
                 }

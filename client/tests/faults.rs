@@ -76,7 +76,10 @@ async fn a_server_dead_before_the_job_is_avoided() {
     for part in retried {
         assert_eq!(first_failure(part).server, dead);
         assert!(
-            first_failure(part).error().unwrap().contains("cannot connect"),
+            first_failure(part)
+                .error()
+                .unwrap()
+                .contains("cannot connect"),
             "{:?}",
             part.attempts
         );
@@ -96,7 +99,11 @@ async fn a_server_dead_before_the_job_is_avoided() {
         .iter()
         .all(|p| p.computed_by != ComputedBy::Server(dead.clone())));
     let dead_record = pool.servers.iter().find(|s| s.address == dead).unwrap();
-    assert!(dead_record.failure.as_ref().unwrap().contains("cannot connect"));
+    assert!(dead_record
+        .failure
+        .as_ref()
+        .unwrap()
+        .contains("cannot connect"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,9 +100,9 @@ async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     let mut opts = options(addresses(&servers));
     opts.repeat = 3;
     opts.warmup = 1;
-    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
-        .await
-        .unwrap();
+    // No copies, so that the servers serve exactly the parts of each run.
+    let job = job_file(&format!("speculate = false\n{SMALL_LOOP}"));
+    let report = pool_client::run(&job, &opts).await.unwrap();
     assert_eq!(report.runs.len(), 4);
     for run in &report.runs {
         assert_eq!(run.samples.len(), 3, "{:?}", run.mode);
@@ -128,16 +128,17 @@ async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     let mut lines = log.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "run\tpart\tserver\tattempt\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus"
+        "run\tpart\tserver\tattempt\tkind\tstart_s\tduration_s\tbytes_sent\tbytes_received\tstatus\treason"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), 3 * 4);
     for row in &rows {
-        assert_eq!(row.len(), 9);
+        assert_eq!(row.len(), 11);
         assert!(addresses(&servers).contains(&row[2].to_string()));
-        assert_eq!(row[3], "1");
-        assert!(row[6].parse::<u64>().unwrap() > 0);
-        assert_eq!(row[8], "ok");
+        assert_eq!((row[3], row[4]), ("1", "first"));
+        assert!(row[7].parse::<u64>().unwrap() > 0);
+        assert_eq!(row[9], "ok");
+        assert!(row[10].starts_with("least loaded, est. done in"), "{row:?}");
     }
 
     // The warm-up did run: the servers served 1 + 3 runs' parts.

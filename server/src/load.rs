@@ -52,7 +52,9 @@ impl LoadMonitor {
                 let mut previous = read_cpu_times();
                 loop {
                     std::thread::sleep(SAMPLE_INTERVAL);
-                    let Some(monitor) = weak.upgrade() else { return };
+                    let Some(monitor) = weak.upgrade() else {
+                        return;
+                    };
                     let now = read_cpu_times();
                     if let (Some(before), Some(after)) = (previous, now) {
                         if let Some(idle) = idle_milli(before, after) {
@@ -153,7 +155,7 @@ mod tests {
     fn cpu_times_and_idle_share() {
         let before = parse_cpu_times("cpu  100 0 100 700 100 0 0 0 0 0").unwrap();
         assert_eq!(before, (800, 1000));
-        let after = parse_cpu_times("cpu  400 0 200 1000 100 0 0 0 0 0").unwrap();
+        let after = parse_cpu_times("cpu  800 0 100 1000 100 0 0 0 0 0").unwrap();
         assert_eq!(idle_milli(before, after), Some(300));
         assert_eq!(idle_milli(after, after), None);
         assert_eq!(parse_cpu_times("cpu0 1 2 3 4 5"), None);
