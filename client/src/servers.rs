@@ -2,7 +2,7 @@
 //! helper that starts a server process and reads the address it listens on.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -110,4 +110,61 @@ fn read_listen_address(stdout: std::process::ChildStdout) -> anyhow::Result<Stri
         bail!("the process did not start listening (it printed {line:?})");
     };
     Ok(address.to_string())
+}
+
+/// A Linux control group (the cgroup v1 `cpu` controller) that holds the processes put
+/// in it to a share of one core, whatever else the machine runs: a real slow server
+/// for the tests and benchmarks of scheduling. Removed when dropped, its processes
+/// moved back to the root group.
+pub struct CpuQuota {
+    dir: PathBuf,
+}
+
+/// Where the `cpu` controller of cgroup v1 is mounted.
+const CPU_CGROUP_ROOT: &str = "/sys/fs/cgroup/cpu";
+
+impl CpuQuota {
+    /// A new group allowed `share` of one core (e.g. 0.25), or why the machine does
+    /// not allow it (no cgroup v1 `cpu` controller, or not root).
+    pub fn new(share: f64) -> anyhow::Result<CpuQuota> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let period_us = 100_000u64;
+        let quota_us = ((share * period_us as f64) as u64).max(1_000);
+        let dir = Path::new(CPU_CGROUP_ROOT).join(format!(
+            "pool-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).with_context(|| {
+            format!(
+                "cannot create the cgroup {} (needs cgroup v1's cpu controller and root)",
+                dir.display()
+            )
+        })?;
+        let quota = CpuQuota { dir };
+        quota.write("cpu.cfs_period_us", &period_us.to_string())?;
+        quota.write("cpu.cfs_quota_us", &quota_us.to_string())?;
+        Ok(quota)
+    }
+
+    /// Puts the process `pid`, with all its threads, in the group.
+    pub fn add(&self, pid: u32) -> anyhow::Result<()> {
+        self.write("cgroup.procs", &pid.to_string())
+    }
+
+    fn write(&self, file: &str, value: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(file);
+        std::fs::write(&path, value).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write(Path::new(CPU_CGROUP_ROOT).join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
