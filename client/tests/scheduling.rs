@@ -131,8 +131,11 @@ async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
     // Thawed, the server drops the withdrawn parts and frees its worker.
     let mut idle = false;
     for _ in 0..100 {
-        let states =
-            pool_client::status::query_all(&[frozen.clone()], &ConnectOptions::default()).await;
+        let states = pool_client::status::query_all(
+            std::slice::from_ref(&frozen),
+            &ConnectOptions::default(),
+        )
+        .await;
         let status = &states[0].answer.as_ref().unwrap().0;
         if status.parts_in_flight == 0 && status.workers_busy == 0 {
             idle = true;
