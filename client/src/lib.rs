@@ -22,6 +22,7 @@ pub mod report;
 pub mod servers;
 pub mod stats;
 pub mod status;
+pub mod timeline;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use pool_client::connection::ConnectOptions;
 use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
-use pool_client::{chart, environment, local, run_with_progress, status, RunOptions};
+use pool_client::{chart, environment, local, run_with_progress, status, timeline, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
 use pool_server::cli::ServerArgs;
 
@@ -94,6 +94,11 @@ struct RunArgs {
     #[arg(long, value_name = "FILE.svg")]
     chart: Option<PathBuf>,
 
+    /// Draw the pool run closest to the median as a timeline in FILE: one row per
+    /// server, one bar per attempt at a part, retries and speculative copies marked.
+    #[arg(long, value_name = "FILE.svg")]
+    timeline: Option<PathBuf>,
+
     /// Seed for the random choice of servers, instead of the job file's (without
     /// either, one is drawn and recorded in the JSON output).
     #[arg(long)]
@@ -173,17 +178,26 @@ fn run_job(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     }
-    if let Some(chart) = &args.chart {
-        if chart.extension().and_then(|e| e.to_str()) != Some("svg") {
-            eprintln!(
-                "error: --chart {}: charts are SVG; name the file *.svg",
-                chart.display()
-            );
-            return ExitCode::from(EXIT_USAGE);
+    for (flag, path) in [("--chart", &args.chart), ("--timeline", &args.timeline)] {
+        if let Some(path) = path {
+            if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+                eprintln!(
+                    "error: {flag} {}: charts are SVG; name the file *.svg",
+                    path.display()
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     }
+    if args.timeline.is_some() && !args.modes.contains(&Mode::Pool) {
+        eprintln!("error: --timeline draws the pool mode; add pool to --modes");
+        return ExitCode::from(EXIT_USAGE);
+    }
     // Files to write are checked before the run, so a typo does not waste a long job.
-    for path in [&args.output, &args.log, &args.chart].into_iter().flatten() {
+    for path in [&args.output, &args.log, &args.chart, &args.timeline]
+        .into_iter()
+        .flatten()
+    {
         if let Err(e) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -255,6 +269,10 @@ fn run_job(args: RunArgs) -> ExitCode {
         .and_then(|()| match &args.chart {
             Some(path) => write_file(path, &chart::svg(&report)?),
             None => Ok(()),
+        })
+        .and_then(|()| match (&args.timeline, &report.pool) {
+            (Some(path), Some(pool)) => write_file(path, &timeline::svg(pool, &report.job_file)?),
+            _ => Ok(()),
         });
     if let Err(e) = written {
         return exit_on_error(Err(e));

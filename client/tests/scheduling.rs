@@ -225,3 +225,57 @@ async fn policies_place_parts_as_documented() {
         }
     }
 }
+
+#[test]
+fn the_timeline_draws_one_bar_per_attempt_in_its_servers_row() {
+    let dir = std::env::temp_dir().join(format!("pool-timeline-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        "parts = 5\nlocal = 2\n[job]\nkind = \"loop\"\niterations = 5_000_000\n",
+    )
+    .unwrap();
+    let svg_path = dir.join("timeline.svg");
+    let output = support::run_client(&[
+        job.to_str().unwrap(),
+        "--modes",
+        "pool",
+        "--quiet",
+        "--timeline",
+        svg_path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", support::stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let document = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = document
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    for server in report["pool"]["servers"].as_array().unwrap() {
+        let address = server["address"].as_str().unwrap();
+        assert!(texts.contains(&address), "no row for {address}: {texts:?}");
+    }
+    // Every part's number labels its bar.
+    for part in 0..5 {
+        assert!(texts.contains(&part.to_string().as_str()), "{texts:?}");
+    }
+    assert!(texts.iter().any(|t| t.contains("dynamic schedule")));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let example = support::examples_dir().join("loop.toml");
+    let refused = support::run_client(&[
+        example.to_str().unwrap(),
+        "--modes",
+        "sequential",
+        "--timeline",
+        "t.svg",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(support::stderr(&refused).contains("--timeline draws the pool mode"));
+}
