@@ -14,6 +14,8 @@ pub enum Goal {
     RatioAtLeast(f64),
     /// The value itself must be at least this.
     AtLeast(f64),
+    /// The value itself must be at most this.
+    AtMost(f64),
 }
 
 impl Goal {
@@ -22,6 +24,7 @@ impl Goal {
             Goal::RatioAtMost(x) => format!("ratio <= {x}"),
             Goal::RatioAtLeast(x) => format!("ratio >= {x}"),
             Goal::AtLeast(x) => format!(">= {}", short(x)),
+            Goal::AtMost(x) => format!("<= {}", short(x)),
         }
     }
 
@@ -30,6 +33,7 @@ impl Goal {
             Goal::RatioAtMost(x) => ratio.map(|r| r <= x),
             Goal::RatioAtLeast(x) => ratio.map(|r| r >= x),
             Goal::AtLeast(x) => Some(value >= x),
+            Goal::AtMost(x) => Some(value <= x),
         }
     }
 }

@@ -1,10 +1,11 @@
-//! The six scenarios of issue 5, one file each, and what they share.
+//! The scenarios, one file each, and what they share.
 
 pub mod connections;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
 pub mod shipping;
+pub mod skewed;
 pub mod spawning;
 
 use std::time::{Duration, Instant};
