@@ -31,7 +31,7 @@
 //! The first result of a part wins, the other copy is cancelled by id, and the result
 //! is counted once; the report shows the server time the losing copies cost.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -636,8 +636,8 @@ struct ServerState {
     connected: bool,
     /// Its first connection is being opened.
     connecting: bool,
-    /// Attempts in flight there.
-    running: usize,
+    /// Attempts in flight there, by id: when each was sent and its work items.
+    in_flight: HashMap<u64, (Instant, u64)>,
     /// Nanoseconds per work item its answered parts took (a moving average).
     nanos_per_item: Option<f64>,
     /// Its last status reply.
@@ -651,6 +651,14 @@ struct ServerState {
     suspect: bool,
     /// It was suspect at some point of the run.
     suspected: bool,
+    /// When it last ended an attempt (answered or failed).
+    last_answer: Option<Instant>,
+}
+
+impl ServerState {
+    fn running(&self) -> usize {
+        self.in_flight.len()
+    }
 }
 
 /// An attempt in flight.
@@ -867,7 +875,7 @@ impl<'a> Scheduler<'a> {
     /// attempt on a server that cannot be reached fails at once).
     fn candidates(&self) -> Vec<usize> {
         let free =
-            |s: usize| self.servers[s].running < self.pool.slots[s].slots() as usize + READ_AHEAD;
+            |s: usize| self.servers[s].running() < self.pool.slots[s].slots() as usize + READ_AHEAD;
         let any_healthy = (0..self.servers.len()).any(|s| {
             self.pool.slots[s].is_healthy()
                 && (self.servers[s].connected || self.servers[s].connecting)
@@ -927,7 +935,10 @@ impl<'a> Scheduler<'a> {
         self.next_attempt += 1;
         let server = choice.server;
         tracing::debug!(part, server = %self.pool.slots[server].address, kind = kind.name(), reason = %choice.reason, "part sent");
-        self.servers[server].running += 1;
+        let items = self.parts[part].task.work_items();
+        self.servers[server]
+            .in_flight
+            .insert(id, (Instant::now(), items));
         self.states[part].running.push(Running {
             id,
             server,
@@ -959,7 +970,8 @@ impl<'a> Scheduler<'a> {
             return;
         };
         let running = self.states[part].running.remove(index);
-        self.servers[running.server].running -= 1;
+        self.servers[running.server].in_flight.remove(&id);
+        self.servers[running.server].last_answer = Some(Instant::now());
         let slot = &self.pool.slots[running.server];
         let end = self.pool.started.elapsed();
         let attempt = |outcome| AttemptRecord {
@@ -998,7 +1010,7 @@ impl<'a> Scheduler<'a> {
                         outcome: AttemptOutcome::Lost,
                     };
                     let _ = other.cancel.send(());
-                    self.servers[other.server].running -= 1;
+                    self.servers[other.server].in_flight.remove(&other.id);
                     state.file(loser);
                 }
             }
@@ -1044,9 +1056,9 @@ impl<'a> Scheduler<'a> {
     /// server has shown, over its slots. Parts other clients run there count too.
     fn finish_estimate(&self, server: usize, items: f64) -> f64 {
         let state = &self.servers[server];
-        let ours = state.running as f64 * items;
+        let ours = state.running() as f64 * items;
         let others = state.status.as_ref().map_or(0.0, |s| {
-            (s.parts_in_flight as usize).saturating_sub(state.running) as f64 * items
+            (s.parts_in_flight as usize).saturating_sub(state.running()) as f64 * items
         });
         let slots = f64::from(self.pool.slots[server].slots());
         (ours + others + items) * self.nanos_per_item(server) / slots / 1e9
@@ -1074,15 +1086,10 @@ impl<'a> Scheduler<'a> {
                 _ => rate,
             })
         });
-        let oldest = self
-            .states
-            .iter()
-            .zip(self.parts)
-            .flat_map(|(state, part)| state.running.iter().map(move |r| (r, part)))
-            .filter(|(r, _)| r.server == server)
-            .map(|(r, part)| {
-                r.started.elapsed().as_nanos() as f64 / part.task.work_items().max(1) as f64
-            })
+        let oldest = self.servers[server]
+            .in_flight
+            .values()
+            .map(|(sent, items)| sent.elapsed().as_nanos() as f64 / (*items).max(1) as f64)
             .fold(0.0, f64::max);
         own.unwrap_or(1.0).max(oldest)
     }
@@ -1121,7 +1128,7 @@ impl<'a> Scheduler<'a> {
                 state.suspect = false;
                 state.status = Some(status);
             }
-            Ok(None) if state.running > 0 && !state.suspect => {
+            Ok(None) if state.running() > 0 && !state.suspect => {
                 tracing::warn!(
                     server = %self.pool.slots[server].address,
                     timeout = ?self.scheduling.liveness_timeout,
@@ -1149,7 +1156,10 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Once no part waits to be handed out and a server is idle, copies the part that
-    /// has run longest past what parts of its size took elsewhere.
+    /// has computed longest past what parts of its size took elsewhere (the median
+    /// compute time per work item of the answered parts). A part's time computing
+    /// starts when it was sent or when its server last answered, whichever is later, so
+    /// a part queued behind another is not taken for a straggler.
     fn find_stragglers(&mut self) {
         if !self.pending.is_empty() || !self.copies.is_empty() {
             return;
@@ -1157,7 +1167,7 @@ impl<'a> Scheduler<'a> {
         let idle = (0..self.servers.len()).any(|s| {
             let state = &self.servers[s];
             state.connected
-                && state.running == 0
+                && state.running() == 0
                 && !state.suspect
                 && self.pool.slots[s].is_healthy()
         });
@@ -1171,7 +1181,7 @@ impl<'a> Scheduler<'a> {
             .filter_map(|(state, part)| {
                 let record = state.record.as_ref()?;
                 (record.computed_by != ComputedBy::LocalFallback).then(|| {
-                    record.reply.round_trip.as_nanos() as f64 / part.task.work_items().max(1) as f64
+                    record.reply.compute.as_nanos() as f64 / part.task.work_items().max(1) as f64
                 })
             })
             .collect();
@@ -1188,7 +1198,13 @@ impl<'a> Scheduler<'a> {
             .filter(|(_, (state, _))| !state.settled() && state.running.len() == 1)
             .map(|(index, (state, part))| {
                 let expected = typical * part.task.work_items().max(1) as f64 / 1e9;
-                let ran = state.running[0].started.elapsed().as_secs_f64();
+                // A part queued behind others could not start before the server's
+                // last answer; its time computing is counted from then.
+                let running = &state.running[0];
+                let could_start = self.servers[running.server]
+                    .last_answer
+                    .map_or(running.started, |answer| answer.max(running.started));
+                let ran = could_start.elapsed().as_secs_f64();
                 (index, ran, expected)
             })
             .filter(|&(_, ran, expected)| {

@@ -76,7 +76,7 @@ pub fn svg(pool: &PoolRun, title: &str) -> Result<String, TimelineError> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(150)
-            .build_cartesian_2d(0.0..end * 1.02, 0.0..rows as f64)
+            .build_cartesian_2d(0.0..end * 1.3, 0.0..rows as f64)
             .map_err(err)?;
         chart
             .configure_mesh()
@@ -166,7 +166,7 @@ pub fn svg(pool: &PoolRun, title: &str) -> Result<String, TimelineError> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .label_font(("sans-serif", 12))
