@@ -4,6 +4,7 @@
 
 mod support;
 
+use pool_common::jobs::matrix_sum::MatrixTotal;
 use pool_common::jobs::PartResult;
 use pool_common::splitmix::splitmix64;
 use support::{addresses, job_file, options, start_servers};
@@ -49,7 +50,8 @@ async fn loop_job_on_1_2_and_3_servers() {
 async fn matrix_job_on_1_2_and_3_servers() {
     // 700 rows x 1000 cols = 5.6 MB: parts span more than one 4 MiB data frame.
     let (rows, cols, seed) = (700, 1000, 11);
-    let expected = PartResult::MatrixSum(expected_matrix_sum(rows, cols, seed));
+    let expected =
+        PartResult::MatrixSum(MatrixTotal::Integer(expected_matrix_sum(rows, cols, seed)));
     for (server_count, parts) in [(1, 3), (2, 1), (3, 5)] {
         let servers = start_servers(server_count, 2).await;
         let job = job_file(&format!(
@@ -92,7 +94,10 @@ async fn csv_matrix_is_summed_exactly() {
         .sum();
     assert!(expected > i64::MAX as i128);
     for run in &report.runs {
-        assert_eq!(run.result, PartResult::MatrixSum(expected));
+        assert_eq!(
+            run.result,
+            PartResult::MatrixSum(MatrixTotal::Integer(expected))
+        );
     }
 }
 
