@@ -1,6 +1,8 @@
-//! The six scenarios of issue 5, one file each, and what they share.
+//! The six scenarios of issue 5 and the float sum of issue 15, one file each, and what
+//! they share.
 
 pub mod connections;
+pub mod float_sum;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
