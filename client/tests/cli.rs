@@ -66,6 +66,7 @@ async fn every_example_job_file_runs() {
         [
             "loop.toml",
             "matrix-csv.toml",
+            "matrix-float.toml",
             "matrix-spreadsheet.toml",
             "matrix-sum.toml",
             "quickstart.toml",
