@@ -167,8 +167,8 @@ struct RawJobKind {
     kind: Spanned<String>,
 }
 
-/// Reads and validates a job file. Files it names (servers file, CSV) are resolved
-/// against the job file's folder; the servers file is read now, a CSV matrix later by
+/// Reads and validates a job file. Files it names (servers file, CSV, .npy) are resolved
+/// against the job file's folder; the servers file is read now, a matrix file later by
 /// [`JobFile::load_job`].
 pub fn read(path: &Path) -> Result<JobFile, JobFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
@@ -335,7 +335,7 @@ fn parse_job(
 }
 
 impl JobFile {
-    /// Builds the job, loading its data (a CSV matrix is read here), and checks that it
+    /// Builds the job, loading its data (a CSV or .npy matrix is read here), and checks that it
     /// splits into [`parts`](Self::parts).
     pub fn load_job(&self) -> Result<Job, JobFileError> {
         let base = self.path.parent().unwrap_or(Path::new(""));

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-pub use self::csv_file::{CsvDelimiter, CsvError, CsvHeader, CsvOptions};
-pub use self::npy_file::NpyError;
+use self::csv_file::CsvOptions;
+pub use self::csv_file::{CsvDelimiter, CsvHeader};
 use super::{CancelFlag, Cancelled, Kind, ParamError};
 use crate::exact_sum::ExactSum;
 use crate::splitmix::splitmix64;
