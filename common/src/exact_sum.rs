@@ -15,7 +15,7 @@
 //! bins chosen by the element's 11-bit exponent field; 2^74 significands fit in a bin,
 //! far more than a chunk holds. The bins are folded into the wide integer once per
 //! chunk. That keeps the loop at a few instructions an element (see pool-bench's
-//! scenario 7 for what it costs against a plain `f64` sum).
+//! scenario 8 for what it costs against a plain `f64` sum).
 //!
 //! NaN and infinities follow IEEE 754: a NaN anywhere, or both +inf and -inf, make the
 //! sum NaN; otherwise an infinity makes it that infinity. A finite sum too large for an

@@ -1,4 +1,4 @@
-//! Scenario 7: the exact float sum. One core sums a float matrix with the product's
+//! Scenario 8: the exact float sum. One core sums a float matrix with the product's
 //! kernel (a part computed chunk by chunk into exact sums, rounded once), beside the
 //! plain order-dependent `f64` sum of the same bytes, left to right, in the same run.
 //! Two inputs: the generated matrix (uniform in [0, 1), few exponents) and values with
@@ -16,7 +16,7 @@ use pool_common::splitmix::splitmix64;
 use super::{blocking, secs, Settings};
 use crate::figures::{Figure, Goal};
 
-const SCENARIO: &str = "7 exact float sum (one core)";
+const SCENARIO: &str = "8 exact float sum (one core)";
 
 /// Times each input is summed per measurement, so one measurement lasts long enough
 /// to time (a 128 MiB pass takes tens of milliseconds).
