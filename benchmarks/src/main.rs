@@ -3,7 +3,7 @@
 //!
 //! It starts its own servers (real `pool-server` processes: this program run as
 //! `pool-bench serve`) and baselines (a raw TCP echo server and sink) on 127.0.0.1
-//! port 0, runs seven scenarios several times, and prints one table: each figure is the
+//! port 0, runs its scenarios several times, and prints one table: each figure is the
 //! median over the runs, beside its baseline and their ratio. See benchmarks/README.md.
 
 mod figures;
@@ -48,7 +48,7 @@ struct BenchArgs {
     #[arg(long)]
     runs: Option<usize>,
 
-    /// Run only these scenarios (1-7), comma-separated.
+    /// Run only these scenarios (1-8), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
 
@@ -128,7 +128,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |n: u8| args.only.as_ref().is_none_or(|only| only.contains(&n));
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    for n in 1..=7u8 {
+    for n in 1..=8u8 {
         if !wanted(n) {
             continue;
         }
@@ -140,7 +140,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             4 => scenarios::connections::run(&settings).await,
             5 => scenarios::spawning::run(&settings).await,
             6 => scenarios::paper::run(&settings).await,
-            _ => scenarios::skewed::run(&settings, args.timelines.as_deref()).await,
+            7 => scenarios::skewed::run(&settings, args.timelines.as_deref()).await,
+            _ => scenarios::float_sum::run(&settings).await,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

@@ -16,14 +16,18 @@ fn the_quick_run_reports_every_scenario() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let figures = doc["figures"].as_array().expect("a list of figures");
-    for n in 1..=6 {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for n in 1..=8 {
         let prefix = format!("{n} ");
-        assert!(
-            figures
-                .iter()
-                .any(|f| f["scenario"].as_str().unwrap_or("").starts_with(&prefix)),
-            "no figure for scenario {n}"
-        );
+        let reported = figures
+            .iter()
+            .any(|f| f["scenario"].as_str().unwrap_or("").starts_with(&prefix));
+        // The skewed pool needs a cgroup CPU quota; without one it says why it did not run.
+        let skipped = n == 7 && stderr.contains("scenario 7 skipped:");
+        if skipped {
+            eprintln!("{stderr}");
+        }
+        assert!(reported || skipped, "no figure for scenario {n}");
     }
     assert!(doc["machine"]["cores"].as_u64().unwrap_or(0) >= 1);
 }

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use bytes::{BufMut, BytesMut};
 use pool_common::codec::{encode_frame, read_frame_blocking, Frame};
 use pool_common::protocol::{Hello, MAGIC, PROTOCOL_VERSION};
-use support::{addresses, examples_dir, run_client, start_servers, stderr, stdout};
+use support::{addresses, examples_dir, run_client, start_servers, stderr, stdout, write_npy};
 
 fn example(name: &str) -> String {
     examples_dir().join(name).display().to_string()
@@ -66,6 +66,8 @@ async fn every_example_job_file_runs() {
         [
             "loop.toml",
             "matrix-csv.toml",
+            "matrix-float.toml",
+            "matrix-spreadsheet.toml",
             "matrix-sum.toml",
             "quickstart.toml",
             "sum-of-squares.toml"
@@ -105,6 +107,46 @@ fn a_malformed_csv_names_row_and_column_and_exits_2() {
         "{message}"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_npy_file_of_another_dtype_is_named_and_exits_2() {
+    let dir = temp_dir("npy");
+    write_npy(&dir.join("m.npy"), "<f4", "(2, 2)", &[0; 16]);
+    std::fs::write(
+        dir.join("job.toml"),
+        "local = 1\nparts = 2\n[job]\nkind = \"matrix-sum\"\nnpy = \"m.npy\"\n",
+    )
+    .unwrap();
+    let output = run_client(&[dir.join("job.toml").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("m.npy: dtype \"<f4\"; pool reads 2-D '<i8' (int64) and '<f8' (float64)"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_float_sum_prints_digits_that_read_back_in_the_table_and_in_json() {
+    let job = example("matrix-spreadsheet.toml");
+    let table = run_client(&[&job]);
+    assert!(table.status.success(), "{}", stderr(&table));
+    // Python's math.fsum of the file's numbers; adding them left to right gives
+    // 79726.44999999997.
+    assert!(
+        stdout(&table).ends_with("result: 79726.45\n"),
+        "{}",
+        stdout(&table)
+    );
+    let output = run_client(&[&job, "--format", "json", "--modes", "sequential,pool"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["result"], "79726.45");
+    for mode in json["modes"].as_array().unwrap() {
+        assert_eq!(mode["result"], "79726.45");
+    }
 }
 
 #[test]

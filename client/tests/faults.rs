@@ -311,7 +311,9 @@ async fn a_lying_server_is_caught_and_its_parts_computed_elsewhere() {
                         Frame::Request(Request::RunPart { part_id, .. }) => {
                             Frame::Reply(Reply::PartDone {
                                 part_id,
-                                result: pool_common::jobs::PartResult::MatrixSum(i128::MAX),
+                                result: pool_common::jobs::PartResult::MatrixSum(
+                                    pool_common::jobs::matrix_sum::MatrixTotal::Integer(i128::MAX),
+                                ),
                                 compute_nanos: 1,
                             })
                         }

@@ -259,8 +259,8 @@ struct RawJobKind {
     kind: Spanned<String>,
 }
 
-/// Reads and validates a job file. Files it names (servers file, CSV) are resolved
-/// against the job file's folder; the servers file is read now, a CSV matrix later by
+/// Reads and validates a job file. Files it names (servers file, CSV, .npy) are resolved
+/// against the job file's folder; the servers file is read now, a matrix file later by
 /// [`JobFile::load_job`].
 pub fn read(path: &Path) -> Result<JobFile, JobFileError> {
     let text = std::fs::read_to_string(path).map_err(|e| JobFileError {
@@ -442,7 +442,7 @@ fn parse_job(
 }
 
 impl JobFile {
-    /// Builds the job, loading its data (a CSV matrix is read here), and checks that it
+    /// Builds the job, loading its data (a CSV or .npy matrix is read here), and checks that it
     /// splits into [`parts`](Self::parts).
     pub fn load_job(&self) -> Result<Job, JobFileError> {
         let base = self.path.parent().unwrap_or(Path::new(""));
@@ -600,7 +600,7 @@ mod tests {
         );
         assert_eq!(
             error(&format!("{matrix}rows = 3\n")),
-            "job.toml:2:1: a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`"
+            "job.toml:2:1: a matrix-sum job needs `rows` and `cols` (a generated matrix), `csv = \"file.csv\"` or `npy = \"file.npy\"`"
         );
         assert_eq!(
             error(&format!("{matrix}rows = 3\ncols = 0\n")),
@@ -643,6 +643,54 @@ mod tests {
             error("parts = 2\nservers = [\"nowhere\"]\n[job]\nkind = \"loop\"\niterations = 10\n"),
             "job.toml:2:12: \"nowhere\" is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
         );
+    }
+
+    #[test]
+    fn matrix_file_keys_are_checked_where_they_are_written() {
+        let matrix = "parts = 2\n[job]\nkind = \"matrix-sum\"\n";
+        let cases = [
+            (
+                "csv = \"m.csv\"\ncsv_delimiter = \"|\"\n",
+                "job.toml:5:17: invalid value: string \"|\", expected \",\", \";\" or \"\\t\" (a tab) (in a matrix-sum job)",
+            ),
+            (
+                "csv = \"m.csv\"\ncsv_header = \"yes\"\n",
+                "job.toml:5:14: invalid value: string \"yes\", expected true, false or \"auto\" (in a matrix-sum job)",
+            ),
+            (
+                "rows = 2\ncols = 2\nelement = \"f32\"\n",
+                "job.toml:6:11: unknown variant `f32`, expected `i64` or `f64` (in a matrix-sum job)",
+            ),
+            (
+                "npy = \"m.npy\"\nelement = \"f64\"\n",
+                "job.toml:5:11: `element` cannot be combined with `npy`: the file's dtype says whether it holds i64 or f64",
+            ),
+            (
+                "npy = \"m.npy\"\ncols = 3\n",
+                "job.toml:5:8: `cols` cannot be combined with `npy`: an .npy matrix has its own size",
+            ),
+            (
+                "csv = \"m.csv\"\nnpy = \"m.npy\"\n",
+                "job.toml:5:7: give one of `csv` and `npy`, not both",
+            ),
+            (
+                "rows = 2\ncols = 2\ncsv_header = true\n",
+                "job.toml:6:14: `csv_header` applies only to a `csv` matrix",
+            ),
+            (
+                "rows = 4294967296\ncols = 4294967296\nelement = \"f64\"\n",
+                "job.toml:5:8: a 4294967296 x 4294967296 matrix of 8-byte floats is larger than the 32 GiB the client may hold",
+            ),
+        ];
+        for (keys, expected) in cases {
+            assert_eq!(error(&format!("{matrix}{keys}")), expected, "{keys}");
+        }
+        let file = parse(
+            &format!("{matrix}csv = \"m.csv\"\ncsv_delimiter = \"\\t\"\ncsv_header = \"auto\"\nelement = \"f64\"\n"),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(file.job.planned_units(), None);
     }
 
     #[test]

@@ -8,12 +8,15 @@
 //!   part, and how partial results combine.
 //! * [`jobfile`]: the `job.toml` schema and its validation.
 //! * [`splitmix`]: the mixing function the kernels and generated data share.
+//! * [`exact_sum`]: the exact accumulator that makes float sums independent of the
+//!   split.
 //!
-//! The modules depend on each other in one direction only: `jobs` and `splitmix`
-//! need none of the others, `protocol` names the jobs' types, `codec` frames the
+//! The modules depend on each other in one direction only: `jobs`, `splitmix` and
+//! `exact_sum` need none of the others, `protocol` names the jobs' types, `codec` frames the
 //! protocol, `wire` sequences frames, and `jobfile` reads the kinds' parameters.
 
 pub mod codec;
+pub mod exact_sum;
 pub mod jobfile;
 pub mod jobs;
 pub mod protocol;

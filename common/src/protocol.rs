@@ -30,7 +30,9 @@ pub const MAGIC: [u8; 4] = *b"POOL";
 /// 1: the first release. 2: job kinds from one list, `Request::Cancel`,
 /// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy` and
 /// `parts_in_flight`. 3: `ServerStatus` reports cores, load, memory and speed.
-pub const MESSAGES_REVISION: u16 = 3;
+/// 4: matrix parts carry their element type, and matrix results are integers or
+/// exact float sums.
+pub const MESSAGES_REVISION: u16 = 4;
 
 /// The version both sides announce in the handshake: [`MESSAGES_REVISION`] times 100
 /// plus the number of job kinds. A new kind is appended to the list (its index is its

@@ -244,7 +244,7 @@ pub fn read_answer_blocking(
 mod tests {
     use super::*;
     use crate::jobs::loop_sum::LoopPart;
-    use crate::jobs::matrix_sum::MatrixPart;
+    use crate::jobs::matrix_sum::{Element, MatrixPart};
 
     #[test]
     fn a_part_goes_out_as_its_request_then_its_chunks() {
@@ -253,6 +253,7 @@ mod tests {
             first_row: 0,
             rows: 1,
             cols: input.len() as u64 / 8,
+            element: Element::I64,
         });
         let frames: Vec<Frame> = part_frames(3, &task, &input).collect();
         assert_eq!(frames.len(), 3);
@@ -294,6 +295,7 @@ mod tests {
             first_row: 0,
             rows: 1,
             cols: 1,
+            element: Element::I64,
         });
         assert!(read_answer_blocking(&mut &stream[..], 5, &matrix).is_err());
     }

@@ -370,7 +370,7 @@ mod tests {
     use super::*;
     use pool_common::jobs::compute_chunk;
     use pool_common::jobs::loop_sum::LoopPart;
-    use pool_common::jobs::matrix_sum::MatrixPart;
+    use pool_common::jobs::matrix_sum::{Element, MatrixPart, MatrixTotal};
 
     fn table() -> PartTable {
         PartTable::new(PartLimits {
@@ -385,6 +385,7 @@ mod tests {
             first_row: 0,
             rows,
             cols: 1,
+            element: Element::I64,
         })
     }
 
@@ -430,7 +431,7 @@ mod tests {
             replies.as_slice(),
             [Action::Done {
                 part_id: 1,
-                result: PartResult::MatrixSum(-2),
+                result: PartResult::MatrixSum(MatrixTotal::Integer(-2)),
                 ..
             }]
         ));
@@ -471,6 +472,7 @@ mod tests {
             first_row: 0,
             rows: 1 << 20,
             cols: 1,
+            element: Element::I64,
         });
         let actions = table.run_part(7, too_big, None).unwrap();
         assert!(matches!(
@@ -544,6 +546,7 @@ mod tests {
             first_row: 0,
             rows: u64::MAX,
             cols: 2,
+            element: Element::I64,
         });
         assert!(table.run_part(2, overflowing, None).is_err());
     }

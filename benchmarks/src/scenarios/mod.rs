@@ -1,6 +1,7 @@
 //! The scenarios, one file each, and what they share.
 
 pub mod connections;
+pub mod float_sum;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::bail;
 use pool_client::local;
-use pool_common::jobs::matrix_sum::Matrix;
+use pool_common::jobs::matrix_sum::{Element, Matrix};
 use pool_common::jobs::CancelFlag;
 use pool_common::jobs::{Job, Part};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ const SCENARIO: &str = "3 data shipping (matrix-sum)";
 /// Runs the scenario and returns its figures.
 pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     let (rows, cols) = if s.quick { (1024, 1024) } else { (8192, 8192) };
-    let matrix = blocking(move || Matrix::generate(rows, cols, 1)).await?;
+    let matrix = blocking(move || Matrix::generate(rows, cols, 1, Element::I64)).await?;
     let bytes = matrix.bytes().len() as f64;
     let mib = bytes / (1 << 20) as f64;
     let parts = Job::MatrixSum(matrix).split(2);

@@ -166,3 +166,18 @@ pub fn reference_result(job: &JobFile) -> pool_common::jobs::PartResult {
         .unwrap()
         .result
 }
+
+/// Writes a NumPy `.npy` file (format 1.0) as `np.save` would: a header naming `descr`
+/// (e.g. `<f8`) and `shape` (e.g. `(7, 3)`), padded to 64 bytes, then `data`.
+pub fn write_npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut file = b"\x93NUMPY\x01\x00".to_vec();
+    file.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(data);
+    std::fs::write(path, file).expect("write the .npy file");
+}

@@ -1,9 +1,15 @@
-//! The `matrix-sum` job: the exact sum of every element of a matrix of 64-bit integers.
+//! The `matrix-sum` job: the sum of every element of a matrix, exact for 64-bit
+//! integers and correctly rounded for 64-bit floats, whatever the split.
 //!
-//! The matrix is generated from a seed or read from a CSV file, and kept as raw
-//! little-endian bytes: the very bytes that travel to servers, so shipping a block is a
-//! slice, not a conversion. It splits by blocks of whole rows. Sums are widened to
-//! `i128`, which no matrix that fits in memory can overflow.
+//! The matrix is generated from a seed, or read from a CSV file ([`csv_file`]) or a
+//! NumPy `.npy` file ([`npy_file`]), and kept as raw little-endian bytes: the very
+//! bytes that travel to servers, so shipping a block is a slice, not a conversion. It
+//! splits by blocks of whole rows. Integer sums are widened to `i128`, which no matrix
+//! that fits in memory can overflow; float sums are [`ExactSum`]s, exact until they are
+//! rounded once for the result, so no split and no mode changes a bit of it.
+
+mod csv_file;
+mod npy_file;
 
 use std::fmt;
 use std::path::Path;
@@ -12,7 +18,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use self::csv_file::CsvOptions;
+pub use self::csv_file::{CsvDelimiter, CsvHeader};
 use super::{CancelFlag, Cancelled, Kind, ParamError};
+use crate::exact_sum::ExactSum;
 use crate::splitmix::splitmix64;
 
 /// Bytes per element.
@@ -24,8 +33,29 @@ pub const MAX_MATRIX_BYTES: u64 = 32 << 30;
 /// The `matrix-sum` kind.
 pub struct MatrixSum;
 
+/// What a matrix's elements are (`element` in the job file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Element {
+    /// 64-bit signed integers, summed exactly into 128 bits. The default.
+    #[default]
+    I64,
+    /// 64-bit IEEE floats, summed exactly and rounded once to the nearest `f64`.
+    F64,
+}
+
+impl fmt::Display for Element {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Element::I64 => "i64",
+            Element::F64 => "f64",
+        })
+    }
+}
+
 /// The `[job]` keys of a matrix-sum job: `rows` and `cols` (and `seed`) for a generated
-/// matrix, or `csv` for one read from a file.
+/// matrix, `csv` (and `csv_delimiter`, `csv_header`) for one read from a CSV file, or
+/// `npy` for one read from a NumPy file; `element` for the element type.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixParams {
@@ -37,6 +67,21 @@ pub struct MatrixParams {
     pub seed: Option<Spanned<u64>>,
     /// A CSV file to read the matrix from, relative to the job file's folder.
     pub csv: Option<Spanned<String>>,
+    /// The CSV file's delimiter (default: detected from its first line).
+    pub csv_delimiter: Option<Spanned<CsvDelimiter>>,
+    /// Whether the CSV file's first row is a header (default: when it holds no number).
+    pub csv_header: Option<Spanned<CsvHeader>>,
+    /// A NumPy `.npy` file to read the matrix from, relative to the job file's folder.
+    pub npy: Option<Spanned<String>>,
+    /// The element type of a generated or CSV matrix (default `i64`; a `.npy` file
+    /// says its own).
+    pub element: Option<Spanned<Element>>,
+}
+
+impl MatrixParams {
+    fn element(&self) -> Element {
+        self.element.as_ref().map_or_else(Element::default, |e| *e.get_ref())
+    }
 }
 
 /// One part of a matrix job: a block of rows, whose bytes follow as input.
@@ -48,6 +93,27 @@ pub struct MatrixPart {
     pub rows: u64,
     /// Columns of the matrix.
     pub cols: u64,
+    /// What the bytes hold.
+    pub element: Element,
+}
+
+/// The sum of a matrix, of a block of one, or of a chunk of a block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MatrixTotal {
+    /// The exact sum of integers, widened so it cannot overflow.
+    Integer(i128),
+    /// The exact sum of floats, rounded only when shown (boxed: it is 34 limbs).
+    Float(Box<ExactSum>),
+}
+
+impl fmt::Display for MatrixTotal {
+    /// An integer in full; a float with the digits that read back to the same `f64`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MatrixTotal::Integer(sum) => sum.fmt(f),
+            MatrixTotal::Float(sum) => sum.fmt(f),
+        }
+    }
 }
 
 impl Kind for MatrixSum {
@@ -56,24 +122,47 @@ impl Kind for MatrixSum {
     type Params = MatrixParams;
     type Data = Matrix;
     type Task = MatrixPart;
-    /// The exact sum, widened so it cannot overflow.
-    type Output = i128;
+    type Output = MatrixTotal;
 
     fn validate_params(params: &MatrixParams) -> Result<(), ParamError> {
-        if params.csv.is_some() {
+        if let (Some(_), Some(npy)) = (&params.csv, &params.npy) {
+            return Err(ParamError::at(
+                npy.span(),
+                "give one of `csv` and `npy`, not both",
+            ));
+        }
+        let file = [("csv", "a CSV matrix", &params.csv), ("npy", "an .npy matrix", &params.npy)]
+            .into_iter()
+            .find_map(|(key, what, value)| value.as_ref().map(|_| (key, what)));
+        if let Some((file_key, what)) = file {
             for (key, value) in [("rows", &params.rows), ("cols", &params.cols), ("seed", &params.seed)] {
                 if let Some(value) = value {
                     return Err(ParamError::at(
                         value.span(),
-                        format!("`{key}` cannot be combined with `csv`: a CSV matrix has its own size"),
+                        format!("`{key}` cannot be combined with `{file_key}`: {what} has its own size"),
                     ));
                 }
             }
+        }
+        if let (Some(_), Some(element)) = (&params.npy, &params.element) {
+            return Err(ParamError::at(
+                element.span(),
+                "`element` cannot be combined with `npy`: the file's dtype says whether it holds i64 or f64",
+            ));
+        }
+        if params.csv.is_none() {
+            let delimiter = params.csv_delimiter.as_ref().map(|d| ("csv_delimiter", d.span()));
+            let header = params.csv_header.as_ref().map(|h| ("csv_header", h.span()));
+            if let Some((key, span)) = delimiter.or(header) {
+                return Err(ParamError::at(span, format!("`{key}` applies only to a `csv` matrix")));
+            }
+        }
+        if file.is_some() {
             return Ok(());
         }
         let (Some(rows), Some(cols)) = (&params.rows, &params.cols) else {
             return Err(ParamError::in_table(
-                "a matrix-sum job needs `rows` and `cols` (a generated matrix) or `csv = \"file.csv\"`",
+                "a matrix-sum job needs `rows` and `cols` (a generated matrix), `csv = \"file.csv\"` or `npy = \"file.npy\"`",
             ));
         };
         for dim in [rows, cols] {
@@ -89,9 +178,13 @@ impl Kind for MatrixSum {
             return Err(ParamError::at(
                 cols.span(),
                 format!(
-                    "a {} x {} matrix of 8-byte integers is larger than the {} GiB the client may hold",
+                    "a {} x {} matrix of 8-byte {} is larger than the {} GiB the client may hold",
                     rows.get_ref(),
                     cols.get_ref(),
+                    match params.element() {
+                        Element::I64 => "integers",
+                        Element::F64 => "floats",
+                    },
                     MAX_MATRIX_BYTES >> 30
                 ),
             ));
@@ -100,28 +193,39 @@ impl Kind for MatrixSum {
     }
 
     fn planned_units(params: &MatrixParams) -> Option<u64> {
-        match (&params.csv, &params.rows) {
-            (None, Some(rows)) => Some(*rows.get_ref()),
+        match (&params.csv, &params.npy, &params.rows) {
+            (None, None, Some(rows)) => Some(*rows.get_ref()),
             _ => None,
         }
     }
 
     fn seeds(params: &MatrixParams) -> Vec<(&'static str, u64)> {
-        match &params.csv {
-            Some(_) => Vec::new(),
-            None => vec![("matrix", params.seed.as_ref().map_or(0, |s| *s.get_ref()))],
+        match (&params.csv, &params.npy) {
+            (None, None) => vec![("matrix", params.seed.as_ref().map_or(0, |s| *s.get_ref()))],
+            _ => Vec::new(),
         }
     }
 
     fn load(params: &MatrixParams, base: &Path) -> Result<Matrix, String> {
-        match (&params.csv, &params.rows, &params.cols) {
-            (Some(csv), _, _) => Matrix::read_csv(&base.join(csv.get_ref())).map_err(|e| format!("csv: {e}")),
-            (None, Some(rows), Some(cols)) => Ok(Matrix::generate(
+        match (&params.csv, &params.npy, &params.rows, &params.cols) {
+            (Some(csv), _, _, _) => {
+                let options = CsvOptions {
+                    delimiter: params.csv_delimiter.as_ref().map(|d| *d.get_ref()),
+                    header: params.csv_header.as_ref().map_or_else(CsvHeader::default, |h| *h.get_ref()),
+                    element: params.element(),
+                };
+                csv_file::read(&base.join(csv.get_ref()), &options).map_err(|e| format!("csv: {e}"))
+            }
+            (None, Some(npy), _, _) => {
+                npy_file::read(&base.join(npy.get_ref())).map_err(|e| format!("npy: {e}"))
+            }
+            (None, None, Some(rows), Some(cols)) => Ok(Matrix::generate(
                 *rows.get_ref(),
                 *cols.get_ref(),
                 params.seed.as_ref().map_or(0, |s| *s.get_ref()),
+                params.element(),
             )),
-            _ => Err("a matrix-sum job needs `rows` and `cols`, or `csv`".into()),
+            _ => Err("a matrix-sum job needs `rows` and `cols`, `csv` or `npy`".into()),
         }
     }
 
@@ -161,23 +265,40 @@ impl Kind for MatrixSum {
         }
     }
 
-    fn compute_chunk(_task: &MatrixPart, chunk: &[u8], cancel: &CancelFlag) -> Result<i128, Cancelled> {
+    fn compute_chunk(task: &MatrixPart, chunk: &[u8], cancel: &CancelFlag) -> Result<MatrixTotal, Cancelled> {
         // A chunk is at most 4 MiB, about a millisecond: one look at the flag suffices.
         if cancel.is_cancelled() {
             return Err(Cancelled);
         }
-        Ok(sum_le_i64(chunk))
+        Ok(match task.element {
+            Element::I64 => MatrixTotal::Integer(sum_le_i64(chunk)),
+            Element::F64 => MatrixTotal::Float(Box::new(ExactSum::of_le_bytes(chunk))),
+        })
     }
 
-    fn combine(a: i128, b: i128) -> Option<i128> {
-        a.checked_add(b)
+    fn combine(a: MatrixTotal, b: MatrixTotal) -> Option<MatrixTotal> {
+        match (a, b) {
+            (MatrixTotal::Integer(a), MatrixTotal::Integer(b)) => a.checked_add(b).map(MatrixTotal::Integer),
+            (MatrixTotal::Float(a), MatrixTotal::Float(b)) => {
+                a.combine(&b).map(|sum| MatrixTotal::Float(Box::new(sum)))
+            }
+            _ => None,
+        }
     }
 
-    /// A block of `rows x cols` elements sums to at most that many times `i64::MAX`
-    /// in size: a larger claim is a lie, and results within it never overflow `i128`.
-    fn could_produce(task: &MatrixPart, sum: &i128) -> bool {
-        let elements = task.rows.saturating_mul(task.cols) as i128;
-        *sum <= elements * i64::MAX as i128 && *sum >= elements * i64::MIN as i128
+    /// A block of `rows x cols` integers sums to at most that many times `i64::MAX` in
+    /// size, and floats to that many times the largest `f64`: a larger claim is a lie,
+    /// and results within it never overflow when combined.
+    fn could_produce(task: &MatrixPart, sum: &MatrixTotal) -> bool {
+        let elements = task.rows.saturating_mul(task.cols);
+        match (task.element, sum) {
+            (Element::I64, MatrixTotal::Integer(sum)) => {
+                let elements = elements as i128;
+                *sum <= elements * i64::MAX as i128 && *sum >= elements * i64::MIN as i128
+            }
+            (Element::F64, MatrixTotal::Float(sum)) => sum.could_come_from(elements),
+            _ => false,
+        }
     }
 }
 
@@ -203,139 +324,46 @@ pub fn sum_le_i64(bytes: &[u8]) -> i128 {
     total
 }
 
-/// A matrix in memory, row-major, as little-endian `i64` bytes.
+/// A matrix in memory, row-major, as little-endian `i64` or `f64` bytes.
 #[derive(Clone)]
 pub struct Matrix {
     rows: u64,
     cols: u64,
+    element: Element,
     data: Bytes,
 }
 
 impl fmt::Debug for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Matrix({} x {})", self.rows, self.cols)
+        write!(f, "Matrix({} x {} {})", self.rows, self.cols, self.element)
     }
 }
 
-/// Why a CSV matrix could not be read. Rows and columns count from 1.
-#[derive(Debug, thiserror::Error)]
-pub enum CsvError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A cell is not a 64-bit integer.
-    #[error("{path}: row {row}, column {col}: {cell:?} is not a 64-bit integer")]
-    BadCell {
-        /// The file.
-        path: String,
-        /// The row, from 1.
-        row: usize,
-        /// The column, from 1.
-        col: usize,
-        /// The cell's text.
-        cell: String,
-    },
-    /// A row has another number of cells than the first row.
-    #[error("{path}: row {row} has {found} columns, but row 1 has {expected}")]
-    Ragged {
-        /// The file.
-        path: String,
-        /// The row, from 1.
-        row: usize,
-        /// Cells in this row.
-        found: usize,
-        /// Cells in the first row.
-        expected: usize,
-    },
-    /// No rows at all.
-    #[error("{path}: no rows: a matrix needs at least one row of integers")]
-    Empty {
-        /// The file.
-        path: String,
-    },
-}
-
 impl Matrix {
-    /// A `rows` x `cols` matrix whose element `k` (row-major) is `splitmix64(seed + k)`
-    /// taken as `i64`: deterministic, uniform over the whole `i64` range.
+    /// A `rows` x `cols` matrix whose element `k` (row-major) is made from
+    /// `splitmix64(seed + k)`: as `i64`, uniform over the whole `i64` range; as `f64`,
+    /// its top 53 bits times 2^-53, uniform over [0, 1) and exact.
     ///
     /// # Panics
     /// If the size overflows `usize` (job files are validated before this).
-    pub fn generate(rows: u64, cols: u64, seed: u64) -> Matrix {
+    pub fn generate(rows: u64, cols: u64, seed: u64, element: Element) -> Matrix {
         let elements = rows.checked_mul(cols).expect("matrix size overflows");
         let mut data = Vec::with_capacity(
             usize::try_from(elements * ELEMENT_BYTES).expect("matrix too large"),
         );
         for k in 0..elements {
-            data.extend_from_slice(&splitmix64(seed.wrapping_add(k)).to_le_bytes());
+            let random = splitmix64(seed.wrapping_add(k));
+            data.extend_from_slice(&match element {
+                Element::I64 => random.to_le_bytes(),
+                Element::F64 => ((random >> 11) as f64 * (-53f64).exp2()).to_le_bytes(),
+            });
         }
         Matrix {
             rows,
             cols,
+            element,
             data: Bytes::from(data),
         }
-    }
-
-    /// Reads a matrix from CSV text: one row per line, integers separated by commas
-    /// (spaces around them allowed); blank lines and lines starting with `#` skipped.
-    pub fn parse_csv(text: &str, path: &str) -> Result<Matrix, CsvError> {
-        let mut data = Vec::new();
-        let mut rows = 0u64;
-        let mut cols = 0usize;
-        for (line_index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let row = line_index + 1;
-            let mut found = 0;
-            for (col_index, cell) in line.split(',').enumerate() {
-                let value: i64 = cell.trim().parse().map_err(|_| CsvError::BadCell {
-                    path: path.to_string(),
-                    row,
-                    col: col_index + 1,
-                    cell: cell.trim().to_string(),
-                })?;
-                data.extend_from_slice(&value.to_le_bytes());
-                found += 1;
-            }
-            if rows == 0 {
-                cols = found;
-            } else if found != cols {
-                return Err(CsvError::Ragged {
-                    path: path.to_string(),
-                    row,
-                    found,
-                    expected: cols,
-                });
-            }
-            rows += 1;
-        }
-        if rows == 0 {
-            return Err(CsvError::Empty {
-                path: path.to_string(),
-            });
-        }
-        Ok(Matrix {
-            rows,
-            cols: cols as u64,
-            data: Bytes::from(data),
-        })
-    }
-
-    /// Reads a matrix from a CSV file (see [`parse_csv`](Self::parse_csv)).
-    pub fn read_csv(path: &Path) -> Result<Matrix, CsvError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CsvError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-        Self::parse_csv(&text, &shown)
     }
 
     /// Number of rows.
@@ -348,7 +376,12 @@ impl Matrix {
         self.cols
     }
 
-    /// The matrix's bytes: row-major little-endian `i64`s.
+    /// What the elements are.
+    pub fn element(&self) -> Element {
+        self.element
+    }
+
+    /// The matrix's bytes: row-major little-endian `i64`s or `f64`s.
     pub fn bytes(&self) -> &Bytes {
         &self.data
     }
@@ -363,6 +396,7 @@ impl Matrix {
             first_row: lo,
             rows: hi - lo,
             cols: self.cols,
+            element: self.element,
         };
         (task, input)
     }
@@ -372,30 +406,35 @@ impl Matrix {
 mod tests {
     use super::*;
 
-    #[test]
-    fn csv_sums_exactly_beyond_i64() {
-        let m =
-            Matrix::parse_csv("9223372036854775807, 9223372036854775807\n-1,2\n", "m.csv").unwrap();
-        assert_eq!((m.rows(), m.cols()), (2, 2));
-        assert_eq!(sum_le_i64(m.bytes()), 2 * i64::MAX as i128 + 1);
+    fn csv(text: &str, element: Element) -> Matrix {
+        let options = CsvOptions {
+            delimiter: None,
+            header: CsvHeader::Auto,
+            element,
+        };
+        csv_file::parse(text.as_bytes(), "m.csv", &options).unwrap()
+    }
+
+    fn total(matrix: &Matrix) -> MatrixTotal {
+        let (task, input) = matrix.row_block(0, matrix.rows());
+        MatrixSum::compute_chunk(&task, &input, &CancelFlag::new()).unwrap()
     }
 
     #[test]
-    fn malformed_csv_names_row_and_column() {
-        let err = Matrix::parse_csv("1,2,3\n# note\n4,x5,6\n", "m.csv").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "m.csv: row 3, column 2: \"x5\" is not a 64-bit integer"
-        );
-        let err = Matrix::parse_csv("1,2,3\n4,5\n", "m.csv").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "m.csv: row 2 has 2 columns, but row 1 has 3"
-        );
-        assert!(matches!(
-            Matrix::parse_csv("\n# only\n", "m.csv"),
-            Err(CsvError::Empty { .. })
-        ));
+    fn csv_sums_exactly_beyond_i64() {
+        let m = csv("9223372036854775807, 9223372036854775807\n-1,2\n", Element::I64);
+        assert_eq!((m.rows(), m.cols()), (2, 2));
+        assert_eq!(total(&m), MatrixTotal::Integer(2 * i64::MAX as i128 + 1));
+    }
+
+    #[test]
+    fn float_csv_sums_to_the_correctly_rounded_value() {
+        let m = csv("x;y\n1e308;1\n-1e308;0,1\n", Element::F64);
+        let MatrixTotal::Float(sum) = total(&m) else {
+            panic!("an f64 matrix sums to a float")
+        };
+        assert_eq!(sum.to_f64(), 1.1);
+        assert_eq!(total(&m).to_string(), "1.1");
     }
 
     #[test]
@@ -420,10 +459,38 @@ mod tests {
     }
 
     #[test]
-    fn generated_matrix_is_deterministic() {
-        let a = Matrix::generate(3, 4, 9);
-        assert_eq!(a.bytes(), Matrix::generate(3, 4, 9).bytes());
-        assert_ne!(a.bytes(), Matrix::generate(3, 4, 10).bytes());
-        assert_eq!(a.bytes().len(), 3 * 4 * 8);
+    fn generated_matrices_are_deterministic() {
+        for element in [Element::I64, Element::F64] {
+            let a = Matrix::generate(3, 4, 9, element);
+            assert_eq!(a.bytes(), Matrix::generate(3, 4, 9, element).bytes());
+            assert_ne!(a.bytes(), Matrix::generate(3, 4, 10, element).bytes());
+            assert_eq!(a.bytes().len(), 3 * 4 * 8);
+        }
+        // Element k of an f64 matrix is (splitmix64(seed + k) >> 11) * 2^-53.
+        let m = Matrix::generate(2, 3, 5, Element::F64);
+        for (k, b) in m.bytes().chunks_exact(8).enumerate() {
+            let v = f64::from_le_bytes(b.try_into().unwrap());
+            assert_eq!(v, (splitmix64(5 + k as u64) >> 11) as f64 / 9007199254740992.0);
+            assert!((0.0..1.0).contains(&v));
+        }
+    }
+
+    #[test]
+    fn results_of_the_other_element_type_are_refused() {
+        let floats = MatrixPart {
+            first_row: 0,
+            rows: 2,
+            cols: 2,
+            element: Element::F64,
+        };
+        let float_sum = total(&Matrix::generate(2, 2, 0, Element::F64));
+        assert!(MatrixSum::could_produce(&floats, &float_sum));
+        assert!(!MatrixSum::could_produce(&floats, &MatrixTotal::Integer(0)));
+        let integers = MatrixPart {
+            element: Element::I64,
+            ..floats
+        };
+        assert!(!MatrixSum::could_produce(&integers, &float_sum));
+        assert_eq!(MatrixSum::combine(float_sum, MatrixTotal::Integer(1)), None);
     }
 }

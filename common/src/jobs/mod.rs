@@ -363,6 +363,8 @@ macro_rules! job_kinds {
         }
 
         /// A job as the job file describes it, before its data is loaded.
+        // One per job file, so a kind with many keys may make it large.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum JobSpec {
             $(
@@ -579,7 +581,7 @@ job_kinds! {
 mod tests {
     use super::*;
     use crate::jobs::loop_sum::LoopPart;
-    use crate::jobs::matrix_sum::{Matrix, MatrixPart};
+    use crate::jobs::matrix_sum::{Element, Matrix, MatrixPart, MatrixTotal};
 
     #[test]
     fn results_out_of_a_part_s_reach_are_caught() {
@@ -587,18 +589,36 @@ mod tests {
             first_row: 0,
             rows: 2,
             cols: 3,
+            element: Element::I64,
         });
-        assert!(block.could_produce(&PartResult::MatrixSum(6 * i64::MAX as i128)));
-        assert!(block.could_produce(&PartResult::MatrixSum(6 * i64::MIN as i128)));
-        assert!(!block.could_produce(&PartResult::MatrixSum(6 * i64::MAX as i128 + 1)));
-        assert!(!block.could_produce(&PartResult::MatrixSum(i128::MAX)));
+        assert!(
+            block.could_produce(&PartResult::MatrixSum(MatrixTotal::Integer(
+                6 * i64::MAX as i128
+            )))
+        );
+        assert!(
+            block.could_produce(&PartResult::MatrixSum(MatrixTotal::Integer(
+                6 * i64::MIN as i128
+            )))
+        );
+        assert!(
+            !block.could_produce(&PartResult::MatrixSum(MatrixTotal::Integer(
+                6 * i64::MAX as i128 + 1
+            )))
+        );
+        assert!(!block.could_produce(&PartResult::MatrixSum(MatrixTotal::Integer(i128::MAX))));
         assert!(!block.could_produce(&PartResult::Loop(1)));
         assert_eq!(
-            PartResult::MatrixSum(i128::MAX).combine(PartResult::MatrixSum(1)),
+            PartResult::MatrixSum(MatrixTotal::Integer(i128::MAX))
+                .combine(PartResult::MatrixSum(MatrixTotal::Integer(1))),
             None
         );
-        assert_eq!(PartResult::Loop(1).combine(PartResult::MatrixSum(1)), None);
-        assert!(!PartTask::Loop(LoopPart { lo: 0, hi: 1 }).could_produce(&PartResult::MatrixSum(0)));
+        assert_eq!(
+            PartResult::Loop(1).combine(PartResult::MatrixSum(MatrixTotal::Integer(1))),
+            None
+        );
+        assert!(!PartTask::Loop(LoopPart { lo: 0, hi: 1 })
+            .could_produce(&PartResult::MatrixSum(MatrixTotal::Integer(0))));
     }
 
     #[test]
@@ -641,10 +661,12 @@ mod tests {
 
     #[test]
     fn matrix_result_does_not_depend_on_the_split() {
-        let job = Job::MatrixSum(Matrix::generate(301, 7, 5));
-        let whole = split_results(&job, 1);
-        for parts in [2, 3, 301] {
-            assert_eq!(split_results(&job, parts), whole);
+        for element in [Element::I64, Element::F64] {
+            let job = Job::MatrixSum(Matrix::generate(301, 7, 5, element));
+            let whole = split_results(&job, 1);
+            for parts in [2, 3, 7, 301] {
+                assert_eq!(split_results(&job, parts), whole, "{element}");
+            }
         }
     }
 
@@ -661,7 +683,7 @@ mod tests {
     fn chunk_results_of_different_kinds_do_not_fold() {
         let mut partial = Some(PartResult::Loop(1));
         assert_eq!(
-            fold_chunk_result(&mut partial, PartResult::MatrixSum(1)),
+            fold_chunk_result(&mut partial, PartResult::MatrixSum(MatrixTotal::Integer(1))),
             Err(NoCombination)
         );
         let mut partial = None;
