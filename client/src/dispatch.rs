@@ -1155,23 +1155,32 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Once no part waits to be handed out and a server is idle, copies the part that
-    /// has computed longest past what parts of its size took elsewhere (the median
-    /// compute time per work item of the answered parts). A part's time computing
-    /// starts when it was sent or when its server last answered, whichever is later, so
-    /// a part queued behind another is not taken for a straggler.
+    /// Once no part waits to be handed out and a server is idle, copies the part whose
+    /// copy would gain the most. A part is copied when either
+    ///
+    /// * it has computed more than [`STRAGGLER_FACTOR`] times as long as parts of its
+    ///   size took (the median compute time per work item of the answered parts), and
+    ///   [`STRAGGLER_SLACK`] longer; or
+    /// * its server's own speed on this job says it will finish later than a copy
+    ///   started now on the fastest idle server would, by a fifth and the slack.
+    ///
+    /// A part's time computing starts when it was sent or when its server last
+    /// answered, whichever is later, so a part queued behind another is not taken for
+    /// a straggler; while queued, it is expected to need at least a whole part's time.
     fn find_stragglers(&mut self) {
         if !self.pending.is_empty() || !self.copies.is_empty() {
             return;
         }
-        let idle = (0..self.servers.len()).any(|s| {
-            let state = &self.servers[s];
-            state.connected
-                && state.running() == 0
-                && !state.suspect
-                && self.pool.slots[s].is_healthy()
-        });
-        if !idle {
+        let idle: Vec<usize> = (0..self.servers.len())
+            .filter(|&s| {
+                let state = &self.servers[s];
+                state.connected
+                    && state.running() == 0
+                    && !state.suspect
+                    && self.pool.slots[s].is_healthy()
+            })
+            .collect();
+        if idle.is_empty() {
             return;
         }
         let mut rates: Vec<f64> = self
@@ -1190,32 +1199,48 @@ impl<'a> Scheduler<'a> {
         }
         rates.sort_by(f64::total_cmp);
         let typical = rates[rates.len() / 2];
-        let straggler = self
+        let rate_of = |s: usize| self.servers[s].nanos_per_item.unwrap_or(typical);
+        let fastest_idle = idle
+            .iter()
+            .map(|&s| rate_of(s))
+            .fold(f64::INFINITY, f64::min);
+        let slack = STRAGGLER_SLACK.as_secs_f64();
+        let best = self
             .states
             .iter()
             .zip(self.parts)
             .enumerate()
             .filter(|(_, (state, _))| !state.settled() && state.running.len() == 1)
-            .map(|(index, (state, part))| {
-                let expected = typical * part.task.work_items().max(1) as f64 / 1e9;
-                // A part queued behind others could not start before the server's
-                // last answer; its time computing is counted from then.
+            .filter_map(|(index, (state, part))| {
+                let items = part.task.work_items().max(1) as f64;
                 let running = &state.running[0];
-                let could_start = self.servers[running.server]
+                let server = &self.servers[running.server];
+                let could_start = server
                     .last_answer
                     .map_or(running.started, |answer| answer.max(running.started));
                 let ran = could_start.elapsed().as_secs_f64();
-                (index, ran, expected)
+                let expected = typical * items / 1e9;
+                let own = rate_of(running.server) * items / 1e9;
+                let queued = server.in_flight.get(&running.id).is_some_and(|(sent, _)| {
+                    server.in_flight.values().any(|(other, _)| other < sent)
+                });
+                let left = if queued { own } else { (own - ran).max(0.0) };
+                let copy = fastest_idle * items / 1e9;
+                let straggling =
+                    !queued && ran > expected * STRAGGLER_FACTOR && ran > expected + slack;
+                let slower = left > copy * 1.2 + slack;
+                (straggling || slower).then(|| {
+                    let reason = if straggling {
+                        format!("copy: ran {ran:.2} s, parts like it took {expected:.2} s")
+                    } else {
+                        format!("copy: its server needs {left:.2} s more, an idle one {copy:.2} s")
+                    };
+                    (index, left.max(ran - expected) - copy, reason)
+                })
             })
-            .filter(|&(_, ran, expected)| {
-                ran > expected * STRAGGLER_FACTOR && ran > expected + STRAGGLER_SLACK.as_secs_f64()
-            })
-            .max_by(|a, b| (a.1 / a.2.max(1e-9)).total_cmp(&(b.1 / b.2.max(1e-9))));
-        if let Some((part, ran, expected)) = straggler {
-            self.copies.push_back((
-                part,
-                format!("copy: ran {ran:.2} s, parts like it took {expected:.2} s"),
-            ));
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((part, _, reason)) = best {
+            self.copies.push_back((part, reason));
         }
     }
 }

@@ -103,8 +103,21 @@ async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
     let mut opts = options(addresses(&servers));
     opts.modes = vec![Mode::Pool];
     let run = tokio::spawn(async move { pool_client::run(&job, &opts).await });
-    // Every server holds parts by now; none has finished one.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Freeze a server once it holds a part (none finishes one for seconds).
+    let mut holding = false;
+    for _ in 0..200 {
+        let states = pool_client::status::query_all(
+            std::slice::from_ref(&servers[0].address),
+            &ConnectOptions::default(),
+        )
+        .await;
+        if states[0].answer.as_ref().unwrap().0.parts_in_flight > 0 {
+            holding = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(holding, "the server never got its part");
     let frozen = servers[0].address.clone();
     servers[0].signal("STOP");
     let report = run.await.unwrap();
