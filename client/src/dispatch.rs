@@ -871,17 +871,17 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Servers that may take a part now: connected, healthy, not suspect, with a free
-    /// slot. When no healthy server is left, the failed ones are tried again (an
-    /// attempt on a server that cannot be reached fails at once).
+    /// worker slot; or, when no server has one and none is still connecting, a free
+    /// read-ahead slot (so a few parts are not piled on the first server to answer).
+    /// When no healthy server is left, the failed ones are tried again (an attempt on
+    /// a server that cannot be reached fails at once).
     fn candidates(&self) -> Vec<usize> {
-        let free =
-            |s: usize| self.servers[s].running() < self.pool.slots[s].slots() as usize + READ_AHEAD;
         let any_healthy = (0..self.servers.len()).any(|s| {
             self.pool.slots[s].is_healthy()
                 && (self.servers[s].connected || self.servers[s].connecting)
         });
-        (0..self.servers.len())
-            .filter(|&s| free(s) && !self.servers[s].suspect)
+        let usable: Vec<usize> = (0..self.servers.len())
+            .filter(|&s| !self.servers[s].suspect)
             .filter(|&s| {
                 if any_healthy {
                     self.servers[s].connected && self.pool.slots[s].is_healthy()
@@ -889,7 +889,21 @@ impl<'a> Scheduler<'a> {
                     !self.servers[s].connecting
                 }
             })
-            .collect()
+            .collect();
+        let with_room = |extra: usize| -> Vec<usize> {
+            usable
+                .iter()
+                .copied()
+                .filter(|&s| {
+                    self.servers[s].running() < self.pool.slots[s].slots() as usize + extra
+                })
+                .collect()
+        };
+        let workers_free = with_room(0);
+        if !workers_free.is_empty() || self.servers.iter().any(|s| s.connecting) {
+            return workers_free;
+        }
+        with_room(READ_AHEAD)
     }
 
     fn choose(&mut self, part: usize, candidates: &[usize]) -> Option<Choice> {
