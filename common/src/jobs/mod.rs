@@ -573,6 +573,7 @@ job_kinds! {
     Loop => loop_sum::LoopSum,
     MatrixSum => matrix_sum::MatrixSum,
     SumOfSquares => sum_of_squares::SumOfSquares,
+    Primes => primes::Primes,
 }
 
 #[cfg(test)]
