@@ -2,6 +2,7 @@
 //! JSON document or CSV for scripts, and the per-part log.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pool_common::jobs::PartResult;
@@ -198,6 +199,9 @@ pub struct Report {
     pub environment: Environment,
     /// How the run was made.
     pub settings: RunSettings,
+    /// Files the job wrote from its result (a mandelbrot job's image), once every
+    /// mode agreed on it.
+    pub saved: Vec<PathBuf>,
 }
 
 /// Part lines are left out of the table above this many parts (the log has them).
@@ -370,6 +374,9 @@ impl Report {
             }
         }
         let _ = writeln!(out, "\nresult: {}", self.reference());
+        for path in &self.saved {
+            let _ = writeln!(out, "written: {}", path.display());
+        }
         out
     }
 
@@ -438,6 +445,7 @@ impl Report {
             "parts": self.parts,
             "result": self.reference().to_string(),
             "ok": self.all_match(),
+            "saved": self.saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "environment": self.environment.json(),
             "settings": {
                 "repeat": settings.repeat,

@@ -82,7 +82,10 @@ impl Kind for Primes {
         if below > MAX_BELOW {
             return Err(ParamError::at(
                 params.below.span(),
-                format!("below = {below} is more than the {MAX_BELOW} (10^13) a primes job may count to"),
+                format!(
+                    "below = {below} is more than the {MAX_BELOW} (10^13) a primes job \
+                     may count to"
+                ),
             ));
         }
         Ok(())
@@ -121,7 +124,11 @@ impl Kind for Primes {
         task.hi.saturating_sub(task.lo)
     }
 
-    fn compute_chunk(task: &PrimesPart, _chunk: &[u8], cancel: &CancelFlag) -> Result<u64, Cancelled> {
+    fn compute_chunk(
+        task: &PrimesPart,
+        _chunk: &[u8],
+        cancel: &CancelFlag,
+    ) -> Result<u64, Cancelled> {
         count_primes(task.lo, task.hi, cancel)
     }
 
@@ -380,8 +387,16 @@ mod tests {
 
     #[test]
     fn tasks_beyond_the_limit_are_refused() {
-        assert!(Primes::validate(&PrimesPart { lo: 0, hi: MAX_BELOW }).is_ok());
-        assert!(Primes::validate(&PrimesPart { lo: 0, hi: MAX_BELOW + 1 }).is_err());
+        assert!(Primes::validate(&PrimesPart {
+            lo: 0,
+            hi: MAX_BELOW
+        })
+        .is_ok());
+        assert!(Primes::validate(&PrimesPart {
+            lo: 0,
+            hi: MAX_BELOW + 1
+        })
+        .is_err());
         assert!(Primes::validate(&PrimesPart { lo: 5, hi: 4 }).is_err());
         assert!(Primes::could_produce(&PrimesPart { lo: 0, hi: 10 }, &4));
         assert!(!Primes::could_produce(&PrimesPart { lo: 0, hi: 10 }, &7));
