@@ -658,6 +658,83 @@ mod tests {
     }
 
     #[test]
+    fn bad_job_files_name_the_line() {
+        let error = |keys: &str| {
+            let text = format!(
+                "parts = 2\n[job]\nkind = \"mandelbrot\"\nwidth = 64\nheight = 48\n{keys}\n"
+            );
+            crate::jobfile::parse(&text, Path::new("job.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("max_iter = 0"),
+            "job.toml:6:12: max_iter must be between 1 and 65535"
+        );
+        assert_eq!(
+            error("max_iter = 65536"),
+            "job.toml:6:12: max_iter must be between 1 and 65535"
+        );
+        let sized = |width: u64, height: u64| {
+            let text = format!(
+                "parts = 1\n[job]\nkind = \"mandelbrot\"\nwidth = {width}\nheight = {height}\nmax_iter = 9\n"
+            );
+            crate::jobfile::parse(&text, Path::new("job.toml")).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            sized(0, 10).unwrap_err(),
+            "job.toml:4:9: an image dimension must be at least 1"
+        );
+        assert_eq!(
+            sized(10, 0).unwrap_err(),
+            "job.toml:5:10: an image dimension must be at least 1"
+        );
+        assert_eq!(
+            sized(100_000, 100_000).unwrap_err(),
+            "job.toml:5:10: a 100000 x 100000 image has more than the 33554432 pixels (2^25) \
+             the client may hold"
+        );
+        assert!(sized(8192, 4096).is_ok());
+        assert_eq!(
+            error("max_iter = 9\nx_min = 1\nx_max = -1.5"),
+            "job.toml:8:9: x_min (1) must be less than x_max (-1.5)"
+        );
+        assert_eq!(
+            error("max_iter = 9\ny_min = 2"),
+            "job.toml:7:9: y_min (2) must be less than y_max (1.25)"
+        );
+        assert_eq!(
+            error("max_iter = 9\ny_max = nan"),
+            "job.toml:7:9: a coordinate must be a finite number"
+        );
+        assert_eq!(
+            error("max_iter = 9\noutput = \"set.jpg\""),
+            "job.toml:7:10: output must name a .png file"
+        );
+        assert!(
+            error("max_iter = 9\ncolour = 3").starts_with("job.toml:7:1: unknown field `colour`"),
+            "{}",
+            error("max_iter = 9\ncolour = 3")
+        );
+        assert_eq!(
+            error(""),
+            "job.toml:2:1: missing field `max_iter` (in a mandelbrot job)"
+        );
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_written_is_refused_when_loading() {
+        let text = "parts = 1\n[job]\nkind = \"mandelbrot\"\nwidth = 4\nheight = 4\nmax_iter = 9\n\
+                    output = \"no-such-folder-pool/set.png\"\n";
+        let file = crate::jobfile::parse(text, Path::new("job.toml")).unwrap();
+        let error = file.load_job().unwrap_err().to_string();
+        assert!(
+            error.starts_with("job.toml: output: cannot write no-such-folder-pool/set.png: "),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn tasks_out_of_bounds_are_refused() {
         let ok = MandelbrotPart {
             view: view(100, 100, 10),

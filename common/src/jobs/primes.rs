@@ -386,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn bad_job_files_name_the_line() {
+        let error = |below: &str| {
+            let text = format!("parts = 2\n[job]\nkind = \"primes\"\nbelow = {below}\n");
+            crate::jobfile::parse(&text, Path::new("job.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            error("0"),
+            "job.toml:4:9: below must be at least 1 (the job counts the primes in [0, below))"
+        );
+        assert_eq!(
+            error("10_000_000_000_001"),
+            "job.toml:4:9: below = 10000000000001 is more than the 10000000000000 (10^13) \
+             a primes job may count to"
+        );
+        assert_eq!(
+            error("1"),
+            "job.toml:1:9: parts = 2 is more than the 1 numbers to split"
+        );
+        assert!(error("-3").starts_with("job.toml:4:9: "), "{}", error("-3"));
+    }
+
+    #[test]
     fn tasks_beyond_the_limit_are_refused() {
         assert!(Primes::validate(&PrimesPart {
             lo: 0,
