@@ -15,8 +15,9 @@ fn example(name: &str) -> String {
     examples_dir().join(name).display().to_string()
 }
 
-/// Runs an example job file as it is, pointed at test servers if it names fixed ones.
-async fn run_example(name: &str, servers: Option<&str>) {
+/// Runs an example job file as it is, pointed at test servers if it names fixed ones,
+/// and returns its table.
+async fn run_example(name: &str, servers: Option<&str>) -> String {
     let path = example(name);
     let mut args = vec![path.as_str()];
     if let Some(servers) = servers {
@@ -41,6 +42,7 @@ async fn run_example(name: &str, servers: Option<&str>) {
             .unwrap_or_else(|| panic!("{name}: no {mode} row in\n{table}"));
         assert!(line.ends_with(" ok"), "{name}: {line}");
     }
+    table
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +59,16 @@ async fn every_example_job_file_runs() {
         // the others start their own (`local = N`).
         let text = std::fs::read_to_string(examples_dir().join(&name)).unwrap();
         let names_servers = text.lines().any(|l| l.starts_with("servers"));
-        run_example(&name, names_servers.then_some(list.as_str())).await;
+        let table = run_example(&name, names_servers.then_some(list.as_str())).await;
+        // The results the examples' comments promise.
+        let promised = match name.as_str() {
+            "primes.toml" => Some("result: 50847534\n"),
+            "mandelbrot.toml" => Some("result: 356241142\nwritten: "),
+            _ => None,
+        };
+        if let Some(promised) = promised {
+            assert!(table.contains(promised), "{name}: {table}");
+        }
         seen.push(name);
     }
     seen.sort();
@@ -65,8 +76,10 @@ async fn every_example_job_file_runs() {
         seen,
         [
             "loop.toml",
+            "mandelbrot.toml",
             "matrix-csv.toml",
             "matrix-sum.toml",
+            "primes.toml",
             "quickstart.toml",
             "sum-of-squares.toml"
         ]
