@@ -3,7 +3,7 @@
 //!
 //! It starts its own servers (real `pool-server` processes: this program run as
 //! `pool-bench serve`) and baselines (a raw TCP echo server and sink) on 127.0.0.1
-//! port 0, runs six scenarios several times, and prints one table: each figure is the
+//! port 0, runs seven scenarios several times, and prints one table: each figure is the
 //! median over the runs, beside its baseline and their ratio. See benchmarks/README.md.
 
 mod figures;
@@ -44,11 +44,11 @@ struct BenchArgs {
     json: bool,
 
     /// Repetitions of each scenario; figures are medians [default: 5, or 1 with --quick].
-    /// Scenarios 2, 4, 5 and 6 take tens of seconds per repetition and use at most 3.
+    /// Scenarios 2, 4, 5, 6 and 7 take tens of seconds per repetition and use at most 3.
     #[arg(long)]
     runs: Option<usize>,
 
-    /// Run only these scenarios (1-6), comma-separated.
+    /// Run only these scenarios (1-7), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
 }
@@ -124,7 +124,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |n: u8| args.only.as_ref().is_none_or(|only| only.contains(&n));
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    for n in 1..=6u8 {
+    for n in 1..=7u8 {
         if !wanted(n) {
             continue;
         }
@@ -135,7 +135,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             3 => scenarios::shipping::run(&settings).await,
             4 => scenarios::connections::run(&settings).await,
             5 => scenarios::spawning::run(&settings).await,
-            _ => scenarios::paper::run(&settings).await,
+            6 => scenarios::paper::run(&settings).await,
+            _ => scenarios::kernels::run(&settings).await,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

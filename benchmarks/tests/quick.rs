@@ -16,7 +16,7 @@ fn the_quick_run_reports_every_scenario() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let figures = doc["figures"].as_array().expect("a list of figures");
-    for n in 1..=6 {
+    for n in 1..=7 {
         let prefix = format!("{n} ");
         assert!(
             figures
