@@ -40,7 +40,7 @@ pub const MAX_ITER: u64 = u16::MAX as u64;
 const CANCEL_CHECK_PIXELS: usize = 64;
 
 /// Pixels of a row computed side by side (see [`escape_counts`]).
-const LANES: usize = 8;
+const LANES: usize = 4;
 
 /// The region drawn when the job file does not say: the whole set, centred.
 const DEFAULT_REGION: Region = Region {
@@ -479,29 +479,31 @@ impl View {
 /// One point's steps form a chain of dependent multiplications, so a core computing it
 /// alone mostly waits. The lanes are independent points stepped side by side (a lane
 /// that has escaped keeps its values and stops counting), which the core overlaps:
-/// several times the throughput, and the same counts as one point at a time.
-#[inline]
+/// about twice the throughput, and the same counts as one point at a time.
+#[inline(always)]
 fn escape_counts(cx: [f64; LANES], cy: f64, max_iter: u16) -> [u16; LANES] {
     let (mut x, mut y) = ([0.0f64; LANES], [0.0f64; LANES]);
-    let mut steps = [0u16; LANES];
+    // 64-bit counters and flags, as wide as the doubles beside them, measured faster
+    // than 16-bit ones; a count never exceeds `max_iter`, so it fits 16 bits at the end.
+    let mut steps = [0u64; LANES];
     for _ in 0..max_iter {
-        let mut any_left = false;
+        let mut any_left = 0;
         for lane in 0..LANES {
             let (x2, y2) = (x[lane] * x[lane], y[lane] * y[lane]);
-            let inside = x2 + y2 <= 4.0;
+            let inside = u64::from(x2 + y2 <= 4.0);
             // Selected, not branched on, so the lanes stay in step.
             let next_y = 2.0 * x[lane] * y[lane] + cy;
             let next_x = x2 - y2 + cx[lane];
-            y[lane] = if inside { next_y } else { y[lane] };
-            x[lane] = if inside { next_x } else { x[lane] };
-            steps[lane] += u16::from(inside);
+            y[lane] = if inside == 1 { next_y } else { y[lane] };
+            x[lane] = if inside == 1 { next_x } else { x[lane] };
+            steps[lane] += inside;
             any_left |= inside;
         }
-        if !any_left {
+        if any_left == 0 {
             break;
         }
     }
-    steps
+    steps.map(|s| s as u16)
 }
 
 /// The colour of a pixel that took `count` of `max_iter` steps: black inside the set,
@@ -600,7 +602,7 @@ mod tests {
 
     #[test]
     fn lanes_do_not_affect_each_other() {
-        let cx = [0.0, 2.5, -1.0, 0.3, 1.0, -2.0, 0.26, -0.75];
+        let cx = [0.0, 2.5, 0.3, -2.0];
         let together = escape_counts(cx, 0.0, 1000);
         for (lane, x) in cx.into_iter().enumerate() {
             assert_eq!(together[lane], escape_count(x, 0.0, 1000), "lane {lane}");
