@@ -3,7 +3,7 @@
 //!
 //! * primes: π(10^9) by our segmented sieve, beside a simple segmented sieve in C
 //!   (Kim Walisch's well-known `segmented_sieve.cpp`, in C: odd numbers, a byte each,
-//!   32 KiB segments).
+//!   32 KiB segments), and beside `primesieve` on one thread when it is installed.
 //! * mandelbrot: `examples/mandelbrot.toml`'s picture (1024 x 768, max_iter 2000),
 //!   steps per second, beside the same definition in C, one pixel at a time
 //!   (`-ffp-contract=off`, so gcc fuses no multiply-add and the counts are the same);
@@ -11,9 +11,10 @@
 //!   test.
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
+use anyhow::{ensure, Context};
 use pool_common::jobs::mandelbrot::{MandelbrotPart, Region, Rows, View};
 use pool_common::jobs::primes::count_primes;
 use pool_common::jobs::{compute_chunk, CancelFlag, PartResult, PartTask};
@@ -62,6 +63,9 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             "primes: pi(10^9) came out as {count}"
         );
         put("primes_s", secs(elapsed));
+        if let Some(seconds) = primesieve(below, count)? {
+            put("primesieve_s", seconds);
+        }
         if let Some(c) = &c_sieve {
             let (c_count, c_secs) = c.run(&[below.to_string()])?;
             ensure!(c_count == count, "C sieve: {c_count} primes, ours {count}");
@@ -113,6 +117,16 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         ),
         None => Figure::plain(SCENARIO, primes, "s", &v("primes_s")),
     });
+    if m.contains_key("primesieve_s") {
+        figures.push(Figure::against(
+            SCENARIO,
+            format!("primes below {below}, one core, against the state of the art"),
+            "s",
+            &v("primes_s"),
+            "primesieve, 1 thread",
+            &v("primesieve_s"),
+        ));
+    }
     let mandelbrot = format!(
         "mandelbrot {} x {}, max_iter {}, one core",
         view.width, view.height, view.max_iter
@@ -141,6 +155,33 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         &v("block_spread"),
     ));
     Ok(figures)
+}
+
+/// Seconds `primesieve` (Kim Walisch's prime sieve, the fastest there is; Debian
+/// package `primesieve-bin`) takes to count the primes below `below` on one thread,
+/// checked against `ours`; `None` when it is not installed.
+fn primesieve(below: u64, ours: u64) -> anyhow::Result<Option<f64>> {
+    let Ok(out) = Command::new("primesieve")
+        .args([
+            (below - 1).to_string(),
+            "--count".into(),
+            "--threads=1".into(),
+            "--time".into(),
+        ])
+        .output()
+    else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .with_context(|| format!("primesieve printed no {name:?}: {text}"))
+    };
+    let count: u64 = field("Primes:")?.parse()?;
+    ensure!(count == ours, "primesieve: {count} primes, ours {ours}");
+    Ok(Some(field("Seconds:")?.parse()?))
 }
 
 /// Computes the picture in [`BLOCKS`] row blocks, one after another on this thread:
