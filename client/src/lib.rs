@@ -228,7 +228,7 @@ pub async fn run_with_progress(
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {
         report.saved = job
-            .save(&report.reference())
+            .save(report.reference())
             .map_err(|message| anyhow::anyhow!("{}: {message}", job_file.path.display()))?;
     }
     Ok(report)

@@ -209,13 +209,13 @@ const MAX_PART_LINES: usize = 24;
 
 impl Report {
     /// The result every mode is checked against: the sequential one, or else the first.
-    pub fn reference(&self) -> PartResult {
-        self.runs
+    pub fn reference(&self) -> &PartResult {
+        &self
+            .runs
             .iter()
             .find(|r| r.mode == Mode::Sequential)
             .unwrap_or(&self.runs[0])
             .result
-            .clone()
     }
 
     /// Whether every mode's result, on every recorded run, equals the reference.
@@ -224,7 +224,7 @@ impl Report {
     }
 
     fn matches(&self, run: &ModeRun) -> bool {
-        run.consistent && run.result == self.reference()
+        run.consistent && run.result == *self.reference()
     }
 
     fn sequential_elapsed(&self) -> Option<Duration> {

@@ -140,6 +140,38 @@ fn a_bad_job_file_names_the_line_and_exits_2() {
 }
 
 #[test]
+fn a_bad_picture_is_refused_before_the_run_and_exits_2() {
+    let dir = temp_dir("mandelbrot");
+    let path = dir.join("job.toml");
+    let job = |keys: &str| {
+        format!("local = 1\nparts = 2\n[job]\nkind = \"mandelbrot\"\nmax_iter = 50\n{keys}\n")
+    };
+    std::fs::write(&path, job("width = 0\nheight = 10")).unwrap();
+    let output = run_client(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("job.toml:6:9: an image dimension must be at least 1"),
+        "{}",
+        stderr(&output)
+    );
+    // An output folder that does not exist is found before any server starts.
+    std::fs::write(
+        &path,
+        job("width = 8\nheight = 8\noutput = \"missing/set.png\""),
+    )
+    .unwrap();
+    let output = run_client(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("job.toml: output: cannot write")
+            && stderr(&output).contains("missing/set.png"),
+        "{}",
+        stderr(&output)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn json_holds_the_same_result_as_the_table_and_local_servers_are_gone_after() {
     let job = example("matrix-csv.toml");
     let table = stdout(&run_client(&[&job]));
