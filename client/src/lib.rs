@@ -215,7 +215,7 @@ pub async fn run_with_progress(
     drop(local_servers);
     let pool = stats::median_index(&pool_runs.iter().map(|r| r.elapsed).collect::<Vec<_>>())
         .map(|i| pool_runs[i].clone());
-    Ok(Report {
+    let mut report = Report {
         kind: job.kind().to_string(),
         job_file: job_file.path.display().to_string(),
         parts: parts.len(),
@@ -232,7 +232,15 @@ pub async fn run_with_progress(
             local_servers: local_count.filter(|_| options.modes.contains(&Mode::Pool)),
             input_bytes,
         },
-    })
+        saved: Vec::new(),
+    };
+    // Files are written from a result every mode agreed on, never from a disputed one.
+    if report.all_match() {
+        report.saved = job
+            .save(report.reference())
+            .map_err(|message| anyhow::anyhow!("{}: {message}", job_file.path.display()))?;
+    }
+    Ok(report)
 }
 
 /// Runs one local mode once, off the async threads.

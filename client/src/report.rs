@@ -2,6 +2,7 @@
 //! JSON document or CSV for scripts, and the per-part log.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pool_common::jobs::PartResult;
@@ -204,6 +205,9 @@ pub struct Report {
     pub environment: Environment,
     /// How the run was made.
     pub settings: RunSettings,
+    /// Files the job wrote from its result (a mandelbrot job's image), once every
+    /// mode agreed on it.
+    pub saved: Vec<PathBuf>,
 }
 
 /// Part lines are left out of the table above this many parts (the log has them).
@@ -211,13 +215,13 @@ const MAX_PART_LINES: usize = 24;
 
 impl Report {
     /// The result every mode is checked against: the sequential one, or else the first.
-    pub fn reference(&self) -> PartResult {
-        self.runs
+    pub fn reference(&self) -> &PartResult {
+        &self
+            .runs
             .iter()
             .find(|r| r.mode == Mode::Sequential)
             .unwrap_or(&self.runs[0])
             .result
-            .clone()
     }
 
     /// Whether every mode's result, on every recorded run, equals the reference.
@@ -226,7 +230,7 @@ impl Report {
     }
 
     fn matches(&self, run: &ModeRun) -> bool {
-        run.consistent && run.result == self.reference()
+        run.consistent && run.result == *self.reference()
     }
 
     fn sequential_elapsed(&self) -> Option<Duration> {
@@ -420,6 +424,9 @@ impl Report {
             }
         }
         let _ = writeln!(out, "\nresult: {}", self.reference());
+        for path in &self.saved {
+            let _ = writeln!(out, "written: {}", path.display());
+        }
         out
     }
 
@@ -501,6 +508,7 @@ impl Report {
             "parts": self.parts,
             "result": self.reference().to_string(),
             "ok": self.all_match(),
+            "saved": self.saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "environment": self.environment.json(),
             "settings": {
                 "repeat": settings.repeat,

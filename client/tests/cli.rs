@@ -15,8 +15,9 @@ fn example(name: &str) -> String {
     examples_dir().join(name).display().to_string()
 }
 
-/// Runs an example job file as it is, pointed at test servers if it names fixed ones.
-async fn run_example(name: &str, servers: Option<&str>) {
+/// Runs an example job file as it is, pointed at test servers if it names fixed ones,
+/// and returns its table.
+async fn run_example(name: &str, servers: Option<&str>) -> String {
     let path = example(name);
     let mut args = vec![path.as_str()];
     if let Some(servers) = servers {
@@ -41,6 +42,7 @@ async fn run_example(name: &str, servers: Option<&str>) {
             .unwrap_or_else(|| panic!("{name}: no {mode} row in\n{table}"));
         assert!(line.ends_with(" ok"), "{name}: {line}");
     }
+    table
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +59,16 @@ async fn every_example_job_file_runs() {
         // the others start their own (`local = N`).
         let text = std::fs::read_to_string(examples_dir().join(&name)).unwrap();
         let names_servers = text.lines().any(|l| l.starts_with("servers"));
-        run_example(&name, names_servers.then_some(list.as_str())).await;
+        let table = run_example(&name, names_servers.then_some(list.as_str())).await;
+        // The results the examples' comments promise.
+        let promised = match name.as_str() {
+            "primes.toml" => Some("result: 50847534\n"),
+            "mandelbrot.toml" => Some("result: 356241142\nwritten: "),
+            _ => None,
+        };
+        if let Some(promised) = promised {
+            assert!(table.contains(promised), "{name}: {table}");
+        }
         seen.push(name);
     }
     seen.sort();
@@ -65,10 +76,12 @@ async fn every_example_job_file_runs() {
         seen,
         [
             "loop.toml",
+            "mandelbrot.toml",
             "matrix-csv.toml",
             "matrix-float.toml",
             "matrix-spreadsheet.toml",
             "matrix-sum.toml",
+            "primes.toml",
             "quickstart.toml",
             "sum-of-squares.toml"
         ]
@@ -162,6 +175,38 @@ fn a_bad_job_file_names_the_line_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("job.toml:5:14:"),
+        "{}",
+        stderr(&output)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_bad_picture_is_refused_before_the_run_and_exits_2() {
+    let dir = temp_dir("mandelbrot");
+    let path = dir.join("job.toml");
+    let job = |keys: &str| {
+        format!("local = 1\nparts = 2\n[job]\nkind = \"mandelbrot\"\nmax_iter = 50\n{keys}\n")
+    };
+    std::fs::write(&path, job("width = 0\nheight = 10")).unwrap();
+    let output = run_client(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("job.toml:6:9: an image dimension must be at least 1"),
+        "{}",
+        stderr(&output)
+    );
+    // An output folder that does not exist is found before any server starts.
+    std::fs::write(
+        &path,
+        job("width = 8\nheight = 8\noutput = \"missing/set.png\""),
+    )
+    .unwrap();
+    let output = run_client(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("job.toml: output: cannot write")
+            && stderr(&output).contains("missing/set.png"),
         "{}",
         stderr(&output)
     );

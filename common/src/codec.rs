@@ -335,7 +335,29 @@ pub fn encoded_message_len(value: &impl Serialize) -> Result<usize, FrameError> 
 
 /// Decodes a message encoded by [`encode_message`]; every byte must be used.
 pub fn decode_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+    decode_with(bytes, bincode_config())
+}
+
+/// The longest message [`decode_large_message`] decodes: a part's result that travels
+/// in data frames after its reply.
+pub const MAX_LARGE_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Decodes a part's result that arrived in data frames ([`crate::wire`]): as
+/// [`decode_message`], with room for [`MAX_LARGE_MESSAGE_BYTES`] instead of one frame.
+/// (bincode's limit also bounds what a length inside the message may claim; a frame's
+/// limit would refuse every result longer than a frame.)
+pub fn decode_large_message<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FrameError> {
+    decode_with(
+        bytes,
+        bincode::config::standard().with_limit::<MAX_LARGE_MESSAGE_BYTES>(),
+    )
+}
+
+fn decode_with<T: DeserializeOwned>(
+    bytes: &[u8],
+    config: impl bincode::config::Config,
+) -> Result<T, FrameError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != bytes.len() {
         return Err(FrameError::Decode(format!(

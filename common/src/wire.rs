@@ -13,8 +13,8 @@ use std::io::{Read, Write};
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{
-    decode_message, encode_frame, encode_message, encoded_message_len, read_frame_blocking,
-    write_frame_blocking, Frame, FrameError,
+    decode_large_message, encode_frame, encode_message, encoded_message_len, read_frame_blocking,
+    write_frame_blocking, Frame, FrameError, MAX_LARGE_MESSAGE_BYTES,
 };
 use crate::jobs::{chunks_of, PartResult, PartTask};
 use crate::protocol::{RemoteError, Reply, Request, INLINE_RESULT_BYTES};
@@ -134,7 +134,7 @@ impl IncomingResult {
     /// Expects `result_bytes` bytes of a result of `task`; refuses more than the task
     /// can produce, before anything is allocated.
     pub fn new(task: &PartTask, result_bytes: u64) -> Result<IncomingResult, String> {
-        let limit = task.max_result_bytes();
+        let limit = task.max_result_bytes().min(MAX_LARGE_MESSAGE_BYTES as u64);
         if result_bytes > limit {
             return Err(format!(
                 "a result of {result_bytes} bytes, where a {} part's is at most {limit}",
@@ -161,7 +161,7 @@ impl IncomingResult {
         if self.received.len() < self.expected {
             return Ok(None);
         }
-        decode_message(&self.received)
+        decode_large_message(&self.received)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -244,7 +244,9 @@ pub fn read_answer_blocking(
 mod tests {
     use super::*;
     use crate::jobs::loop_sum::LoopPart;
+    use crate::jobs::mandelbrot::{MandelbrotPart, Region, View};
     use crate::jobs::matrix_sum::{Element, MatrixPart};
+    use crate::jobs::CancelFlag;
 
     #[test]
     fn a_part_goes_out_as_its_request_then_its_chunks() {
@@ -325,6 +327,37 @@ mod tests {
         // Cut short, it is an error, not a hang or a wrong result.
         let short = &stream[..stream.len() - 1];
         assert!(read_answer_blocking(&mut &short[..], 2, &task).is_err());
+    }
+
+    #[test]
+    fn a_result_longer_than_a_frame_reads_back() {
+        // 2048 x 1300 pixels, two bytes each: 5.3 MB, more than one frame may hold.
+        let task = PartTask::Mandelbrot(MandelbrotPart {
+            view: View {
+                region: Region {
+                    x_min: -2.0,
+                    x_max: 0.5,
+                    y_min: -1.25,
+                    y_max: 1.25,
+                },
+                width: 2048,
+                height: 1300,
+                max_iter: 1,
+            },
+            first_row: 0,
+            rows: 1300,
+        });
+        let result = crate::jobs::compute_chunk(&task, &[], &CancelFlag::new()).unwrap();
+        let frames = result_frames(9, result.clone(), 1).unwrap();
+        assert!(frames.len() > 2, "{} frames", frames.len());
+        let mut stream = Vec::new();
+        for frame in &frames {
+            write_frame_blocking(&mut stream, frame).unwrap();
+        }
+        assert_eq!(
+            read_answer_blocking(&mut &stream[..], 9, &task),
+            Ok(PartAnswer::Done(result, 1))
+        );
     }
 
     #[test]

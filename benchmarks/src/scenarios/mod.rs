@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod float_sum;
+pub mod kernels;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
@@ -9,6 +10,8 @@ pub mod shipping;
 pub mod skewed;
 pub mod spawning;
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -163,4 +166,66 @@ pub fn secs(d: Duration) -> f64 {
 /// Microseconds as f64.
 pub fn micros(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1000.0
+}
+
+/// A C program compiled with `gcc -O3` for this run: the yardstick for one of our
+/// kernels. It prints an integer result (checked against ours) and a measurement.
+pub struct CProgram {
+    exe: PathBuf,
+}
+
+impl CProgram {
+    /// Compiles `source` as `name` with `gcc -O3` and `flags`; `None` (and a note on
+    /// stderr) without a working gcc.
+    pub fn build(name: &str, source: &str, flags: &[&str]) -> Option<CProgram> {
+        let dir = std::env::temp_dir().join(format!("pool-bench-{}-{name}", std::process::id()));
+        let source_file = dir.join(format!("{name}.c"));
+        let exe = dir.join(name);
+        let built = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&source_file, source))
+            .and_then(|()| {
+                Command::new("gcc")
+                    .arg("-O3")
+                    .args(flags)
+                    .arg("-o")
+                    .arg(&exe)
+                    .arg(&source_file)
+                    .status()
+            });
+        match built {
+            Ok(status) if status.success() => Some(CProgram { exe }),
+            _ => {
+                eprintln!("note: no C baseline (gcc -O3 could not build {name}.c)");
+                None
+            }
+        }
+    }
+
+    /// Runs the program with `args`: its result and its measurement.
+    pub fn run(&self, args: &[String]) -> anyhow::Result<(u64, f64)> {
+        let out = Command::new(&self.exe).args(args).output()?;
+        let name = self.exe.display();
+        if !out.status.success() {
+            bail!("{name} failed");
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        let result = words
+            .next()
+            .with_context(|| format!("{name}: no output"))?
+            .parse()?;
+        let measured = words
+            .next()
+            .with_context(|| format!("{name}: one number only"))?
+            .parse()?;
+        Ok((result, measured))
+    }
+}
+
+impl Drop for CProgram {
+    fn drop(&mut self) {
+        if let Some(dir) = self.exe.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }

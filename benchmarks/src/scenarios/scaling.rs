@@ -4,15 +4,12 @@
 //! in C compiled with gcc -O3, when gcc is there.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 
-use anyhow::{bail, Context};
 use pool_client::local;
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{CancelFlag, Job, PartResult};
 
-use super::{blocking, check, loop_ns_per_iteration, pool_mode, secs, Settings};
+use super::{blocking, check, loop_ns_per_iteration, pool_mode, secs, CProgram, Settings};
 use crate::figures::{Figure, Goal};
 use crate::procs::{self_exe, Helper};
 
@@ -30,7 +27,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         .collect::<anyhow::Result<_>>()?;
     let addrs: Vec<&str> = servers.iter().map(|h| h.addr.as_str()).collect();
     let job = Job::Loop(iterations);
-    let c_kernel = CKernel::build();
+    let c_kernel = CProgram::build("loop", C_LOOP, &[]);
     let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut put = |k: String, v: f64| m.entry(k).or_default().push(v);
 
@@ -63,7 +60,7 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         }
         if let Some(kernel) = &c_kernel {
             let n = iterations / 4;
-            let (c_ns, c_sum) = kernel.run(n)?;
+            let (c_sum, c_ns) = kernel.run(&[n.to_string()])?;
             let ours = blocking(move || {
                 let started = std::time::Instant::now();
                 let sum = LoopPart { lo: 0, hi: n }
@@ -143,12 +140,8 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
-/// The loop kernel written in C and compiled with `gcc -O3`: the yardstick for ours.
-struct CKernel {
-    exe: PathBuf,
-}
-
-const C_SOURCE: &str = r#"
+/// The loop kernel written in C: the yardstick for ours.
+const C_LOOP: &str = r#"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,49 +163,3 @@ int main(int argc, char **argv) {
     return 0;
 }
 "#;
-
-impl CKernel {
-    /// Compiles the C loop; `None` (and a note on stderr) without a working gcc.
-    fn build() -> Option<CKernel> {
-        let dir = std::env::temp_dir().join(format!("pool-bench-{}", std::process::id()));
-        let source = dir.join("loop.c");
-        let exe = dir.join("loop");
-        let built = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&source, C_SOURCE))
-            .and_then(|()| {
-                Command::new("gcc")
-                    .args(["-O3", "-o"])
-                    .arg(&exe)
-                    .arg(&source)
-                    .status()
-            });
-        match built {
-            Ok(status) if status.success() => Some(CKernel { exe }),
-            _ => {
-                eprintln!("note: no C baseline (gcc -O3 could not build the C loop)");
-                None
-            }
-        }
-    }
-
-    /// Runs `n` iterations: ns per iteration and the sum.
-    fn run(&self, n: u64) -> anyhow::Result<(f64, u64)> {
-        let out = Command::new(&self.exe).arg(n.to_string()).output()?;
-        if !out.status.success() {
-            bail!("the C loop failed");
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut words = text.split_whitespace();
-        let sum = words.next().context("C loop output")?.parse()?;
-        let ns = words.next().context("C loop output")?.parse()?;
-        Ok((ns, sum))
-    }
-}
-
-impl Drop for CKernel {
-    fn drop(&mut self) {
-        if let Some(dir) = self.exe.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}

@@ -22,7 +22,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,16 @@ pub trait Kind {
     /// longer one before reading it.
     fn max_result_bytes(_task: &Self::Task) -> u64 {
         DEFAULT_MAX_RESULT_BYTES
+    }
+
+    /// Writes the job's result to the files its job file names (a picture), and
+    /// returns their paths. The client calls it once, after every mode has run and
+    /// given the same result; servers and worker processes never do. Results travel
+    /// and are compared as values, and a part cannot know where the job's files go nor
+    /// hold the whole result, so this is the one place a kind can turn its combined
+    /// result into a file. By default a kind writes nothing.
+    fn save(_data: &Self::Data, _output: &Self::Output) -> Result<Vec<PathBuf>, String> {
+        Ok(Vec::new())
     }
 }
 
@@ -558,6 +568,18 @@ macro_rules! job_kinds {
                 }
             }
 
+            /// See [`Kind::save`]; fails if `result` is of another kind.
+            pub fn save(&self, result: &PartResult) -> Result<Vec<PathBuf>, String> {
+                match self {
+                    $(Job::$variant(data) => {
+                        let PartResult::$variant(output) = result else {
+                            return Err(format!("a result of another kind than this {} job", self.kind()));
+                        };
+                        <$module::$kind as Kind>::save(data, output)
+                    })+
+                }
+            }
+
             /// The part covering units `[lo, hi)`: its task and input.
             fn part(&self, lo: u64, hi: u64) -> (PartTask, Bytes) {
                 match self {
@@ -575,6 +597,8 @@ job_kinds! {
     Loop => loop_sum::LoopSum,
     MatrixSum => matrix_sum::MatrixSum,
     SumOfSquares => sum_of_squares::SumOfSquares,
+    Primes => primes::Primes,
+    Mandelbrot => mandelbrot::Mandelbrot,
 }
 
 #[cfg(test)]
