@@ -133,7 +133,7 @@ async fn a_frozen_server_fails_its_connection() {
         .await
         .unwrap();
     // As a hung machine or a cut link looks: the socket stays open, nothing answers.
-    server.signal("STOP");
+    server.freeze();
     let error = tokio::time::timeout(HANG_GUARD, connection.run_part(&loop_part(0, 0, 10)))
         .await
         .expect("a frozen server must not hang the client")

@@ -119,7 +119,7 @@ async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
     }
     assert!(holding, "the server never got its part");
     let frozen = servers[0].address.clone();
-    servers[0].signal("STOP");
+    servers[0].freeze();
     let report = run.await.unwrap();
     servers[0].signal("CONT");
     let report = report.unwrap();

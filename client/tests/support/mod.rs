@@ -119,6 +119,27 @@ impl ServerProcess {
         assert!(status.success());
     }
 
+    /// Stops the process with SIGSTOP, as a hung machine or a cut link looks, and
+    /// returns once the kernel reports it stopped (a signal is delivered
+    /// asynchronously; a test that sends a part right after must find it frozen).
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let stat = format!("/proc/{}/stat", self.pid());
+        for _ in 0..500 {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // The state follows the command name's closing parenthesis.
+            if state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('T'))
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("process {} did not stop", self.pid());
+    }
+
     /// Waits for the process to exit, at most `limit`; `None` if it is still running.
     pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + limit;
