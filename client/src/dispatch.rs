@@ -668,9 +668,22 @@ struct Running {
     kind: AttemptKind,
     reason: String,
     start: Duration,
-    started: Instant,
     /// Dropped or fired to cancel the attempt.
     cancel: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// The attempt's record, ended at `end` with `outcome`.
+    fn record(&self, server: &str, end: Duration, outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
+            server: server.to_string(),
+            kind: self.kind,
+            reason: self.reason.clone(),
+            start: self.start,
+            end,
+            outcome,
+        }
+    }
 }
 
 /// What the scheduler knows of one part.
@@ -959,7 +972,6 @@ impl<'a> Scheduler<'a> {
             kind,
             reason: choice.reason,
             start: self.pool.started.elapsed(),
-            started: Instant::now(),
             cancel,
         });
         let pool = self.pool;
@@ -976,32 +988,22 @@ impl<'a> Scheduler<'a> {
         );
     }
 
-    /// Takes in an ended attempt: the part's result, or a failure to retry.
+    /// Takes in an ended attempt: the part's result, or a failure to retry. An attempt
+    /// cancelled because another copy won was filed as lost then, and its late end is
+    /// ignored.
     fn ended(&mut self, ended: Ended) {
         let Ended { part, id, outcome } = ended;
         let Some(index) = self.states[part].running.iter().position(|r| r.id == id) else {
-            // Cancelled, and already filed as lost.
             return;
         };
+        let outcome = outcome.expect("only attempts no longer running are cancelled");
         let running = self.states[part].running.remove(index);
         self.servers[running.server].in_flight.remove(&id);
         self.servers[running.server].last_answer = Some(Instant::now());
         let slot = &self.pool.slots[running.server];
         let end = self.pool.started.elapsed();
-        let attempt = |outcome| AttemptRecord {
-            server: slot.address.clone(),
-            kind: running.kind,
-            reason: running.reason.clone(),
-            start: running.start,
-            end,
-            outcome,
-        };
         match outcome {
-            None => self.states[part].file(attempt(AttemptOutcome::Lost)),
-            Some(Ok(_)) if self.states[part].record.is_some() => {
-                self.states[part].file(attempt(AttemptOutcome::Lost));
-            }
-            Some(Ok(reply)) => {
+            Ok(reply) => {
                 self.pool.observer.part_done(&slot.address);
                 let items = self.parts[part].task.work_items().max(1) as f64;
                 let observed = reply.compute.as_nanos() as f64 / items;
@@ -1011,29 +1013,24 @@ impl<'a> Scheduler<'a> {
                 slot.set_failure(None);
                 let record = self.part_record(part, &running, reply);
                 let state = &mut self.states[part];
-                state.file(attempt(AttemptOutcome::Won));
+                state.file(running.record(&slot.address, end, AttemptOutcome::Won));
                 state.record = Some(record);
                 // The other copy is no longer wanted.
                 for other in std::mem::take(&mut state.running) {
-                    let loser = AttemptRecord {
-                        server: self.pool.slots[other.server].address.clone(),
-                        kind: other.kind,
-                        reason: other.reason,
-                        start: other.start,
-                        end,
-                        outcome: AttemptOutcome::Lost,
-                    };
-                    let _ = other.cancel.send(());
+                    let address = &self.pool.slots[other.server].address;
+                    state.file(other.record(address, end, AttemptOutcome::Lost));
                     self.servers[other.server].in_flight.remove(&other.id);
-                    state.file(loser);
+                    let _ = other.cancel.send(());
                 }
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 tracing::info!(part, server = %slot.address, %error, "attempt failed");
                 slot.set_failure(Some(error.to_string()));
                 let state = &mut self.states[part];
-                state.file(attempt(AttemptOutcome::Failed(error.to_string())));
-                if state.record.is_some() || !state.running.is_empty() {
+                let failed = AttemptOutcome::Failed(error.to_string());
+                state.file(running.record(&slot.address, end, failed));
+                // A copy still running elsewhere may yet answer.
+                if !state.running.is_empty() {
                     return;
                 }
                 state.failures += 1;
@@ -1229,15 +1226,12 @@ impl<'a> Scheduler<'a> {
                 let items = part.task.work_items().max(1) as f64;
                 let running = &state.running[0];
                 let server = &self.servers[running.server];
-                let could_start = server
-                    .last_answer
-                    .map_or(running.started, |answer| answer.max(running.started));
+                let (sent, _) = server.in_flight[&running.id];
+                let could_start = server.last_answer.map_or(sent, |answer| answer.max(sent));
                 let ran = could_start.elapsed().as_secs_f64();
                 let expected = typical * items / 1e9;
                 let own = rate_of(running.server) * items / 1e9;
-                let queued = server.in_flight.get(&running.id).is_some_and(|(sent, _)| {
-                    server.in_flight.values().any(|(other, _)| other < sent)
-                });
+                let queued = server.in_flight.values().any(|(other, _)| *other < sent);
                 let left = if queued { own } else { (own - ran).max(0.0) };
                 let copy = fastest_idle * items / 1e9;
                 let straggling =

@@ -7,21 +7,13 @@ mod support;
 use std::time::Duration;
 
 use pool_client::dispatch::{AttemptRecord, ComputedBy, PartRecord};
-use pool_client::report::Mode;
 use support::{
-    dead_address, job_file, options, reference_result, run_client, stderr, ServerProcess,
+    dead_address, job_file, pool_only, reference_result, run_client, stderr, ServerProcess,
 };
 
 /// The first failed attempt at a part that was retried.
 fn first_failure(part: &PartRecord) -> &AttemptRecord {
     part.failed_attempts().next().expect("the part was retried")
-}
-
-/// Options that run only the pool mode on `servers`.
-fn pool_only(servers: Vec<String>) -> pool_client::RunOptions {
-    let mut options = options(servers);
-    options.modes = vec![Mode::Pool];
-    options
 }
 
 /// A loop job with parts that take a few hundred milliseconds each.

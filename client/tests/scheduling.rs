@@ -8,17 +8,14 @@ use std::time::Duration;
 
 use pool_client::connection::ConnectOptions;
 use pool_client::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PoolRun};
-use pool_client::report::Mode;
 use pool_client::servers::CpuQuota;
-use support::{job_file, options, reference_result, ServerProcess};
+use support::{job_file, pool_only, reference_result, ServerProcess};
 
 /// Runs only the pool mode of `job_text` on `servers` and returns its run, checked
 /// exact against a local computation.
 async fn pool_run(job_text: &str, servers: Vec<String>) -> PoolRun {
     let job = job_file(job_text);
-    let mut opts = options(servers);
-    opts.modes = vec![Mode::Pool];
-    let report = pool_client::run(&job, &opts).await.unwrap();
+    let report = pool_client::run(&job, &pool_only(servers)).await.unwrap();
     assert_eq!(report.runs[0].result, reference_result(&job), "{job_text}");
     report.pool.unwrap()
 }
@@ -100,8 +97,7 @@ async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
         "parts = 3\npart_timeout = 120\nliveness_timeout = 0.5\n[job]\nkind = \"loop\"\niterations = 2_400_000_000\n",
     );
     let expected = reference_result(&job);
-    let mut opts = options(addresses(&servers));
-    opts.modes = vec![Mode::Pool];
+    let opts = pool_only(addresses(&servers));
     let run = tokio::spawn(async move { pool_client::run(&job, &opts).await });
     // Freeze a server once it holds a part (none finishes one for seconds).
     let mut holding = false;

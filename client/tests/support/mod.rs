@@ -65,6 +65,14 @@ pub fn options(servers: Vec<String>) -> RunOptions {
     }
 }
 
+/// Options running only the pool mode on `servers`.
+pub fn pool_only(servers: Vec<String>) -> RunOptions {
+    RunOptions {
+        modes: vec![Mode::Pool],
+        ..options(servers)
+    }
+}
+
 /// Runs the pool-client binary with `args` and returns what it did.
 pub fn run_client(args: &[&str]) -> Output {
     Command::new(client_exe())
