@@ -177,6 +177,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let picos = monitor.loop_picos_per_iteration().expect("calibrated");
-        assert!(picos >= 1, "{picos}");
+        // An iteration is a few nanoseconds on any machine this runs on, even in a
+        // debug build; a microsecond would mean the measurement is broken.
+        assert!(
+            (100..1_000_000).contains(&picos),
+            "{picos} ps per iteration"
+        );
     }
 }
