@@ -3,6 +3,8 @@
 //!
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
 //! * [`servers`]: servers started locally for one run.
+//! * [`netlab`]: several hosts on one machine (network namespaces), for tests and
+//!   benchmarks.
 //! * [`placement`]: which server a part goes to.
 //! * [`dispatch`]: the pool mode: parts out as servers free up, stragglers copied,
 //!   results in.
@@ -16,6 +18,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod environment;
 pub mod local;
+pub mod netlab;
 pub mod placement;
 pub mod progress;
 pub mod report;

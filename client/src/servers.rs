@@ -73,8 +73,17 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
 /// [`listening_line`](pool_server::cli::listening_line), read within 10 s. If it prints
 /// anything else first, or nothing, it is killed.
 pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(exe)
-        .args(args)
+    let mut command = Command::new(exe);
+    command.args(args);
+    spawn_command_listening(command)
+}
+
+/// [`spawn_listening`] for a command already built (a program run in a network
+/// namespace by `ip netns exec`, with its own environment): the same pipes, the same
+/// `RUST_LOG`, the same wait for its listening line.
+pub fn spawn_command_listening(mut command: Command) -> anyhow::Result<(Child, String)> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -83,7 +92,7 @@ pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot start {}", exe.display()))?;
+        .with_context(|| format!("cannot start {program}"))?;
     let stdout = child.stdout.take().expect("piped");
     match read_listen_address(stdout) {
         Ok(address) => Ok((child, address)),

@@ -1,0 +1,532 @@
+//! Several hosts on one machine: Linux network namespaces on a bridge, each link held
+//! to a LAN's bandwidth by `tc`. For the tests and benchmarks that must cross a real
+//! network: distinct addresses, a link slower than memory, a cable pulled out.
+//!
+//! A [`NetLab`] with three servers looks like this (every name carries this process's
+//! id and a counter, so the labs of tests running in parallel never meet):
+//!
+//! ```text
+//!  poollab-PID-N-s0   poollab-PID-N-s1   poollab-PID-N-s2   poollab-PID-N-c
+//!  eth0 10.77.0.10    eth0 10.77.0.11    eth0 10.77.0.12    eth0 10.77.0.2
+//!       |                  |                  |                  |
+//!  +----s0-----------------s1-------br0-------s2-----------------c----+
+//!  |                        poollab-PID-N-sw (the switch)             |
+//!  +------------------------------------------------------------------+
+//! ```
+//!
+//! The bridge and the switch's ends of the veth pairs live in a namespace of their
+//! own, so the machine's own network namespace gets no interface, no address and no
+//! route: nothing in the lab can reach the host's network or another lab, and traffic
+//! goes only between the lab's own addresses. Both ends of every link have a `tbf`
+//! qdisc at the lab's rate, so each direction of each cable is limited as on switched
+//! Ethernet, and the client's one link is shared by everything it ships. Where the
+//! kernel has `netem`, a delay is added under each `tbf`; where it has not (this
+//! project's machines), [`NetLab::delay`] says why there is none.
+//!
+//! Dropping the lab kills whatever still runs in its namespaces and deletes them,
+//! which deletes their interfaces and qdiscs with them, also when a test panics. A lab
+//! left behind by a process killed outright (SIGKILL) is removed by the next lab made
+//! on the machine, once no process with its id runs.
+//!
+//! It needs root and iproute2 (`ip`, `tc`); where either is missing, or the kernel or a
+//! sandbox refuses namespaces, [`NetLab::new`] returns [`LabError::Unavailable`] and
+//! the caller skips, saying why.
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// The prefix of every namespace a lab creates; with the process id after it, it tells
+/// which labs are left over from a process that is gone.
+const PREFIX: &str = "poollab-";
+
+/// The lab's subnet. Every lab has its own switch, so two labs using the same
+/// addresses never see each other, and the host's routes never see either.
+pub const SUBNET: &str = "10.77.0.0/24";
+
+/// The client's address.
+const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+/// The first server's address; the others follow.
+const FIRST_SERVER: u8 = 10;
+
+/// What lab to build.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Server hosts (besides the client).
+    pub servers: usize,
+    /// Each link's rate in each direction, as `tc` reads it (`1gbit`, `100mbit`).
+    pub rate: String,
+    /// Latency added from one host to another, with `netem`, where the kernel has it.
+    pub one_way_delay: Option<Duration>,
+}
+
+impl Default for LabConfig {
+    /// Three servers on a 1 Gbit/s LAN with 0.1 ms from host to host (where `netem`
+    /// exists).
+    fn default() -> Self {
+        LabConfig {
+            servers: 3,
+            rate: "1gbit".into(),
+            one_way_delay: Some(Duration::from_micros(100)),
+        }
+    }
+}
+
+/// Why no lab was built.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// This machine does not allow network namespaces here (not root, no iproute2, or
+    /// the kernel or a sandbox refuses): tests and benchmarks skip, saying this.
+    #[error("needs root and iproute2 (ip netns): {0}")]
+    Unavailable(String),
+    /// Namespaces can be made here, but building the lab failed: a real failure.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// One host of the lab: a network namespace with one interface, `eth0`, on the switch.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The namespace's name (for `ip netns exec`).
+    pub namespace: String,
+    /// Its address on the lab's subnet.
+    pub address: Ipv4Addr,
+    /// The name of the switch's end of its cable (in the switch's namespace).
+    pub port: String,
+}
+
+/// Network namespaces on a bridge with rate-limited links, removed when dropped. See
+/// the [module documentation](self).
+#[derive(Debug)]
+pub struct NetLab {
+    switch: String,
+    servers: Vec<Host>,
+    client: Option<Host>,
+    rate: String,
+    delay: Result<Duration, String>,
+    token: String,
+    /// Namespaces created so far, removed on drop (also when building fails half-way).
+    created: Vec<String>,
+}
+
+impl NetLab {
+    /// Builds a lab: the switch, `config.servers` server hosts and a client host, each
+    /// link limited to `config.rate` each way.
+    pub fn new(config: &LabConfig) -> Result<NetLab, LabError> {
+        check_prerequisites()?;
+        remove_abandoned_labs();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch = format!("{name}-sw");
+        // The first namespace tells whether this machine allows them at all; anything
+        // failing after it is a real failure.
+        run(&["ip", "netns", "add", &switch]).map_err(|e| {
+            LabError::Unavailable(format!("cannot create a network namespace: {e:#}"))
+        })?;
+        let mut lab = NetLab {
+            switch: switch.clone(),
+            servers: Vec::new(),
+            client: None,
+            rate: config.rate.clone(),
+            delay: Ok(Duration::ZERO),
+            token: format!("{:016x}", rand::random::<u64>()),
+            created: vec![switch],
+        };
+        lab.build(&name, config)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, name: &str, config: &LabConfig) -> anyhow::Result<()> {
+        if config.servers == 0 || config.servers > 200 {
+            bail!("a lab has 1 to 200 servers, not {}", config.servers);
+        }
+        let sw = self.switch.clone();
+        run(&["ip", "-n", &sw, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        // Half the one-way delay on each end's egress: host to switch, switch to host.
+        let mut half_delay = config.one_way_delay.filter(|d| !d.is_zero()).map(|d| d / 2);
+        if config.one_way_delay.is_none() {
+            self.delay = Err("no delay was asked for".into());
+        }
+        for i in 0..=config.servers {
+            let is_client = i == config.servers;
+            let (namespace, address, port) = if is_client {
+                (format!("{name}-c"), CLIENT_ADDRESS, "c".to_string())
+            } else {
+                (
+                    format!("{name}-s{i}"),
+                    Ipv4Addr::new(10, 77, 0, FIRST_SERVER + i as u8),
+                    format!("s{i}"),
+                )
+            };
+            run(&["ip", "netns", "add", &namespace])?;
+            self.created.push(namespace.clone());
+            run(&["ip", "-n", &namespace, "link", "set", "lo", "up"])?;
+            run(&[
+                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &namespace,
+            ])?;
+            run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0"])?;
+            run(&["ip", "-n", &sw, "link", "set", &port, "up"])?;
+            let cidr = format!("{address}/24");
+            run(&["ip", "-n", &namespace, "addr", "add", &cidr, "dev", "eth0"])?;
+            run(&["ip", "-n", &namespace, "link", "set", "eth0", "up"])?;
+            for (ns, dev) in [(sw.as_str(), port.as_str()), (namespace.as_str(), "eth0")] {
+                limit_rate(ns, dev, &config.rate)?;
+                if let Some(half) = half_delay {
+                    match add_delay(ns, dev, half) {
+                        Ok(()) => self.delay = Ok(half * 2),
+                        Err(why) => {
+                            // Tried once: the kernel either has netem or it has not.
+                            self.delay = Err(why);
+                            half_delay = None;
+                        }
+                    }
+                }
+            }
+            let host = Host {
+                namespace,
+                address,
+                port,
+            };
+            if is_client {
+                self.client = Some(host);
+            } else {
+                self.servers.push(host);
+            }
+        }
+        Ok(())
+    }
+
+    /// The server hosts.
+    pub fn servers(&self) -> &[Host] {
+        &self.servers
+    }
+
+    /// The client host.
+    pub fn client(&self) -> &Host {
+        self.client.as_ref().expect("built with a client")
+    }
+
+    /// Each link's rate, as given to `tc` (e.g. `1gbit`).
+    pub fn rate(&self) -> &str {
+        &self.rate
+    }
+
+    /// The one-way delay from host to host, or why there is none (e.g. the kernel has
+    /// no `netem`).
+    pub fn delay(&self) -> Result<Duration, &str> {
+        self.delay.as_ref().copied().map_err(String::as_str)
+    }
+
+    /// The token this lab's servers are started with ([`NetLab::command`] passes it to
+    /// every program as `POOL_TOKEN`): servers listening beyond loopback should have one.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// What the lab is, in one line for a report.
+    pub fn describe(&self) -> String {
+        let delay = match self.delay() {
+            Ok(d) => format!("{} us one way", d.as_micros()),
+            Err(why) => format!("no added delay ({why})"),
+        };
+        format!(
+            "{} server namespaces and a client namespace on a bridge ({SUBNET}), every link {} each way (tc tbf), {delay}",
+            self.servers.len(),
+            self.rate
+        )
+    }
+
+    /// A command that runs `program` in `host`'s namespace (`ip netns exec`), with the
+    /// lab's token in `POOL_TOKEN`. `ip netns exec` replaces itself with the program,
+    /// so the child's process id is the program's.
+    pub fn command(&self, host: &Host, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &host.namespace])
+            .arg(program)
+            .env("POOL_TOKEN", &self.token);
+        command
+    }
+
+    /// Starts a pool server in server host `index`'s namespace, listening on its
+    /// address with an OS-chosen port, by running `exe serve` (`exe` is `pool-client`
+    /// or `pool-bench`, whose `serve` is the pool-server program) with `extra_args`,
+    /// and returns it with its `address:port` once it listens. It exits when its
+    /// standard input closes, as [`spawn_server`](crate::servers::spawn_server)'s do.
+    pub fn spawn_server(
+        &self,
+        index: usize,
+        exe: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Child, String)> {
+        let host = self
+            .servers
+            .get(index)
+            .with_context(|| format!("the lab has no server {index}"))?;
+        let mut command = self.command(host, exe);
+        command
+            .args(["serve", "--bind", &host.address.to_string()])
+            .args(["--port", "0", "--exit-with-stdin"])
+            .args(extra_args);
+        crate::servers::spawn_command_listening(command)
+            .with_context(|| format!("starting a server in {}", host.namespace))
+    }
+
+    /// Every namespace of the lab: the switch, the servers, the client.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.created.clone()
+    }
+
+    /// Pulls out `host`'s cable at the switch (`ip link set PORT down`): a partition,
+    /// not a crash. The host's processes run on and its connections stay open, but no
+    /// packet crosses until [`NetLab::mend`].
+    pub fn cut(&self, host: &Host) -> anyhow::Result<()> {
+        run(&["ip", "-n", &self.switch, "link", "set", &host.port, "down"]).map(drop)
+    }
+
+    /// Plugs `host`'s cable back in.
+    pub fn mend(&self, host: &Host) -> anyhow::Result<()> {
+        run(&["ip", "-n", &self.switch, "link", "set", &host.port, "up"]).map(drop)
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for namespace in self.created.iter().rev() {
+            remove_namespace(namespace);
+        }
+    }
+}
+
+/// Root, `ip` and `tc`: without them no lab can be built, and that is not a failure.
+fn check_prerequisites() -> Result<(), LabError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // "Uid:" is followed by the real, effective, saved and filesystem ids.
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .map(str::to_owned);
+    match euid.as_deref() {
+        Some("0") => {}
+        Some(uid) => {
+            return Err(LabError::Unavailable(format!("running as uid {uid}")));
+        }
+        None => {
+            return Err(LabError::Unavailable(
+                "cannot tell this process's uid".into(),
+            ))
+        }
+    }
+    for (program, what) in [("ip", "ip"), ("tc", "tc")] {
+        if Command::new(program).arg("-V").output().is_err() {
+            return Err(LabError::Unavailable(format!(
+                "no `{what}` command (Debian package iproute2)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes the namespaces of labs whose process is gone (killed before it could drop
+/// them). Only this module's own names are touched.
+fn remove_abandoned_labs() {
+    let Ok(list) = run(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(namespace = name, "removing a lab left by process {pid}");
+            remove_namespace(name);
+        }
+    }
+}
+
+/// Kills what runs in `namespace` (never this process) and deletes it. The kernel
+/// frees the namespace, with its interfaces and qdiscs, once its last process is gone.
+fn remove_namespace(namespace: &str) {
+    if let Ok(pids) = run(&["ip", "netns", "pids", namespace]) {
+        let me = std::process::id().to_string();
+        for pid in pids.split_whitespace().filter(|pid| *pid != me) {
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
+        }
+    }
+    if let Err(e) = run(&["ip", "netns", "del", namespace]) {
+        eprintln!("warning: could not remove the network namespace {namespace}: {e:#}");
+    }
+}
+
+/// Limits `dev`'s egress to `rate` with a token bucket (`tbf`), handle `1:` so a delay
+/// can go under it. The bucket holds 128 KiB, more than one 64 KiB segment the kernel
+/// hands a veth at once, and at most 10 ms of queue.
+fn limit_rate(namespace: &str, dev: &str, rate: &str) -> anyhow::Result<()> {
+    run(&[
+        "ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:",
+        "tbf", "rate", rate, "burst", "128kb", "latency", "10ms",
+    ])
+    .map(drop)
+}
+
+/// Adds `delay` to `dev`'s egress with `netem` under its `tbf`; `Err` says why not
+/// (most often: this kernel has no netem).
+fn add_delay(namespace: &str, dev: &str, delay: Duration) -> Result<(), String> {
+    let delay = format!("{}us", delay.as_micros().max(1));
+    run(&[
+        "ip", "netns", "exec", namespace, "tc", "qdisc", "add", "dev", dev, "parent", "1:1",
+        "handle", "10:", "netem", "delay", &delay,
+    ])
+    .map(drop)
+    .map_err(|e| {
+        let e = format!("{e:#}");
+        if e.contains("qdisc kind is unknown") {
+            "this kernel has no netem".to_string()
+        } else {
+            format!("netem failed: {e}")
+        }
+    })
+}
+
+/// Runs a command to its end; its standard output, or an error with the command line
+/// and what it said on standard error.
+fn run(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The namespaces of this process's labs.
+    fn ours() -> Vec<String> {
+        let mine = format!("{PREFIX}{}-", std::process::id());
+        run(&["ip", "netns", "list"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| name.starts_with(&mine))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A lab, or `None` after saying why this machine cannot have one.
+    fn lab_or_skip(config: &LabConfig) -> Option<NetLab> {
+        match NetLab::new(config) {
+            Ok(lab) => Some(lab),
+            Err(e @ LabError::Unavailable(_)) => {
+                if std::env::var_os("POOL_NETNS_REQUIRED").is_some() {
+                    panic!("{e}");
+                }
+                // Past the test harness's capture, so the skip shows.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "skipped: {e}");
+                None
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    // One test, so no other lab of this process comes and goes while it counts.
+    #[test]
+    fn a_lab_is_built_as_described_and_leaves_nothing_behind() {
+        let config = LabConfig {
+            servers: 2,
+            ..LabConfig::default()
+        };
+        let Some(lab) = lab_or_skip(&config) else {
+            return;
+        };
+        let names = lab.namespaces();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(ours().len(), 4);
+        // Every link is limited at both ends.
+        for host in lab.servers().iter().chain([lab.client()]) {
+            for (namespace, dev) in [(&lab.switch, &host.port), (&host.namespace, &"eth0".into())] {
+                let qdiscs = run(&[
+                    "ip", "netns", "exec", namespace, "tc", "qdisc", "show", "dev", dev,
+                ])
+                .unwrap();
+                assert!(
+                    qdiscs.contains("tbf") && qdiscs.contains("rate 1Gbit"),
+                    "{qdiscs}"
+                );
+            }
+            let addresses = run(&[
+                "ip",
+                "-n",
+                &host.namespace,
+                "-brief",
+                "addr",
+                "show",
+                "eth0",
+            ])
+            .unwrap();
+            assert!(
+                addresses.contains(&format!("{}/24", host.address)),
+                "{addresses}"
+            );
+        }
+        assert_eq!(lab.servers()[1].address, Ipv4Addr::new(10, 77, 0, 11));
+
+        // A test that panics still removes its lab.
+        let panicked = std::panic::catch_unwind(move || {
+            let _lab = lab;
+            panic!("a failing test");
+        });
+        assert!(panicked.is_err());
+        assert_eq!(ours(), Vec::<String>::new());
+
+        // So does a lab that fails half-way: a bad rate fails at the first link.
+        let bad = NetLab::new(&LabConfig {
+            rate: "notarate".into(),
+            ..LabConfig::default()
+        });
+        match bad {
+            Err(LabError::Failed(e)) => assert!(format!("{e:#}").contains("tbf"), "{e:#}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ours(), Vec::<String>::new());
+
+        // A lab whose process was killed outright is removed by the next one.
+        let dead_pid = (4_000_000u32..)
+            .find(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .unwrap();
+        let abandoned = format!("{PREFIX}{dead_pid}-0-sw");
+        run(&["ip", "netns", "add", &abandoned]).unwrap();
+        let lab = lab_or_skip(&config).unwrap();
+        let left = run(&["ip", "netns", "list"]).unwrap();
+        assert!(!left.contains(&abandoned), "{left}");
+        drop(lab);
+        assert_eq!(ours(), Vec::<String>::new());
+    }
+}
