@@ -48,12 +48,13 @@ struct BenchArgs {
     #[arg(long)]
     runs: Option<usize>,
 
-    /// Run only these scenarios (1-9), comma-separated.
+    /// Run only these scenarios (1-11), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
 
-    /// Draw the skewed pool's timelines (scenario 7) as SVG files in DIR.
-    #[arg(long, value_name = "DIR")]
+    /// Draw the skewed pool's timelines (scenario 7) and the LAN charts (scenario 11)
+    /// as SVG files in DIR.
+    #[arg(long, value_name = "DIR", visible_alias = "charts")]
     timelines: Option<std::path::PathBuf>,
 }
 
@@ -128,7 +129,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |n: u8| args.only.as_ref().is_none_or(|only| only.contains(&n));
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    for n in 1..=9u8 {
+    for n in 1..=11u8 {
         if !wanted(n) {
             continue;
         }
@@ -142,7 +143,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             6 => scenarios::paper::run(&settings).await,
             7 => scenarios::skewed::run(&settings, args.timelines.as_deref()).await,
             8 => scenarios::float_sum::run(&settings).await,
-            _ => scenarios::kernels::run(&settings).await,
+            9 => scenarios::kernels::run(&settings).await,
+            11 => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
+            _ => continue,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

@@ -3,6 +3,7 @@
 pub mod connections;
 pub mod float_sum;
 pub mod kernels;
+pub mod lan;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
