@@ -161,7 +161,8 @@ fn a_server_killed_mid_job_loses_no_part() {
 }
 
 /// Cuts a server's cable once it holds a part of `text`'s job, and checks the job
-/// still ends with the exact result, through the liveness probes; then that the
+/// still ends with the exact result, its part copied elsewhere once the server misses
+/// a liveness probe (or, mid-shipping, once it lags as a straggler); then that the
 /// server, partitioned and not dead, answers again once the cable is back.
 fn survive_a_cut(test: &str, text: &str) {
     let Some(lab) = lab(test) else {
