@@ -108,6 +108,24 @@ pub async fn run_with_progress(
     // The job's data first (a CSV may be malformed), then the servers: every mistake in
     // the job file shows before any server is started or contacted.
     let job = job_file.load_job()?;
+    // A part that runs a program is a process of its own in every mode, so the
+    // threaded mode would only be the multi-process mode again.
+    let mut not_run = Vec::new();
+    if job.runs_programs() && modes.contains(&Mode::Threaded) {
+        modes.retain(|&mode| mode != Mode::Threaded);
+        not_run.push((
+            Mode::Threaded,
+            "the same as multi-process here: each part runs the job's program as a process of its own"
+                .to_string(),
+        ));
+        if modes.is_empty() {
+            bail!(
+                "a {} job has no threaded mode (each part is a process of its own): \
+                 use --modes multi-process",
+                job.kind()
+            );
+        }
+    }
     let local_count = options.local_servers.or(if options.servers.is_some() {
         None
     } else {
@@ -118,8 +136,10 @@ pub async fn run_with_progress(
         Vec::new()
     } else if let Some(count) = local_count {
         let exe = options.exe.clone();
+        let run_programs = job.runs_programs();
         let started =
-            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe)).await??;
+            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe, run_programs))
+                .await??;
         let addresses = started.addresses().to_vec();
         local_servers = Some(started);
         addresses
@@ -146,7 +166,10 @@ pub async fn run_with_progress(
         max_attempts: job_file.client.max_attempts,
         fallback: job_file.client.fallback,
     };
-    let connect = ConnectOptions::from_settings(&job_file.client);
+    let mut connect = ConnectOptions::from_settings(&job_file.client);
+    if let Some(token) = local_servers.as_ref().and_then(LocalServers::token) {
+        connect.token = Some(token.to_string());
+    }
     let scheduling = Scheduling::from_job_file(job_file);
     let server_entries = servers
         .iter()
@@ -190,6 +213,17 @@ pub async fn run_with_progress(
                     )
                     .await
                     .context("the pool mode failed")?;
+                    if let Some(failed) = pool_run
+                        .parts
+                        .iter()
+                        .find(|p| p.reply.result.user_error().is_some())
+                    {
+                        bail!(
+                            "the job's program failed on {}: {}",
+                            failed.computed_by,
+                            failed.reply.result.user_error().unwrap_or_default()
+                        );
+                    }
                     workers = pool_run.workers() as usize;
                     let outcome = (pool_run.elapsed, pool_run.result.clone());
                     if attempt >= options.warmup {
@@ -201,7 +235,15 @@ pub async fn run_with_progress(
                     if local_mode == Mode::Sequential {
                         workers = 1;
                     }
-                    run_local(local_mode, &parts, options, bars.parts_bar()).await?
+                    let (elapsed, result) =
+                        run_local(local_mode, &parts, options, bars.parts_bar()).await?;
+                    if let Some(error) = result.user_error() {
+                        bail!(
+                            "the job's program failed in the {} mode: {error}",
+                            local_mode.name()
+                        );
+                    }
+                    (elapsed, result)
                 }
             };
             drop(bars);
@@ -233,6 +275,8 @@ pub async fn run_with_progress(
             input_bytes,
         },
         saved: Vec::new(),
+        not_run,
+        runs_programs: job.runs_programs(),
     };
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {

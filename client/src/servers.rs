@@ -15,18 +15,37 @@ use anyhow::{anyhow, bail, Context};
 pub struct LocalServers {
     children: Vec<Child>,
     addresses: Vec<String>,
+    token: Option<String>,
 }
 
 impl LocalServers {
     /// Starts `count` servers with `workers` worker threads each, by running
-    /// `exe serve` (this program, whose `serve` is the pool server).
-    pub fn start(count: usize, workers: usize, exe: &Path) -> anyhow::Result<LocalServers> {
+    /// `exe serve` (this program, whose `serve` is the pool server). With
+    /// `run_programs`, for a job that runs the user's program, they run programs
+    /// (`--allow-commands`) for this run's clients only: each gets a token drawn for
+    /// the run, passed in its environment rather than on a command line others can
+    /// read.
+    pub fn start(
+        count: usize,
+        workers: usize,
+        exe: &Path,
+        run_programs: bool,
+    ) -> anyhow::Result<LocalServers> {
+        let token = run_programs.then(|| format!("{:032x}", rand::random::<u128>()));
         let mut servers = LocalServers {
             children: Vec::with_capacity(count),
             addresses: Vec::with_capacity(count),
+            token,
         };
+        let workers = workers.to_string();
+        let mut args = vec!["--workers", workers.as_str()];
+        let mut env = Vec::new();
+        if let Some(token) = &servers.token {
+            args.push("--allow-commands");
+            env.push(("POOL_TOKEN", token.as_str()));
+        }
         for _ in 0..count {
-            let (child, address) = spawn_server(exe, &["--workers", &workers.to_string()])?;
+            let (child, address) = spawn_server_with_env(exe, &args, &env)?;
             servers.children.push(child);
             servers.addresses.push(address);
         }
@@ -36,6 +55,11 @@ impl LocalServers {
     /// The servers' addresses, `127.0.0.1:PORT`.
     pub fn addresses(&self) -> &[String] {
         &self.addresses
+    }
+
+    /// The token the servers require, if they were started with one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -56,6 +80,15 @@ impl Drop for LocalServers {
 /// The server exits when its standard input closes, that is when the returned `Child`
 /// is dropped or this process dies, so it cannot outlive its parent.
 pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, String)> {
+    spawn_server_with_env(exe, extra_args, &[])
+}
+
+/// [`spawn_server`], with variables added to the server's environment.
+fn spawn_server_with_env(
+    exe: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
     let mut args = vec![
         "serve",
         "--bind",
@@ -65,7 +98,7 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
         "--exit-with-stdin",
     ];
     args.extend_from_slice(extra_args);
-    spawn_listening(exe, &args).context("starting a local server")
+    spawn_listening_with_env(exe, &args, env).context("starting a local server")
 }
 
 /// Runs `exe args` with piped standard input and output (and `RUST_LOG` passed on,
@@ -73,8 +106,17 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
 /// [`listening_line`](pool_server::cli::listening_line), read within 10 s. If it prints
 /// anything else first, or nothing, it is killed.
 pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
+    spawn_listening_with_env(exe, args, &[])
+}
+
+fn spawn_listening_with_env(
+    exe: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
     let mut child = Command::new(exe)
         .args(args)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -57,11 +57,11 @@ async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -
 }
 
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
-    Part {
+    Part::new(
         index,
-        task: PartTask::Loop(LoopPart { lo, hi }),
-        input: bytes::Bytes::new(),
-    }
+        PartTask::Loop(LoopPart { lo, hi }),
+        bytes::Bytes::new(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,10 +49,12 @@ pub const WINDOW: usize = 256;
 /// `n` parts that do nothing: loop parts over an empty range, without data.
 pub fn empty_parts(n: usize) -> Vec<Part> {
     (0..n)
-        .map(|index| Part {
-            index,
-            task: PartTask::Loop(LoopPart { lo: 0, hi: 0 }),
-            input: Bytes::new(),
+        .map(|index| {
+            Part::new(
+                index,
+                PartTask::Loop(LoopPart { lo: 0, hi: 0 }),
+                Bytes::new(),
+            )
         })
         .collect()
 }
