@@ -130,7 +130,9 @@ pub async fn start(
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(
-                "--allow-commands while listening on {local_addr} without --token would let                  anyone who reaches the port run programs on this machine: add --token                  (or POOL_TOKEN), or listen on loopback only with --bind 127.0.0.1"
+                "--allow-commands while listening on {local_addr} without --token would let \
+                 anyone who reaches the port run programs on this machine: add --token \
+                 (or POOL_TOKEN), or listen on loopback only with --bind 127.0.0.1"
             ),
         ));
     }

@@ -783,4 +783,82 @@ mod tests {
             [Action::Failed { error, .. }] if error.code == ErrorCode::BadRequest
         ));
     }
+
+    #[test]
+    fn shared_inputs_reach_every_part_of_the_connection() {
+        let mut table = table();
+        table.share(100, "lib/a.txt".into(), 5, false).unwrap();
+        assert!(table
+            .data(100, Bytes::from_static(b"hel"))
+            .unwrap()
+            .is_empty());
+        assert!(table
+            .data(100, Bytes::from_static(b"lo"))
+            .unwrap()
+            .is_empty());
+        table.share(101, "empty".into(), 0, true).unwrap();
+        for id in 0..2 {
+            let actions = table.run_part(id, loop_part(1), None).unwrap();
+            let [Action::Compute { inputs, .. }] = actions.as_slice() else {
+                panic!("{actions:?}")
+            };
+            assert_eq!(inputs.get("lib/a.txt").unwrap().as_ref(), b"hello");
+            assert_eq!(inputs.inputs()[1].name, "empty");
+            assert!(inputs.inputs()[1].executable);
+        }
+    }
+
+    #[test]
+    fn shares_out_of_order_or_escaping_end_the_connection() {
+        let mut table = table();
+        for name in ["../x", "/etc/passwd", "a/./b", ""] {
+            assert!(table.share(1, name.into(), 1, false).is_err(), "{name:?}");
+        }
+        table.share(1, "a".into(), 4, false).unwrap();
+        assert!(
+            table.share(2, "b".into(), 1, false).is_err(),
+            "before a's data ended"
+        );
+        assert!(
+            table.run_part(3, loop_part(1), None).is_err(),
+            "a part before a's data"
+        );
+        assert!(
+            table.data(1, Bytes::from_static(b"12345")).is_err(),
+            "overrun"
+        );
+
+        let mut table = self::table();
+        table.share(1, "a".into(), 0, false).unwrap();
+        table.share(2, "a".into(), 0, false).unwrap();
+        assert!(
+            table.run_part(3, loop_part(1), None).is_err(),
+            "a name twice"
+        );
+
+        let mut table = self::table();
+        table.run_part(1, loop_part(1), None).unwrap();
+        assert!(
+            table.share(2, "late".into(), 0, false).is_err(),
+            "after a part"
+        );
+    }
+
+    #[test]
+    fn shares_over_the_limit_are_drained_and_every_part_refused() {
+        let mut table = table();
+        let big = (1 << 20) + 1;
+        table.share(1, "big".into(), big, false).unwrap();
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        table.data(1, chunk).unwrap();
+        table.data(1, Bytes::from_static(b"x")).unwrap();
+        for id in 2..4 {
+            let refused = table.run_part(id, loop_part(1), None).unwrap();
+            assert!(matches!(
+                refused.as_slice(),
+                [Action::Failed { error, .. }] if error.code == ErrorCode::LimitExceeded
+                    && error.message.contains("--max-part-bytes")
+            ));
+        }
+    }
 }
