@@ -442,18 +442,11 @@ impl ServerConnection {
             return Err(error);
         }
         *stage = Stage::Sending;
-        write_frames(
-            &self.shared,
-            &mut writer,
-            part_frames(part_id, &part.task, &part.input),
-        )
-        .await
-        .map_err(|e| match e {
-            SendError::Failed(error) => error,
-            SendError::Frame(e) => self
-                .shared
-                .closed(format!("sending part {}: {e}", part.index)),
-        })?;
+        let frames = part_frames(part_id, &part.task, &part.input);
+        write_frames(&self.shared, &mut writer, frames, &|| {
+            format!("sending part {}", part.index)
+        })
+        .await?;
         *stage = Stage::Sent;
         Ok(())
     }
@@ -466,14 +459,13 @@ impl ServerConnection {
         for input in inputs.inputs() {
             let input_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
             sent += frames_len(share_frames(input_id, input));
-            write_frames(&self.shared, &mut writer, share_frames(input_id, input))
-                .await
-                .map_err(|e| match e {
-                    SendError::Failed(error) => error,
-                    SendError::Frame(e) => self
-                        .shared
-                        .closed(format!("sending the job's file {:?}: {e}", input.name)),
-                })?;
+            write_frames(
+                &self.shared,
+                &mut writer,
+                share_frames(input_id, input),
+                &|| format!("sending the job's file {:?}", input.name),
+            )
+            .await?;
         }
         Ok(sent)
     }
@@ -481,28 +473,37 @@ impl ServerConnection {
 
 /// Writes `frames` and flushes them, stopping if the connection fails meanwhile. Data
 /// frames' payloads go from the job's memory straight to the socket, not copied into
-/// the codec's buffer.
+/// the codec's buffer. A failure to write fails the connection, saying `what` was
+/// being sent.
 async fn write_frames(
     shared: &Shared,
     writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
     frames: impl Iterator<Item = Frame>,
-) -> Result<(), SendError> {
-    for frame in frames {
-        // A connection that failed meanwhile takes nothing more.
-        if let Some(error) = shared.failure() {
-            return Err(SendError::Failed(error));
-        }
-        match frame {
-            Frame::Data { part_id, bytes } => {
-                encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
-                writer.flush().await?;
-                writer.get_mut().write_all(&bytes).await?;
+    what: &(dyn Fn() -> String + Sync),
+) -> Result<(), ServerError> {
+    let written = async {
+        for frame in frames {
+            // A connection that failed meanwhile takes nothing more.
+            if let Some(error) = shared.failure() {
+                return Err(SendError::Failed(error));
             }
-            other => writer.feed(other).await?,
+            match frame {
+                Frame::Data { part_id, bytes } => {
+                    encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
+                    writer.flush().await?;
+                    writer.get_mut().write_all(&bytes).await?;
+                }
+                other => writer.feed(other).await?,
+            }
         }
+        writer.flush().await?;
+        Ok(())
     }
-    writer.flush().await?;
-    Ok(())
+    .await;
+    written.map_err(|e| match e {
+        SendError::Failed(error) => error,
+        SendError::Frame(e) => shared.closed(format!("{}: {e}", what())),
+    })
 }
 
 /// Why a part's frames were not all written.
