@@ -56,6 +56,24 @@ async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -
     .expect("the server must close a hostile connection")
 }
 
+/// A `Request::Share` of `bytes` bytes as input 1.
+fn share(name: &str, bytes: u64) -> Vec<u8> {
+    frame(&Frame::Request(Request::Share {
+        input_id: 1,
+        name: name.into(),
+        bytes,
+        executable: true,
+    }))
+}
+
+/// `len` bytes of data for `id`.
+fn data(id: u64, len: usize) -> Vec<u8> {
+    frame(&Frame::Data {
+        part_id: id,
+        bytes: vec![b'x'; len].into(),
+    })
+}
+
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
     Part::new(
         index,
@@ -128,6 +146,32 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             [hello(), request(PartTask::Loop(LoopPart { lo: 10, hi: 1 }))].concat(),
         ),
         ("a second hello", [hello(), hello()].concat()),
+        (
+            "a shared file that leaves the work folder",
+            [hello(), share("../../tmp/pool-escaped", 4), data(1, 4)].concat(),
+        ),
+        (
+            "a shared file after a part",
+            [
+                hello(),
+                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
+                share("late", 0),
+            ]
+            .concat(),
+        ),
+        (
+            "a shared file longer than its data",
+            [hello(), share("a", 4), data(1, 8)].concat(),
+        ),
+        (
+            "a part before a shared file's data",
+            [
+                hello(),
+                share("a", 4),
+                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
+            ]
+            .concat(),
+        ),
         ("nothing at all", Vec::new()),
         ("handshake then silence", hello()),
     ];
@@ -136,6 +180,10 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
         // Whatever the server said before closing, it was a proper frame or nothing.
         assert!(answer.len() < 4096, "{name}: {} bytes back", answer.len());
     }
+    assert!(
+        !std::path::Path::new("/tmp/pool-escaped").exists(),
+        "a shared file was written outside its work folder"
+    );
 
     let report = tokio::time::timeout(HANG_GUARD, running)
         .await
