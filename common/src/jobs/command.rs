@@ -32,6 +32,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +57,9 @@ const SHOWN_COMMAND_BYTES: usize = 300;
 
 /// Room a result needs besides the standard output it carries.
 const RESULT_OVERHEAD_BYTES: u64 = 16 << 10;
+
+/// How often a waiting part looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 /// The most bytes a part's command line may have in all.
 const MAX_COMMAND_BYTES: usize = 1 << 20;
@@ -555,17 +559,19 @@ fn run_part(
     let limit = task.max_output_bytes;
     let stdout_reader = {
         let overflowed = Arc::clone(&overflowed);
-        std::thread::spawn(move || read_bounded(stdout, limit, &overflowed))
+        std::thread::spawn(move || read_bounded(stdout, limit, &overflowed, group))
     };
     let stderr_reader = std::thread::spawn(move || read_tail(stderr));
-    let status = wait(&mut child, &group, cancel, &overflowed);
+    let status = wait(child, group, cancel);
     // Whatever the program left running in the background goes with it; the readers
     // then see their pipes close.
     group.kill();
     let stdout = stdout_reader.join().expect("the stdout reader panicked");
     let stderr_tail = stderr_reader.join().expect("the stderr reader panicked");
-    let Some(status) = status else {
-        return Err(Cancelled);
+    let status = match status {
+        None => return Err(Cancelled),
+        Some(Err(e)) => return fail(format!("could not be waited for: {e}"), stderr_tail),
+        Some(Ok(status)) => status,
     };
     if overflowed.load(Ordering::Relaxed) {
         return fail(
@@ -635,21 +641,15 @@ fn spawn(task: &CommandPart, work_dir: &Path) -> std::io::Result<Child> {
     {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            command.pre_exec(|| {
-                // If the thread that started the program dies (the server is killed),
-                // the program is killed too.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        // No `pre_exec` (a parent-death signal, say): it would make the standard
+        // library fork the whole server instead of using posix_spawn, which measured
+        // 1.83 ms a part instead of 1.20 ms for `echo 1` (pool-client, 200 parts).
     }
     command.spawn()
 }
 
 /// A part's process group: its program's PID, which leads the group.
+#[derive(Debug, Clone, Copy)]
 struct ProcessGroup(u32);
 
 impl ProcessGroup {
@@ -663,36 +663,42 @@ impl ProcessGroup {
     }
 }
 
-/// Waits for the program to exit, killing its group if the part is cancelled or
-/// prints too much; `None` if cancelled.
+/// Waits for the program to exit, killing its group if the part is cancelled; `None`
+/// if cancelled. A thread of its own waits, so the exit is seen at once, and this one
+/// looks at the cancel flag in between.
 fn wait(
-    child: &mut Child,
-    group: &ProcessGroup,
+    mut child: Child,
+    group: ProcessGroup,
     cancel: &CancelFlag,
-    overflowed: &AtomicBool,
-) -> Option<ExitStatus> {
-    let mut pause = Duration::from_micros(200);
+) -> Option<std::io::Result<ExitStatus>> {
+    let (exited, exit) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
     loop {
-        if cancel.is_cancelled() || overflowed.load(Ordering::Relaxed) {
-            group.kill();
-            let status = child.wait().ok();
-            return if cancel.is_cancelled() { None } else { status };
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => {
+        match exit.recv_timeout(CANCEL_POLL) {
+            Ok(status) => return Some(status),
+            Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
                 group.kill();
-                return child.wait().ok();
+                let _ = exit.recv();
+                return None;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(Err(std::io::Error::other("the waiting thread stopped")))
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
     }
 }
 
-/// Reads up to `limit` bytes; past that, sets `overflowed` and stops reading.
-fn read_bounded(mut from: impl Read, limit: u64, overflowed: &AtomicBool) -> Vec<u8> {
+/// Reads up to `limit` bytes; past that, sets `overflowed`, kills the program's group
+/// and stops reading.
+fn read_bounded(
+    mut from: impl Read,
+    limit: u64,
+    overflowed: &AtomicBool,
+    group: ProcessGroup,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 64 << 10];
     loop {
@@ -701,6 +707,7 @@ fn read_bounded(mut from: impl Read, limit: u64, overflowed: &AtomicBool) -> Vec
             Ok(n) => {
                 if kept.len() as u64 + n as u64 > limit {
                     overflowed.store(true, Ordering::Relaxed);
+                    group.kill();
                     return kept;
                 }
                 kept.extend_from_slice(&buffer[..n]);
