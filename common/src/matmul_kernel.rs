@@ -300,7 +300,7 @@ mod sse2 {
         // the unaligned forms are used, so no alignment is assumed.
         unsafe {
             let mut acc = [[_mm_setzero_si128(); 4]; MR];
-            for (q, panel) in b.iter().enumerate() {
+            for (pairs, panel) in a.chunks_exact(MR).zip(b) {
                 let panel = panel.as_ptr().cast::<__m128i>();
                 let quarters = [
                     _mm_loadu_si128(panel),
@@ -308,8 +308,8 @@ mod sse2 {
                     _mm_loadu_si128(panel.add(2)),
                     _mm_loadu_si128(panel.add(3)),
                 ];
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let pair = _mm_loadu_si128(a[q * MR + r].as_ptr().cast());
+                for (acc, pair) in acc.iter_mut().zip(pairs) {
+                    let pair = _mm_loadu_si128(pair.as_ptr().cast());
                     for (acc, quarter) in acc.iter_mut().zip(quarters) {
                         *acc = _mm_add_epi32(*acc, _mm_madd_epi16(pair, quarter));
                     }
