@@ -3,6 +3,7 @@
 pub mod connections;
 pub mod float_sum;
 pub mod kernels;
+pub mod matmul;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
