@@ -32,29 +32,36 @@
 //! 256 values of k (8 KiB each: both bytes of every element, interleaved by pairs of k as
 //! `pmaddwd` reads them); for each k tile and each block of 64 panels (512 columns, 512
 //! KiB, kept in L2), every pair of rows of A is packed (broadcast pairs of a') and swept
-//! across the block's panels by the micro-kernel, which keeps a 2 × 8 tile of C (16
-//! accumulators, 8 registers) while it runs down k. The micro-kernel is SSE2 intrinsics,
+//! across the block's panels by the micro-kernel, which keeps a 2 × 8 tile of C (32 sums
+//! of 32 bits, low and high bytes, in 8 registers) while it runs down k. The micro-kernel is SSE2 intrinsics,
 //! the baseline of every x86-64 CPU (no `target-cpu` flag); elsewhere the same
-//! arithmetic runs in plain Rust ([`scalar`]).
+//! arithmetic runs in plain Rust.
 //!
-//! # Measured (one core, GOP/s = 2 n³ / time; Intel Xeon VM, 2 cores, shared)
+//! # Measured
 //!
-//! Tried before settling on the above, n = 1024 and 2048, CPU time of the thread, best
-//! of 5, other builds running:
+//! One core of the shared Intel Xeon VM these figures come from (2 cores; the build is
+//! for the x86-64 baseline), GOP/s = 2 n³ / time. The shapes tried on the way, in
+//! single runs while other sessions' builds ran, so differences under about 10% are
+//! noise (ranges are repeated runs or neighbouring settings):
 //!
-//! | kernel | n = 1024 | n = 2048 |
-//! |---|---|---|
-//! | textbook i-j-k triple loop | 0.5 | |
-//! | i-k-j in `u64`, widening `u32` multiply, auto-vectorised (`pmuludq`), untiled | 5.3 | 2.4 |
-//! | the same, tiled 64 k × 1024 columns (best of 5 tilings) | 6.6-6.9 | 6.6-6.7 |
-//! | `pmaddwd` shape in plain Rust (LLVM does not find `pmaddwd` in the loop) | 2.7-4.5 | |
-//! | `pmaddwd` intrinsics, 2 rows × 8 columns, all panels per row pair | 26.7 | 23.7 |
-//! | the same, 1, 3 or 4 rows (3 and 4 run out of the 16 registers) | 20.6-23.5 | 14-21 |
-//! | the same, panels in blocks of 512 columns (this kernel) | 26.9 | 26.9 |
-//! | the same, blocks of rows instead of columns (A in L2) | 25-27 | 19-26 |
+//! | kernel | n = 512 | n = 1024 | n = 2048 |
+//! |---|---|---|---|
+//! | textbook i-j-k triple loop | 0.54 | | |
+//! | i-k-j in `u64`, widening `u32` multiply vectorised by LLVM (`pmuludq`), untiled | 4.5-6.6 | 5.3 | 2.4 |
+//! | the same, tiled: 64-256 k × 256-1024 columns, five tilings | 4.4-7.4 | 3.3-6.9 | 3.8-6.7 |
+//! | the `pmaddwd` arithmetic below in plain Rust (LLVM finds no `pmaddwd` in it) | 1.4-4.5 | | |
+//! | `pmaddwd` intrinsics, 1 × 8 tile of C | 12.8-21.0 | 23.5 | 14.1 |
+//! | 3 × 8 or 4 × 8 (they spill: SSE2 has 16 registers) | 10.3-21.8 | 16.3-21.4 | 18.3-21.5 |
+//! | 2 × 8, all of B swept for each pair of rows | 15.5-23.8 | 26.7 | 22.2-23.7 |
+//! | 2 × 8, B in blocks of 128-1024 columns (this kernel: 512) | | 23.0-28.3 | 22.9-27.5 |
+//! | 2 × 8, A in blocks of 16-128 rows instead | | 23.4-27.2 | 18.9-26.2 |
 //!
-//! Scenario 10 of `pool-bench` measures this kernel beside numpy in the same run
-//! (benchmarks/RESULTS.md §10).
+//! In `pool-bench` scenario 10 (benchmarks/RESULTS.md §10: best of 3 in each of 3
+//! runs, numpy 2.4.6 in the same runs), this kernel did 21.3, 22.6 and 24.6 GOP/s at
+//! n = 512, 1024 and 2048 with B packed inside the time: 32x, 89x and 124x numpy's
+//! `int64` matmul, 3.3-3.7x the tiled i-k-j loop, and 0.42-0.43x OpenBLAS's `float64`
+//! matmul on one thread (which picks AVX-512 at run time; this kernel is SSE2 only).
+//! Packing B takes 20-45 ms at n = 2048, 3-5% of the product.
 
 use crate::jobs::{CancelFlag, Cancelled};
 use crate::splitmix::splitmix64;
@@ -121,12 +128,23 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs `b`, an n × n row-major matrix.
+    /// Packs `b`, an n × n row-major matrix: 5-10 ns per element here (20-45 ms at
+    /// n = 2048, about a second at n = 10,000), so [`PackedB::pack`] can be cancelled.
     ///
     /// # Panics
     ///
     /// If `b` does not have `n * n` elements, or one is above [`MAX_ELEMENT`].
     pub fn new(b: &[u64], n: usize) -> PackedB {
+        PackedB::pack(b, n, &CancelFlag::new()).expect("never cancelled")
+    }
+
+    /// [`PackedB::new`], stopping with [`Cancelled`] once `cancel` is set (it looks
+    /// every 64 rows).
+    ///
+    /// # Panics
+    ///
+    /// As [`PackedB::new`].
+    pub fn pack(b: &[u64], n: usize, cancel: &CancelFlag) -> Result<PackedB, Cancelled> {
         assert_eq!(b.len(), n * n, "B must be {n} x {n}");
         assert!(
             b.iter().all(|&x| x <= MAX_ELEMENT),
@@ -136,6 +154,9 @@ impl PackedB {
         let mut tiles = vec![[0i16; 32]; n.div_ceil(KC) * panels * PAIRS];
         let mut col_sums = vec![0u64; n];
         for (k, row) in b.chunks_exact(n.max(1)).enumerate() {
+            if k % 64 == 0 && cancel.is_cancelled() {
+                return Err(Cancelled);
+            }
             let (t, q, half) = (k / KC, k % KC / 2, k % 2);
             for (j, &x) in row.iter().enumerate() {
                 col_sums[j] += x;
@@ -145,12 +166,12 @@ impl PackedB {
                 tile[2 * NR + lane] = (x >> 8) as i16;
             }
         }
-        PackedB {
+        Ok(PackedB {
             n,
             panels,
             tiles,
             offsets: col_sums.iter().map(|s| s.wrapping_mul(32768)).collect(),
-        }
+        })
     }
 
     /// The matrices' size n.
@@ -367,7 +388,7 @@ pub fn multiply_rows(
     c_rows: &mut [u64],
     cancel: &CancelFlag,
 ) -> Result<(), Cancelled> {
-    PackedB::new(b, n).multiply_rows(a_rows, c_rows, cancel)
+    PackedB::pack(b, n, cancel)?.multiply_rows(a_rows, c_rows, cancel)
 }
 
 /// The textbook i-j-k triple loop, the reference the tests check the kernel against
@@ -551,6 +572,10 @@ mod tests {
         let cancel = CancelFlag::new();
         cancel.cancel();
         assert_eq!(row_block_sum(1, 0, n, &b, &cancel), Err(Cancelled));
+        assert!(PackedB::pack(&fill_b(1, n), n, &cancel).is_err());
+        let (a, b) = (fill_a_rows(1, n, 0, n), fill_b(1, n));
+        let mut c = vec![0; a.len()];
+        assert_eq!(multiply_rows(&a, &b, n, &mut c, &cancel), Err(Cancelled));
     }
 
     #[test]
