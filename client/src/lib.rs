@@ -108,10 +108,12 @@ pub async fn run_with_progress(
     // The job's data first (a CSV may be malformed), then the servers: every mistake in
     // the job file shows before any server is started or contacted.
     let job = job_file.load_job()?;
+    let parts = job.split(job_file.parts);
     // A part that runs a program is a process of its own in every mode, so the
     // threaded mode would only be the multi-process mode again.
+    let runs_programs = parts.iter().any(|part| part.task.program().is_some());
     let mut not_run = Vec::new();
-    if job.runs_programs() && modes.contains(&Mode::Threaded) {
+    if runs_programs && modes.contains(&Mode::Threaded) {
         modes.retain(|&mode| mode != Mode::Threaded);
         not_run.push((
             Mode::Threaded,
@@ -136,9 +138,8 @@ pub async fn run_with_progress(
         Vec::new()
     } else if let Some(count) = local_count {
         let exe = options.exe.clone();
-        let run_programs = job.runs_programs();
         let started =
-            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe, run_programs))
+            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe, runs_programs))
                 .await??;
         let addresses = started.addresses().to_vec();
         local_servers = Some(started);
@@ -176,7 +177,6 @@ pub async fn run_with_progress(
         .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let parts = job.split(job_file.parts);
     let input_bytes: u64 = parts
         .iter()
         .map(|p| p.task.input_bytes().unwrap_or(0))
@@ -213,16 +213,12 @@ pub async fn run_with_progress(
                     )
                     .await
                     .context("the pool mode failed")?;
-                    if let Some(failed) = pool_run
+                    if let Some((server, error)) = pool_run
                         .parts
                         .iter()
-                        .find(|p| p.reply.result.user_error().is_some())
+                        .find_map(|p| Some((&p.computed_by, p.reply.result.user_error()?)))
                     {
-                        bail!(
-                            "the job's program failed on {}: {}",
-                            failed.computed_by,
-                            failed.reply.result.user_error().unwrap_or_default()
-                        );
+                        bail!("the job's program failed on {server}: {error}");
                     }
                     workers = pool_run.workers() as usize;
                     let outcome = (pool_run.elapsed, pool_run.result.clone());
@@ -276,7 +272,7 @@ pub async fn run_with_progress(
         },
         saved: Vec::new(),
         not_run,
-        runs_programs: job.runs_programs(),
+        runs_programs,
     };
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {

@@ -65,7 +65,7 @@ impl AllowedPrograms {
 
 impl CommandPolicy {
     /// Whether some program may run.
-    pub fn allows_any(&self) -> bool {
+    pub fn runs_programs(&self) -> bool {
         self.allowed != AllowedPrograms::None
     }
 

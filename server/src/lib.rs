@@ -126,7 +126,7 @@ pub async fn start(
 ) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
-    if config.commands.allows_any() && config.token.is_none() && !local_addr.ip().is_loopback() {
+    if config.commands.runs_programs() && config.token.is_none() && !local_addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(

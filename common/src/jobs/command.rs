@@ -200,7 +200,11 @@ impl CommandOutput {
     /// The whole combined text of `Text` outputs (empty for the others).
     pub fn text(&self) -> Vec<u8> {
         match self {
-            CommandOutput::Text(pieces) => pieces.iter().flat_map(|p| p.bytes.clone()).collect(),
+            CommandOutput::Text(pieces) => pieces
+                .iter()
+                .map(|piece| piece.bytes.as_slice())
+                .collect::<Vec<_>>()
+                .concat(),
             _ => Vec::new(),
         }
     }
@@ -242,7 +246,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 impl Kind for CommandKind {
     const NAME: &'static str = "command";
     const UNIT: &'static str = "indices";
-    const RUNS_PROGRAMS: bool = true;
     type Params = CommandParams;
     type Data = CommandJob;
     type Task = CommandPart;

@@ -130,15 +130,12 @@ pub trait Kind {
 
     /// The program the task runs, if it runs one of the user's: a server refuses it
     /// unless started with `--allow-commands`, and checks it against its allowlist and
-    /// output limit before anything runs. Built-in kernels run none.
+    /// output limit before anything runs. Built-in kernels run none. A part that runs
+    /// a program is a process of its own in every mode, so for such a job the local
+    /// "threaded" mode would be the multi-process mode again, and is not run.
     fn program(_task: &Self::Task) -> Option<Program<'_>> {
         None
     }
-
-    /// Whether each part runs as a process of its own even in one program (a command
-    /// job): the local "threaded" mode is then the multi-process mode again, and is not
-    /// run twice.
-    const RUNS_PROGRAMS: bool = false;
 
     /// Computes one chunk of the task's input (the whole task, on an empty chunk, for a
     /// task without input), reading the job's shared `inputs` if it has any, and
@@ -701,12 +698,6 @@ macro_rules! job_kinds {
                 }
             }
 
-            /// See [`Kind::RUNS_PROGRAMS`].
-            pub fn runs_programs(&self) -> bool {
-                match self {
-                    $(Job::$variant(_) => <$module::$kind as Kind>::RUNS_PROGRAMS,)+
-                }
-            }
         }
     };
 }
