@@ -92,15 +92,9 @@ async fn every_example_job_file_runs() {
     );
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pool-cli-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn a_malformed_csv_names_row_and_column_and_exits_2() {
-    let dir = temp_dir("csv");
+    let dir = support::temp_dir("csv");
     std::fs::write(dir.join("bad.csv"), "1,2,3\n4,five,6\n").unwrap();
     std::fs::write(
         dir.join("job.toml"),
@@ -128,7 +122,7 @@ fn a_malformed_csv_names_row_and_column_and_exits_2() {
 
 #[test]
 fn an_npy_file_of_another_dtype_is_named_and_exits_2() {
-    let dir = temp_dir("npy");
+    let dir = support::temp_dir("npy");
     write_npy(&dir.join("m.npy"), "<f4", "(2, 2)", &[0; 16]);
     std::fs::write(
         dir.join("job.toml"),
@@ -168,7 +162,7 @@ fn a_float_sum_prints_digits_that_read_back_in_the_table_and_in_json() {
 
 #[test]
 fn a_bad_job_file_names_the_line_and_exits_2() {
-    let dir = temp_dir("job");
+    let dir = support::temp_dir("job");
     let path = dir.join("job.toml");
     std::fs::write(
         &path,
@@ -187,7 +181,7 @@ fn a_bad_job_file_names_the_line_and_exits_2() {
 
 #[test]
 fn a_bad_picture_is_refused_before_the_run_and_exits_2() {
-    let dir = temp_dir("mandelbrot");
+    let dir = support::temp_dir("mandelbrot");
     let path = dir.join("job.toml");
     let job = |keys: &str| {
         format!("local = 1\nparts = 2\n[job]\nkind = \"mandelbrot\"\nmax_iter = 50\n{keys}\n")

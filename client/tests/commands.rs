@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pool_client::report::Mode;
@@ -15,14 +15,6 @@ use pool_common::jobs::PartResult;
 use pool_server::commands::{AllowedPrograms, CommandPolicy};
 use pool_server::{ServerConfig, ServerHandle};
 use support::{addresses, options, pool_only, run_client, stderr, ServerProcess};
-
-/// A fresh folder for one test's job file and files.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pool-commands-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Writes `job.toml` (and the files in `files`) into `dir` and parses it.
 fn write_job(dir: &Path, text: &str, files: &[(&str, &str)]) -> JobFile {
@@ -63,7 +55,7 @@ const SUM_SCRIPT: &str = "echo $(( ($2 - 1) * $2 / 2 - ($1 - 1) * $1 / 2 ))\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_job_gives_the_same_sum_in_every_mode_on_1_2_and_3_servers() {
-    let dir = temp_dir("sum");
+    let dir = support::temp_dir("sum");
     for (server_count, parts) in [(1, 1), (2, 5), (3, 7)] {
         let job = write_job(
             &dir,
@@ -96,7 +88,7 @@ async fn a_command_job_gives_the_same_sum_in_every_mode_on_1_2_and_3_servers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lines_come_back_in_part_order_and_are_written_to_the_output_file() {
-    let dir = temp_dir("lines");
+    let dir = support::temp_dir("lines");
     let job = write_job(
         &dir,
         "parts = 4\n[job]\nkind = \"command\"\n\
@@ -121,7 +113,7 @@ async fn lines_come_back_in_part_order_and_are_written_to_the_output_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_allow_commands_refuses_naming_the_flag() {
-    let dir = temp_dir("refused");
+    let dir = support::temp_dir("refused");
     let job = write_job(
         &dir,
         "parts = 2\nmax_attempts = 1\n[job]\nkind = \"command\"\ncommand = [\"true\"]\nrange = 2\n",
@@ -142,7 +134,7 @@ async fn a_server_without_allow_commands_refuses_naming_the_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allowlist_runs_only_the_programs_it_names() {
-    let dir = temp_dir("allowlist");
+    let dir = support::temp_dir("allowlist");
     let servers = command_servers(1, AllowedPrograms::parse("sh,./run.sh")).await;
     for (command, allowed) in [
         ("[\"sh\", \"-c\", \"echo 1\"]", true),
@@ -185,7 +177,7 @@ async fn the_allowlist_runs_only_the_programs_it_names() {
 
 #[test]
 fn a_failing_command_is_reported_once_with_its_status_and_stderr() {
-    let dir = temp_dir("failing");
+    let dir = support::temp_dir("failing");
     let runs = dir.join("runs.txt");
     // Two servers and three attempts: a server failure would be retried, the
     // program's own failure must not be.
@@ -225,7 +217,7 @@ fn a_failing_command_is_reported_once_with_its_status_and_stderr() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_go_to_each_server_once_and_their_work_folder_is_removed() {
-    let dir = temp_dir("files");
+    let dir = support::temp_dir("files");
     let data = "x".repeat(100_000);
     let job = write_job(
         &dir,
@@ -288,7 +280,7 @@ async fn files_go_to_each_server_once_and_their_work_folder_is_removed() {
 
 #[test]
 fn file_names_that_leave_the_work_folder_are_refused_at_their_line() {
-    let dir = temp_dir("escape");
+    let dir = support::temp_dir("escape");
     for name in ["../secret.txt", "/etc/passwd", "a/../../b"] {
         let text = format!(
             "local = 1\nparts = 1\n[job]\nkind = \"command\"\ncommand = [\"cat\", \"x\"]\nrange = 1\nfiles = [\"{name}\"]\n"
@@ -378,7 +370,7 @@ fn start_sleeping_job(dir: &Path, server: &ServerProcess, marker: &str) -> std::
 
 #[test]
 fn a_client_that_goes_away_leaves_no_process_behind() {
-    let dir = temp_dir("disconnect");
+    let dir = support::temp_dir("disconnect");
     let marker = format!("pool-orphan-test-disconnect-{}", std::process::id());
     let server = ServerProcess::start(&["--workers", "1", "--allow-commands"]);
     let mut client = start_sleeping_job(&dir, &server, &marker);
@@ -394,7 +386,7 @@ fn a_client_that_goes_away_leaves_no_process_behind() {
 
 #[test]
 fn a_server_that_stops_leaves_no_process_behind() {
-    let dir = temp_dir("shutdown");
+    let dir = support::temp_dir("shutdown");
     let marker = format!("pool-orphan-test-shutdown-{}", std::process::id());
     let mut server = ServerProcess::start(&[
         "--workers",
