@@ -44,7 +44,7 @@ struct BenchArgs {
     json: bool,
 
     /// Repetitions of each scenario; figures are medians [default: 5, or 1 with --quick].
-    /// Scenarios 2, 4, 5, 6 and 7 take tens of seconds per repetition and use at most 3.
+    /// Scenarios 2, 4, 5, 6, 7, 9 and 10 take tens of seconds per repetition and use at most 3.
     #[arg(long)]
     runs: Option<usize>,
 
@@ -144,8 +144,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             7 => scenarios::skewed::run(&settings, args.timelines.as_deref()).await,
             8 => scenarios::float_sum::run(&settings).await,
             9 => scenarios::kernels::run(&settings).await,
-            11 => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
-            _ => continue,
+            10 => scenarios::matmul::run(&settings).await,
+            _ => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

@@ -20,12 +20,25 @@ const MODES_HEIGHT: u32 = 420;
 const SERVERS_HEIGHT: u32 = 380;
 const FOOTER_HEIGHT: u32 = 24;
 
-/// Colours: distinguishable in print and by most colour-blind readers (Okabe-Ito).
-const BAR: RGBColor = RGBColor(0, 114, 178);
-const CONNECT: RGBColor = RGBColor(230, 159, 0);
-const SEND: RGBColor = RGBColor(86, 180, 233);
-const COMPUTE: RGBColor = RGBColor(0, 158, 115);
-const WAIT: RGBColor = RGBColor(204, 121, 167);
+/// The Okabe-Ito colours, distinguishable in print and by most colour-blind readers:
+/// the one palette of pool's charts.
+pub(crate) mod palette {
+    use plotters::style::RGBColor;
+
+    pub const BLUE: RGBColor = RGBColor(0, 114, 178);
+    pub const ORANGE: RGBColor = RGBColor(230, 159, 0);
+    pub const SKY_BLUE: RGBColor = RGBColor(86, 180, 233);
+    pub const GREEN: RGBColor = RGBColor(0, 158, 115);
+    pub const PINK: RGBColor = RGBColor(204, 121, 167);
+    pub const VERMILLION: RGBColor = RGBColor(213, 94, 0);
+    pub const GREY: RGBColor = RGBColor(150, 150, 150);
+}
+
+const BAR: RGBColor = palette::BLUE;
+const CONNECT: RGBColor = palette::ORANGE;
+const SEND: RGBColor = palette::SKY_BLUE;
+const COMPUTE: RGBColor = palette::GREEN;
+const WAIT: RGBColor = palette::PINK;
 
 /// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]

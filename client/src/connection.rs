@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
-use pool_common::jobs::{Part, PartResult, PartTask};
+use pool_common::jobs::{JobInputs, Part, PartResult, PartTask};
 use pool_common::protocol::{Hello, RemoteError, Reply, Request, ServerStatus, Welcome};
-use pool_common::wire::{part_frames, IncomingResult};
+use pool_common::wire::{frames_len, part_frames, share_frames, IncomingResult};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -442,35 +442,68 @@ impl ServerConnection {
             return Err(error);
         }
         *stage = Stage::Sending;
-        let result = async {
-            for frame in part_frames(part_id, &part.task, &part.input) {
-                // A connection that failed meanwhile takes nothing more.
-                if let Some(error) = self.shared.failure() {
-                    return Err(SendError::Failed(error));
-                }
-                match frame {
-                    // The header goes through the codec's buffer; the bytes go from the
-                    // job's memory straight to the socket, not copied into that buffer.
-                    Frame::Data { part_id, bytes } => {
-                        encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
-                        writer.flush().await?;
-                        writer.get_mut().write_all(&bytes).await?;
-                    }
-                    other => writer.feed(other).await?,
-                }
-            }
-            writer.flush().await?;
-            *stage = Stage::Sent;
-            Ok(())
-        }
-        .await;
-        result.map_err(|e| match e {
-            SendError::Failed(error) => error,
-            SendError::Frame(e) => self
-                .shared
-                .closed(format!("sending part {}: {e}", part.index)),
+        let frames = part_frames(part_id, &part.task, &part.input);
+        write_frames(&self.shared, &mut writer, frames, &|| {
+            format!("sending part {}", part.index)
         })
+        .await?;
+        *stage = Stage::Sent;
+        Ok(())
     }
+
+    /// Ships the job's shared inputs. Call it once, before the connection's first part:
+    /// the server refuses shares after a part. Returns the bytes written.
+    pub async fn share(&self, inputs: &JobInputs) -> Result<u64, ServerError> {
+        let mut writer = self.shared.writer.lock().await;
+        let mut sent = 0;
+        for input in inputs.inputs() {
+            let input_id = self.next_part_id.fetch_add(1, Ordering::Relaxed);
+            sent += frames_len(share_frames(input_id, input));
+            write_frames(
+                &self.shared,
+                &mut writer,
+                share_frames(input_id, input),
+                &|| format!("sending the job's file {:?}", input.name),
+            )
+            .await?;
+        }
+        Ok(sent)
+    }
+}
+
+/// Writes `frames` and flushes them, stopping if the connection fails meanwhile. Data
+/// frames' payloads go from the job's memory straight to the socket, not copied into
+/// the codec's buffer. A failure to write fails the connection, saying `what` was
+/// being sent.
+async fn write_frames(
+    shared: &Shared,
+    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
+    frames: impl Iterator<Item = Frame>,
+    what: &(dyn Fn() -> String + Sync),
+) -> Result<(), ServerError> {
+    let written = async {
+        for frame in frames {
+            // A connection that failed meanwhile takes nothing more.
+            if let Some(error) = shared.failure() {
+                return Err(SendError::Failed(error));
+            }
+            match frame {
+                Frame::Data { part_id, bytes } => {
+                    encode_data_header(part_id, bytes.len(), writer.write_buffer_mut())?;
+                    writer.flush().await?;
+                    writer.get_mut().write_all(&bytes).await?;
+                }
+                other => writer.feed(other).await?,
+            }
+        }
+        writer.flush().await?;
+        Ok(())
+    }
+    .await;
+    written.map_err(|e| match e {
+        SendError::Failed(error) => error,
+        SendError::Frame(e) => shared.closed(format!("{}: {e}", what())),
+    })
 }
 
 /// Why a part's frames were not all written.

@@ -41,7 +41,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pool_common::jobfile::{Fallback, JobFile, Placement, Schedule, ServerEntry};
-use pool_common::jobs::{combine_all, CancelFlag, Part, PartResult};
+use pool_common::jobs::{combine_all, CancelFlag, JobInputs, Part, PartResult};
 use pool_common::protocol::ServerStatus;
 use pool_common::wire::{frames_len, part_frames, result_frames};
 use rand::rngs::StdRng;
@@ -262,6 +262,20 @@ pub struct ServerRecord {
     pub suspected: bool,
     /// The last status it reported during the run.
     pub status: Option<ServerStatus>,
+    /// The job's shared inputs shipped to it, if the job has any and it was connected.
+    pub shared: Option<ShareRecord>,
+}
+
+/// The job's shared inputs shipped to one server: once per connection, before its
+/// first part (again only if the connection broke and was opened anew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareRecord {
+    /// When shipping began, from the start of the pool run.
+    pub start: Duration,
+    /// Time spent writing them, summed over connections.
+    pub duration: Duration,
+    /// Bytes written, frames included, summed over connections.
+    pub bytes: u64,
 }
 
 /// The outcome of running a job's parts on the pool.
@@ -387,6 +401,10 @@ pub async fn run_pool_observed(
         options,
         started,
         observer,
+        shared: parts
+            .first()
+            .map(|part| Arc::clone(&part.shared))
+            .unwrap_or_default(),
     };
     let mut rng = StdRng::from_rng(rng);
     let placer = Placer::new(scheduling.placement, servers.len(), &mut rng);
@@ -511,6 +529,7 @@ struct Slot {
     /// Set when connecting failed; the server is not tried again in this job.
     connect_error: Mutex<Option<ServerError>>,
     tried: AtomicBool,
+    shared: Mutex<Option<ShareRecord>>,
 }
 
 impl Slot {
@@ -524,6 +543,7 @@ impl Slot {
             failure: Mutex::new(None),
             connect_error: Mutex::new(None),
             tried: AtomicBool::new(false),
+            shared: Mutex::new(None),
         }
     }
 
@@ -557,6 +577,7 @@ impl Slot {
             workers: self.workers.load(Ordering::Relaxed),
             slots: self.slots(),
             connect: *self.connect_time.lock().expect("slot lock poisoned"),
+            shared: *self.shared.lock().expect("slot lock poisoned"),
             failure: self.failure(),
             suspected: state.suspected,
             status: state.status.clone(),
@@ -571,6 +592,8 @@ struct Pool<'a> {
     /// When the pool run started, for each attempt's start and end.
     started: Instant,
     observer: &'a dyn PoolObserver,
+    /// The job's shared inputs, shipped on every connection before its first part.
+    shared: Arc<JobInputs>,
 }
 
 impl Pool<'_> {
@@ -622,6 +645,27 @@ impl Pool<'_> {
             .lock()
             .expect("slot lock poisoned")
             .get_or_insert(started.elapsed());
+        // The lock on the slot's connection is held until the shares are out, so no
+        // part goes ahead of them.
+        if !self.shared.inputs().is_empty() {
+            let start = self.started.elapsed();
+            let sharing = Instant::now();
+            let bytes = match opened.share(&self.shared).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    *slot.connect_error.lock().expect("slot lock poisoned") = Some(error.clone());
+                    return Err(error);
+                }
+            };
+            let mut record = slot.shared.lock().expect("slot lock poisoned");
+            let record = record.get_or_insert(ShareRecord {
+                start,
+                duration: Duration::ZERO,
+                bytes: 0,
+            });
+            record.duration += sharing.elapsed();
+            record.bytes += bytes;
+        }
         slot.workers
             .store(opened.welcome().workers, Ordering::Relaxed);
         *connection = Some(Arc::clone(&opened));

@@ -111,6 +111,26 @@ pub async fn run_with_progress(
     // The job's data first (a CSV may be malformed), then the servers: every mistake in
     // the job file shows before any server is started or contacted.
     let job = job_file.load_job()?;
+    let parts = job.split(job_file.parts);
+    // A part that runs a program is a process of its own in every mode, so the
+    // threaded mode would only be the multi-process mode again.
+    let runs_programs = parts.iter().any(|part| part.task.program().is_some());
+    let mut not_run = Vec::new();
+    if runs_programs && modes.contains(&Mode::Threaded) {
+        modes.retain(|&mode| mode != Mode::Threaded);
+        not_run.push((
+            Mode::Threaded,
+            "the same as multi-process here: each part runs the job's program as a process of its own"
+                .to_string(),
+        ));
+        if modes.is_empty() {
+            bail!(
+                "a {} job has no threaded mode (each part is a process of its own): \
+                 use --modes multi-process",
+                job.kind()
+            );
+        }
+    }
     let local_count = options.local_servers.or(if options.servers.is_some() {
         None
     } else {
@@ -122,7 +142,8 @@ pub async fn run_with_progress(
     } else if let Some(count) = local_count {
         let exe = options.exe.clone();
         let started =
-            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe)).await??;
+            tokio::task::spawn_blocking(move || LocalServers::start(count, 1, &exe, runs_programs))
+                .await??;
         let addresses = started.addresses().to_vec();
         local_servers = Some(started);
         addresses
@@ -149,14 +170,16 @@ pub async fn run_with_progress(
         max_attempts: job_file.client.max_attempts,
         fallback: job_file.client.fallback,
     };
-    let connect = ConnectOptions::from_settings(&job_file.client);
+    let mut connect = ConnectOptions::from_settings(&job_file.client);
+    if let Some(token) = local_servers.as_ref().and_then(LocalServers::token) {
+        connect.token = Some(token.to_string());
+    }
     let scheduling = Scheduling::from_job_file(job_file);
     let server_entries = servers
         .iter()
         .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let parts = job.split(job_file.parts);
     let input_bytes: u64 = parts
         .iter()
         .map(|p| p.task.input_bytes().unwrap_or(0))
@@ -193,6 +216,13 @@ pub async fn run_with_progress(
                     )
                     .await
                     .context("the pool mode failed")?;
+                    if let Some((server, error)) = pool_run
+                        .parts
+                        .iter()
+                        .find_map(|p| Some((&p.computed_by, p.reply.result.user_error()?)))
+                    {
+                        bail!("the job's program failed on {server}: {error}");
+                    }
                     workers = pool_run.workers() as usize;
                     let outcome = (pool_run.elapsed, pool_run.result.clone());
                     if attempt >= options.warmup {
@@ -204,7 +234,15 @@ pub async fn run_with_progress(
                     if local_mode == Mode::Sequential {
                         workers = 1;
                     }
-                    run_local(local_mode, &parts, options, bars.parts_bar()).await?
+                    let (elapsed, result) =
+                        run_local(local_mode, &parts, options, bars.parts_bar()).await?;
+                    if let Some(error) = result.user_error() {
+                        bail!(
+                            "the job's program failed in the {} mode: {error}",
+                            local_mode.name()
+                        );
+                    }
+                    (elapsed, result)
                 }
             };
             drop(bars);
@@ -236,6 +274,8 @@ pub async fn run_with_progress(
             input_bytes,
         },
         saved: Vec::new(),
+        not_run,
+        runs_programs,
     };
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {

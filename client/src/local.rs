@@ -3,11 +3,11 @@
 //! * sequential: one thread, parts in order;
 //! * threaded: one OS thread per part, all at once;
 //! * multi-process: one child process per part, all at once. The child is this very
-//!   program run as `pool-client part`; the part's task and data go in over its
-//!   standard input and the result comes back over its standard output, in the same
-//!   frames a server would receive and send.
+//!   program run as `pool-client part`; the job's shared inputs, the part's task and
+//!   its data go in over its standard input and the result comes back over its
+//!   standard output, in the same frames a server would receive and send.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +15,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
 use pool_common::codec::{read_frame_blocking, write_frame_blocking, Frame};
-use pool_common::jobs::{combine_all, CancelFlag, Cancelled, Part, PartComputation, PartResult};
+use pool_common::jobs::{
+    combine_all, CancelFlag, Cancelled, JobInputs, Part, PartComputation, PartResult, SharedInput,
+};
 use pool_common::protocol::Request;
 use pool_common::wire::{
-    read_answer_blocking, result_frames, write_part_blocking, IncomingInput, PartAnswer,
+    read_answer_blocking, result_frames, share_frames, write_part_blocking, IncomingInput,
+    PartAnswer,
 };
 
 /// The combined result of some parts and how long computing them took.
@@ -127,8 +131,14 @@ pub fn multi_process(
             .zip(parts)
             .map(|((stdin, stdout), part)| {
                 scope.spawn(move || -> anyhow::Result<PartResult> {
-                    let part_id = part.index as u64;
+                    // Shared inputs take the ids after the part's.
+                    let part_id = 0;
                     let mut input = BufWriter::new(stdin);
+                    for (input_id, shared) in (1..).zip(part.shared.inputs()) {
+                        for frame in share_frames(input_id, shared) {
+                            write_frame_blocking(&mut input, &frame)?;
+                        }
+                    }
                     write_part_blocking(&mut input, part_id, &part.task, &part.input)?;
                     drop(input);
                     let answer =
@@ -165,19 +175,33 @@ pub fn multi_process(
     Ok(finish(results?, started))
 }
 
-/// The body of a worker process (`pool-client part`): reads one part from standard
-/// input, computes it chunk by chunk as the data arrives, writes the answer to standard
-/// output.
+/// The body of a worker process (`pool-client part`): reads the job's shared inputs
+/// and one part from standard input, computes the part chunk by chunk as the data
+/// arrives, writes the answer to standard output.
 pub fn worker_process_main() -> anyhow::Result<()> {
     let mut input = BufReader::new(std::io::stdin().lock());
-    let Some(Frame::Request(Request::RunPart { part_id, task })) = read_frame_blocking(&mut input)?
-    else {
-        bail!("a worker process expects a part on standard input");
+    let mut shared = Vec::new();
+    let (part_id, task) = loop {
+        match read_frame_blocking(&mut input)? {
+            Some(Frame::Request(Request::Share {
+                input_id,
+                name,
+                bytes,
+                executable,
+            })) => shared.push(SharedInput {
+                name,
+                bytes: read_share_blocking(&mut input, input_id, bytes)?,
+                executable,
+            }),
+            Some(Frame::Request(Request::RunPart { part_id, task })) => break (part_id, task),
+            _ => bail!("a worker process expects a part on standard input"),
+        }
     };
+    let shared = JobInputs::new(shared).map_err(|e| anyhow!(e))?;
     task.validate().map_err(|e| anyhow!(e))?;
     let mut incoming = IncomingInput::new(&task).map_err(|e| anyhow!(e))?;
     let cancel = CancelFlag::new();
-    let mut computation = PartComputation::new(&task);
+    let mut computation = PartComputation::new(&task, &shared);
     if incoming.is_complete() {
         computation.add_chunk(&[], &cancel)?;
     }
@@ -199,6 +223,22 @@ pub fn worker_process_main() -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Reads the `len` bytes of shared input `input_id` from its data frames.
+fn read_share_blocking(input: &mut impl Read, input_id: u64, len: u64) -> anyhow::Result<Bytes> {
+    let mut content = BytesMut::new();
+    while (content.len() as u64) < len {
+        match read_frame_blocking(input)? {
+            Some(Frame::Data { part_id, bytes })
+                if part_id == input_id && content.len() as u64 + bytes.len() as u64 <= len =>
+            {
+                content.extend_from_slice(&bytes)
+            }
+            _ => bail!("shared input {input_id} ended early or overran"),
+        }
+    }
+    Ok(content.freeze())
 }
 
 fn finish(results: Vec<PartResult>, started: Instant) -> LocalRun {

@@ -280,7 +280,15 @@ fn run_job(args: RunArgs) -> ExitCode {
     if report.all_match() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("error: the modes' results differ; this is a bug in pool, please report it");
+        if report.runs_programs {
+            eprintln!(
+                "error: the job's program printed different results for the same parts in \
+                 different modes; pool combines what it prints, so make it deterministic \
+                 (for example, seed any randomness from {{part}} or {{lo}})"
+            );
+        } else {
+            eprintln!("error: the modes' results differ; this is a bug in pool, please report it");
+        }
         ExitCode::FAILURE
     }
 }

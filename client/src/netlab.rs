@@ -249,15 +249,11 @@ impl NetLab {
         )
     }
 
-    /// A command that runs `program` in `host`'s namespace (`ip netns exec`), with the
-    /// lab's token in `POOL_TOKEN`. `ip netns exec` replaces itself with the program,
-    /// so the child's process id is the program's.
+    /// A command that runs `program` in `host`'s namespace ([`exec_in`]), with the
+    /// lab's token in `POOL_TOKEN`.
     pub fn command(&self, host: &Host, program: impl AsRef<OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &host.namespace])
-            .arg(program)
-            .env("POOL_TOKEN", &self.token);
+        let mut command = exec_in(&host.namespace, program);
+        command.env("POOL_TOKEN", &self.token);
         command
     }
 
@@ -276,13 +272,13 @@ impl NetLab {
             .servers
             .get(index)
             .with_context(|| format!("the lab has no server {index}"))?;
-        let mut command = self.command(host, exe);
-        command
-            .args(["serve", "--bind", &host.address.to_string()])
-            .args(["--port", "0", "--exit-with-stdin"])
-            .args(extra_args);
-        crate::servers::spawn_command_listening(command)
-            .with_context(|| format!("starting a server in {}", host.namespace))
+        crate::servers::spawn_server_in(
+            Some(&host.namespace),
+            host.address.into(),
+            exe,
+            extra_args,
+            &[("POOL_TOKEN", &self.token)],
+        )
     }
 
     /// Every namespace of the lab: the switch, the servers, the client.
@@ -301,6 +297,15 @@ impl NetLab {
     pub fn mend(&self, host: &Host) -> anyhow::Result<()> {
         run(&["ip", "-n", &self.switch, "link", "set", &host.port, "up"]).map(drop)
     }
+}
+
+/// A command that runs `program` in the network namespace `ip netns` calls
+/// `namespace`. `ip netns exec` replaces itself with the program, so the child's
+/// process id is the program's, and killing the child kills the program.
+pub fn exec_in(namespace: &str, program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", namespace]).arg(program);
+    command
 }
 
 impl Drop for NetLab {

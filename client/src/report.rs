@@ -8,7 +8,7 @@ use std::time::Duration;
 use pool_common::jobs::PartResult;
 use serde_json::json;
 
-use crate::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PartRecord, PoolRun};
+use crate::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PartRecord, PoolRun, ShareRecord};
 use crate::environment::Environment;
 use crate::stats::Summary;
 
@@ -138,6 +138,8 @@ pub struct ServerBreakdown {
     pub lost_attempts: usize,
     /// The last failure seen on this server, if any.
     pub failure: Option<String>,
+    /// The job's shared inputs shipped to it, if any.
+    pub shared: Option<ShareRecord>,
 }
 
 /// Per-server breakdown of one pool run, in the order of its server list.
@@ -180,6 +182,7 @@ pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
                     .filter(|a| a.server == server.address)
                     .count(),
                 failure: server.failure.clone(),
+                shared: server.shared,
             }
         })
         .collect()
@@ -208,6 +211,11 @@ pub struct Report {
     /// Files the job wrote from its result (a mandelbrot job's image), once every
     /// mode agreed on it.
     pub saved: Vec<PathBuf>,
+    /// Modes asked for but not run, and why.
+    pub not_run: Vec<(Mode, String)>,
+    /// Whether the job's parts run the user's own program: results that differ between
+    /// modes are then the program's doing, not pool's.
+    pub runs_programs: bool,
 }
 
 /// Part lines are left out of the table above this many parts (the log has them).
@@ -385,6 +393,9 @@ impl Report {
             }
             let _ = writeln!(out, " {speedup:>8} {efficiency:>10}  {check}");
         }
+        for (mode, reason) in &self.not_run {
+            let _ = writeln!(out, "{:<18} not run: {reason}", mode.name());
+        }
         if let Some(pool) = &self.pool {
             let which = if repeated {
                 format!("the run closest to the median, {}", seconds(pool.elapsed))
@@ -468,6 +479,7 @@ impl Report {
                     "compute_s": s.compute.as_secs_f64(),
                     "wait_s": s.wait.as_secs_f64(),
                     "done_at_s": s.done_at.as_secs_f64(),
+                    "shared_bytes_sent": s.shared.map_or(0, |shared| shared.bytes),
                     "failed_attempts": s.failed_attempts,
                     "lost_attempts": s.lost_attempts,
                     "failure": s.failure,
@@ -520,6 +532,10 @@ impl Report {
                 "input_bytes": settings.input_bytes,
             },
             "modes": modes,
+            "not_run": self.not_run.iter().map(|(mode, reason)| json!({
+                "mode": mode.name(),
+                "reason": reason,
+            })).collect::<Vec<_>>(),
             "pool": pool,
         })
     }
@@ -563,6 +579,19 @@ impl Report {
         );
         let clean = |text: &str| text.replace(['\t', '\n'], " ");
         for (run, pool) in self.pool_runs.iter().enumerate() {
+            for server in &pool.servers {
+                if let Some(shared) = &server.shared {
+                    let _ = writeln!(
+                        out,
+                        "{}\t-\t{}\t-\tshare\t{:.6}\t{:.6}\t{}\t0\tok\tthe job's shared inputs, once per connection",
+                        run + 1,
+                        server.address,
+                        shared.start.as_secs_f64(),
+                        shared.duration.as_secs_f64(),
+                        shared.bytes,
+                    );
+                }
+            }
             for p in &pool.parts {
                 for (number, attempt) in p.attempts.iter().enumerate() {
                     let (sent, received) = match attempt.outcome {

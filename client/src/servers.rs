@@ -1,7 +1,9 @@
 //! Servers started on this machine: the ones `local = N` starts for one run, and the
-//! helper that starts a server process and reads the address it listens on.
+//! helpers that start a server process (on loopback, or in a network namespace of a
+//! [`netlab`](crate::netlab)) and read the address it listens on.
 
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,18 +17,38 @@ use anyhow::{anyhow, bail, Context};
 pub struct LocalServers {
     children: Vec<Child>,
     addresses: Vec<String>,
+    token: Option<String>,
 }
 
 impl LocalServers {
     /// Starts `count` servers with `workers` worker threads each, by running
-    /// `exe serve` (this program, whose `serve` is the pool server).
-    pub fn start(count: usize, workers: usize, exe: &Path) -> anyhow::Result<LocalServers> {
+    /// `exe serve` (this program, whose `serve` is the pool server). With
+    /// `run_programs`, for a job that runs the user's program, they run programs
+    /// (`--allow-commands`) for this run's clients only: each gets a token drawn for
+    /// the run, passed in its environment rather than on a command line others can
+    /// read.
+    pub fn start(
+        count: usize,
+        workers: usize,
+        exe: &Path,
+        run_programs: bool,
+    ) -> anyhow::Result<LocalServers> {
+        let token = run_programs.then(|| format!("{:032x}", rand::random::<u128>()));
         let mut servers = LocalServers {
             children: Vec::with_capacity(count),
             addresses: Vec::with_capacity(count),
+            token,
         };
+        let workers = workers.to_string();
+        let mut args = vec!["--workers", workers.as_str()];
+        let mut env = Vec::new();
+        if let Some(token) = &servers.token {
+            args.push("--allow-commands");
+            env.push(("POOL_TOKEN", token.as_str()));
+        }
         for _ in 0..count {
-            let (child, address) = spawn_server(exe, &["--workers", &workers.to_string()])?;
+            let (child, address) =
+                spawn_server_in(None, Ipv4Addr::LOCALHOST.into(), exe, &args, &env)?;
             servers.children.push(child);
             servers.addresses.push(address);
         }
@@ -36,6 +58,11 @@ impl LocalServers {
     /// The servers' addresses, `127.0.0.1:PORT`.
     pub fn addresses(&self) -> &[String] {
         &self.addresses
+    }
+
+    /// The token the servers require, if they were started with one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 }
 
@@ -56,16 +83,28 @@ impl Drop for LocalServers {
 /// The server exits when its standard input closes, that is when the returned `Child`
 /// is dropped or this process dies, so it cannot outlive its parent.
 pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut args = vec![
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--exit-with-stdin",
-    ];
+    spawn_server_in(None, Ipv4Addr::LOCALHOST.into(), exe, extra_args, &[])
+}
+
+/// [`spawn_server`], said in full: the server runs in the network namespace
+/// `namespace` if one is given (through `ip netns exec`, as
+/// [`netlab`](crate::netlab)'s hosts do), listens on `bind` with an OS-chosen port,
+/// and gets `env` added to its environment (a token, say, which a command line would
+/// show to every user of the machine).
+pub fn spawn_server_in(
+    namespace: Option<&str>,
+    bind: IpAddr,
+    exe: &Path,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
+    let bind = bind.to_string();
+    let mut args = vec!["serve", "--bind", &bind, "--port", "0", "--exit-with-stdin"];
     args.extend_from_slice(extra_args);
-    spawn_listening(exe, &args).context("starting a local server")
+    spawn_listening_in(namespace, exe, &args, env).with_context(|| match namespace {
+        Some(namespace) => format!("starting a server in the network namespace {namespace}"),
+        None => "starting a local server".to_string(),
+    })
 }
 
 /// Runs `exe args` with piped standard input and output (and `RUST_LOG` passed on,
@@ -73,17 +112,26 @@ pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, S
 /// [`listening_line`](pool_server::cli::listening_line), read within 10 s. If it prints
 /// anything else first, or nothing, it is killed.
 pub fn spawn_listening(exe: &Path, args: &[&str]) -> anyhow::Result<(Child, String)> {
-    let mut command = Command::new(exe);
-    command.args(args);
-    spawn_command_listening(command)
+    spawn_listening_in(None, exe, args, &[])
 }
 
-/// [`spawn_listening`] for a command already built (a program run in a network
-/// namespace by `ip netns exec`, with its own environment): the same pipes, the same
-/// `RUST_LOG`, the same wait for its listening line.
-pub fn spawn_command_listening(mut command: Command) -> anyhow::Result<(Child, String)> {
-    let program = command.get_program().to_string_lossy().into_owned();
+/// [`spawn_listening`], in the network namespace `namespace` if one is given (through
+/// [`netlab::exec_in`](crate::netlab::exec_in)), with `env` added. The one place a
+/// listening process is started: `ip netns exec` replaces itself with `exe`, so the
+/// child is the program itself either way, and killing it kills the program.
+pub fn spawn_listening_in(
+    namespace: Option<&str>,
+    exe: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Child, String)> {
+    let mut command = match namespace {
+        Some(namespace) => crate::netlab::exec_in(namespace, exe),
+        None => Command::new(exe),
+    };
     let mut child = command
+        .args(args)
+        .envs(env.iter().copied())
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -92,7 +140,7 @@ pub fn spawn_command_listening(mut command: Command) -> anyhow::Result<(Child, S
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
+        .with_context(|| format!("cannot start {}", exe.display()))?;
     let stdout = child.stdout.take().expect("piped");
     match read_listen_address(stdout) {
         Ok(address) => Ok((child, address)),

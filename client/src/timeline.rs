@@ -12,18 +12,18 @@
 
 use plotters::prelude::*;
 
+use crate::chart::palette;
 use crate::dispatch::{AttemptKind, AttemptOutcome, AttemptRecord, PartRecord, PoolRun};
 
 const WIDTH: u32 = 1000;
 const ROW_HEIGHT: u32 = 70;
 const MARGINS: u32 = 150;
 
-/// Okabe-Ito colours, as in the main chart.
-const FIRST: RGBColor = RGBColor(0, 114, 178);
-const RETRY: RGBColor = RGBColor(230, 159, 0);
-const COPY: RGBColor = RGBColor(0, 158, 115);
-const FAILED: RGBColor = RGBColor(213, 94, 0);
-const LOST: RGBColor = RGBColor(150, 150, 150);
+const FIRST: RGBColor = palette::BLUE;
+const RETRY: RGBColor = palette::ORANGE;
+const COPY: RGBColor = palette::GREEN;
+const FAILED: RGBColor = palette::VERMILLION;
+const LOST: RGBColor = palette::GREY;
 
 /// Why the timeline could not be drawn.
 #[derive(Debug, thiserror::Error)]

@@ -16,11 +16,11 @@ use support::ServerProcess;
 const HANG_GUARD: Duration = Duration::from_secs(60);
 
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
-    Part {
+    Part::new(
         index,
-        task: PartTask::Loop(LoopPart { lo, hi }),
-        input: bytes::Bytes::new(),
-    }
+        PartTask::Loop(LoopPart { lo, hi }),
+        bytes::Bytes::new(),
+    )
 }
 
 /// A part that would keep a worker busy for minutes.

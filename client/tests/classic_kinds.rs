@@ -59,12 +59,6 @@ fn expected_checksum(width: u64, height: u64, max_iter: u64) -> u64 {
         .sum()
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pool-classic-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A PNG file's width and height, read from its header.
 fn png_size(path: &std::path::Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
@@ -80,7 +74,7 @@ async fn mandelbrot_on_1_2_and_3_servers_with_results_over_64_kib() {
     // more than 64 KiB.
     let (width, height, max_iter) = (800, 480, 150);
     let expected = expected_checksum(width, height, max_iter);
-    let dir = temp_dir("mandelbrot");
+    let dir = support::temp_dir("mandelbrot");
     for (server_count, parts) in [(1, 2), (2, 3), (3, 7)] {
         let servers = start_servers(server_count, 1).await;
         let png = dir.join(format!("set-{server_count}.png"));

@@ -56,12 +56,30 @@ async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -
     .expect("the server must close a hostile connection")
 }
 
+/// A `Request::Share` of `bytes` bytes as input 1.
+fn share(name: &str, bytes: u64) -> Vec<u8> {
+    frame(&Frame::Request(Request::Share {
+        input_id: 1,
+        name: name.into(),
+        bytes,
+        executable: true,
+    }))
+}
+
+/// `len` bytes of data for `id`.
+fn data(id: u64, len: usize) -> Vec<u8> {
+    frame(&Frame::Data {
+        part_id: id,
+        bytes: vec![b'x'; len].into(),
+    })
+}
+
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
-    Part {
+    Part::new(
         index,
-        task: PartTask::Loop(LoopPart { lo, hi }),
-        input: bytes::Bytes::new(),
-    }
+        PartTask::Loop(LoopPart { lo, hi }),
+        bytes::Bytes::new(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +146,32 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             [hello(), request(PartTask::Loop(LoopPart { lo: 10, hi: 1 }))].concat(),
         ),
         ("a second hello", [hello(), hello()].concat()),
+        (
+            "a shared file that leaves the work folder",
+            [hello(), share("../../tmp/pool-escaped", 4), data(1, 4)].concat(),
+        ),
+        (
+            "a shared file after a part",
+            [
+                hello(),
+                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
+                share("late", 0),
+            ]
+            .concat(),
+        ),
+        (
+            "a shared file longer than its data",
+            [hello(), share("a", 4), data(1, 8)].concat(),
+        ),
+        (
+            "a part before a shared file's data",
+            [
+                hello(),
+                share("a", 4),
+                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
+            ]
+            .concat(),
+        ),
         ("nothing at all", Vec::new()),
         ("handshake then silence", hello()),
     ];
@@ -136,6 +180,14 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
         // Whatever the server said before closing, it was a proper frame or nothing.
         assert!(answer.len() < 4096, "{name}: {} bytes back", answer.len());
     }
+    // The escaping name is refused by name, before anything could be written.
+    let answer = send_and_read_to_close(
+        address,
+        [hello(), share("../../tmp/pool-escaped", 4), data(1, 4)].concat(),
+    )
+    .await;
+    let said = String::from_utf8_lossy(&answer);
+    assert!(said.contains("leaves the job's work folder"), "{said}");
 
     let report = tokio::time::timeout(HANG_GUARD, running)
         .await

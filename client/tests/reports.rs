@@ -13,12 +13,6 @@ use support::{addresses, job_file, options, run_client, start_servers, stderr, s
 /// A small loop job: quick in every mode, even in a debug build.
 const SMALL_LOOP: &str = "parts = 4\n[job]\nkind = \"loop\"\niterations = 400000\n";
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pool-reports-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
     let servers = start_servers(2, 1).await;
@@ -267,7 +261,7 @@ async fn status_reports_live_servers_and_names_a_dead_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_that_is_not_a_terminal_has_no_progress_bars() {
     let servers = start_servers(2, 1).await;
-    let dir = temp_dir("progress");
+    let dir = support::temp_dir("progress");
     let job = dir.join("job.toml");
     std::fs::write(&job, SMALL_LOOP).unwrap();
     let list = addresses(&servers).join(",");

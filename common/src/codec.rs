@@ -400,6 +400,12 @@ mod tests {
                 part_id: 7,
                 bytes: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
             },
+            Frame::Request(Request::Share {
+                input_id: 8,
+                name: "lib/count.py".into(),
+                bytes: 8,
+                executable: true,
+            }),
         ];
         for frame in frames {
             assert_eq!(round_trip(frame.clone()), frame);

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod exact_sum;
 pub mod jobfile;
 pub mod jobs;
+pub mod matmul_kernel;
 pub mod protocol;
 pub mod splitmix;
 pub mod wire;

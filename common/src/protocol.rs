@@ -10,7 +10,8 @@
 //! [`Reply::PartDoneLarge`] (whose result follows in data frames) or
 //! [`Reply::PartFailed`]. Parts are identified by a `part_id` the client chooses;
 //! several parts may be in flight on one connection, and [`Request::Cancel`] withdraws
-//! one of them without touching the others.
+//! one of them without touching the others. A job whose parts all read the same inputs
+//! (a program's files) ships them first, once, with [`Request::Share`].
 //!
 //! [`Frame::Hello`]: crate::codec::Frame::Hello
 //! [`Frame::Welcome`]: crate::codec::Frame::Welcome
@@ -31,8 +32,9 @@ pub const MAGIC: [u8; 4] = *b"POOL";
 /// `Reply::PartDoneLarge`, `ErrorCode::Cancelled`, `ServerStatus::workers_busy` and
 /// `parts_in_flight`. 3: `ServerStatus` reports cores, load, memory and speed.
 /// 4: matrix parts carry their element type, and matrix results are integers or
-/// exact float sums.
-pub const MESSAGES_REVISION: u16 = 4;
+/// exact float sums. 5: `Request::Share` (a job's shared inputs, shipped once per
+/// connection) and `ErrorCode::NotPermitted`.
+pub const MESSAGES_REVISION: u16 = 5;
 
 /// The version both sides announce in the handshake: [`MESSAGES_REVISION`] times 100
 /// plus the number of job kinds. A new kind is appended to the list (its index is its
@@ -83,6 +85,23 @@ pub enum Request {
         part_id: u64,
         /// What to compute.
         task: PartTask,
+    },
+    /// Ship one of the job's shared inputs
+    /// ([`SharedInput`](crate::jobs::SharedInput)): `bytes` bytes follow in
+    /// [`Frame::Data`](crate::codec::Frame::Data) frames carrying `input_id`. Every share
+    /// comes before the connection's first part, and every part computed on the
+    /// connection reads them. Not answered: a share the server will not keep (over its
+    /// size limit) makes it refuse the connection's parts, saying why.
+    Share {
+        /// Chosen by the client, unique among the connection's shares and parts.
+        input_id: u64,
+        /// A relative path in the job's work folder
+        /// ([`check_input_name`](crate::jobs::inputs::check_input_name)).
+        name: String,
+        /// The input's length.
+        bytes: u64,
+        /// Whether the input is a program the job runs.
+        executable: bool,
     },
     /// Ask how the server is doing; answered at once with [`Reply::Status`], without
     /// waiting for the executor, so it works even while every worker is busy.
@@ -207,6 +226,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The client cancelled the part ([`Request::Cancel`]).
     Cancelled,
+    /// The server does not run this part's program: it was started without
+    /// `--allow-commands`, or its allowlist lacks the program. The message names the
+    /// flag.
+    NotPermitted,
     /// Something went wrong inside the server.
     Internal,
 }

@@ -5,7 +5,9 @@
 //! Out: [`Request::RunPart`], then the part's input in [`Frame::Data`] chunks of at
 //! most [`DATA_CHUNK_BYTES`](crate::jobs::DATA_CHUNK_BYTES). Back: [`Reply::PartDone`]
 //! with the result inside, or, for a result longer than [`INLINE_RESULT_BYTES`],
-//! [`Reply::PartDoneLarge`] followed by the result's encoding in data frames.
+//! [`Reply::PartDoneLarge`] followed by the result's encoding in data frames. A job's
+//! shared inputs go out before its first part: [`Request::Share`], then the input's
+//! content in data frames.
 
 use std::borrow::Borrow;
 use std::io::{Read, Write};
@@ -16,7 +18,7 @@ use crate::codec::{
     decode_large_message, encode_frame, encode_message, encoded_message_len, read_frame_blocking,
     write_frame_blocking, Frame, FrameError, MAX_LARGE_MESSAGE_BYTES,
 };
-use crate::jobs::{chunks_of, PartResult, PartTask};
+use crate::jobs::{chunks_of, PartResult, PartTask, SharedInput};
 use crate::protocol::{RemoteError, Reply, Request, INLINE_RESULT_BYTES};
 
 /// Bytes a data frame adds around its payload: the length prefix, tag and part id.
@@ -34,6 +36,18 @@ pub fn part_frames<'a>(
         task: task.clone(),
     });
     std::iter::once(request).chain(data_frames(part_id, input))
+}
+
+/// The frames that ship one of the job's shared inputs: its request, then its content
+/// in data frames (zero-copy slices).
+pub fn share_frames(input_id: u64, input: &SharedInput) -> impl Iterator<Item = Frame> + '_ {
+    let request = Frame::Request(Request::Share {
+        input_id,
+        name: input.name.clone(),
+        bytes: input.bytes.len() as u64,
+        executable: input.executable,
+    });
+    std::iter::once(request).chain(data_frames(input_id, &input.bytes))
 }
 
 /// `bytes` as the data frames of part `part_id`.
@@ -347,7 +361,13 @@ mod tests {
             first_row: 0,
             rows: 1300,
         });
-        let result = crate::jobs::compute_chunk(&task, &[], &CancelFlag::new()).unwrap();
+        let result = crate::jobs::compute_chunk(
+            &task,
+            &[],
+            &crate::jobs::JobInputs::default(),
+            &CancelFlag::new(),
+        )
+        .unwrap();
         let frames = result_frames(9, result.clone(), 1).unwrap();
         assert!(frames.len() > 2, "{} frames", frames.len());
         let mut stream = Vec::new();

@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::commands::{AllowedPrograms, CommandPolicy, DEFAULT_MAX_OUTPUT_BYTES};
 use crate::{start, ServerConfig};
 
 /// Options of a pool server.
@@ -50,6 +51,17 @@ pub struct ServerArgs {
     #[arg(long, env = "POOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Run the users' programs (`kind = "command"` jobs): `--allow-commands` for any
+    /// program, `--allow-commands=python3,./sim` for only these (matched against the
+    /// command's first word). Anyone who reaches the port can then run programs as
+    /// this server's user, so beyond loopback it needs --token.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "", value_name = "PROGRAMS")]
+    pub allow_commands: Option<String>,
+
+    /// Standard output one command part may keep, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: u64,
+
     /// Seconds that parts in flight get to finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -85,14 +97,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_part_work: args.max_part_work,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         token: args.token.filter(|t| !t.is_empty()),
+        commands: CommandPolicy {
+            allowed: args
+                .allow_commands
+                .as_deref()
+                .map_or(AllowedPrograms::None, AllowedPrograms::parse),
+            max_output_bytes: args.max_output_bytes,
+        },
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         ..defaults
     };
     let workers = config.workers;
     let open_to_all = config.token.is_none();
+    let commands = config.commands.allowed.clone();
     let server = start((args.bind.as_str(), args.port), config)
         .await
-        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+        .with_context(|| format!("cannot serve on {}:{}", args.bind, args.port))?;
     let mut stdout = std::io::stdout();
     writeln!(
         stdout,
@@ -101,6 +121,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     )?;
     stdout.flush()?;
     info!(addr = %server.local_addr(), workers, "listening");
+    match &commands {
+        AllowedPrograms::None => {}
+        AllowedPrograms::Any if server.local_addr().ip().is_loopback() => {
+            info!("running any program clients send (--allow-commands)")
+        }
+        AllowedPrograms::Any => warn!("running any program clients send (--allow-commands)"),
+        AllowedPrograms::Only(names) => {
+            info!(programs = %names.join(","), "running only these programs")
+        }
+    }
     if open_to_all && !server.local_addr().ip().is_loopback() {
         warn!(
             "no --token set and listening on {}: anyone who can reach this port can use this machine's CPUs",

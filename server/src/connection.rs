@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
-use pool_common::jobs::{compute_chunk, CancelFlag, PartTask};
+use pool_common::jobs::{compute_chunk, CancelFlag, JobInputs, PartTask};
 use pool_common::protocol::{
     ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
 };
@@ -199,10 +199,27 @@ impl Connection {
         let actions = match frame {
             Frame::Request(Request::RunPart { part_id, task }) => {
                 info_span!("part", id = part_id).in_scope(|| debug!(?task, "part requested"));
-                let refusal = shutting_down.then(|| {
-                    RemoteError::new(ErrorCode::ShuttingDown, "the server is shutting down")
-                });
+                let refusal = if shutting_down {
+                    Some(RemoteError::new(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down",
+                    ))
+                } else {
+                    task.program()
+                        .and_then(|program| self.shared.config.commands.refusal(&program))
+                };
                 self.parts.run_part(part_id, task, refusal)
+            }
+            Frame::Request(Request::Share {
+                input_id,
+                name,
+                bytes,
+                executable,
+            }) => {
+                debug!(input_id, %name, bytes, "shared input announced");
+                self.parts
+                    .share(input_id, name, bytes, executable)
+                    .map(|()| Vec::new())
             }
             Frame::Data { part_id, bytes } => self.parts.data(part_id, bytes),
             Frame::Request(Request::Cancel { part_id }) => {
@@ -242,7 +259,8 @@ impl Connection {
                     task,
                     chunk,
                     cancel,
-                } => self.submit(part_id, task, chunk, cancel),
+                    inputs,
+                } => self.submit(part_id, task, chunk, cancel, inputs),
                 Action::Done {
                     part_id,
                     result,
@@ -287,10 +305,17 @@ impl Connection {
     }
 
     /// Hands one chunk of a part to the executor.
-    fn submit(&mut self, part_id: u64, task: Arc<PartTask>, chunk: Bytes, cancel: Arc<CancelFlag>) {
+    fn submit(
+        &mut self,
+        part_id: u64,
+        task: Arc<PartTask>,
+        chunk: Bytes,
+        cancel: Arc<CancelFlag>,
+        inputs: Arc<JobInputs>,
+    ) {
         let work = self.shared.executor.run(move || {
             let started = Instant::now();
-            let result = compute_chunk(&task, &chunk, &cancel);
+            let result = compute_chunk(&task, &chunk, &inputs, &cancel);
             (result, started.elapsed())
         });
         self.computations.push(Box::pin(async move {

@@ -5,11 +5,13 @@
 //! * [`parts`]: the rules for a connection's parts, as a state machine without I/O.
 //! * [`executor`]: the bounded pool of OS threads where kernels run.
 //! * [`load`]: the machine's load and the server's speed, for status replies.
+//! * [`commands`]: whether, and which, user programs the server runs.
 //! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
 //!
 //! To embed a server (tests do), call [`start`] inside a tokio runtime.
 
 pub mod cli;
+pub mod commands;
 pub mod connection;
 pub mod executor;
 pub mod listener;
@@ -42,6 +44,8 @@ pub struct ServerConfig {
     pub max_part_work: u64,
     /// The shared secret clients must present, if any.
     pub token: Option<String>,
+    /// Which of the users' programs the server runs (`--allow-commands`).
+    pub commands: commands::CommandPolicy,
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
     /// Time a connection may stay silent while the server waits on it (no part
@@ -60,6 +64,7 @@ impl Default for ServerConfig {
             max_part_bytes: 1 << 30,
             max_part_work: 1_000_000_000_000,
             token: None,
+            commands: commands::CommandPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
@@ -112,13 +117,25 @@ impl ServerHandle {
     }
 }
 
-/// Binds `addr` and serves on the current tokio runtime until shut down.
+/// Binds `addr` and serves on the current tokio runtime until shut down. Refuses to
+/// run users' programs for anyone who reaches a port beyond loopback without a token
+/// (an error of kind `InvalidInput`, whose message says what to add).
 pub async fn start(
     addr: impl ToSocketAddrs,
     config: ServerConfig,
 ) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
+    if config.commands.runs_programs() && config.token.is_none() && !local_addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--allow-commands while listening on {local_addr} without --token would let \
+                 anyone who reaches the port run programs on this machine: add --token \
+                 (or POOL_TOKEN), or listen on loopback only with --bind 127.0.0.1"
+            ),
+        ));
+    }
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         executor: Executor::new(config.workers),

@@ -15,20 +15,28 @@
 //!
 //! A part lives in the table from its request until it is answered, its input has all
 //! arrived, and none of its chunks is still computing.
+//!
+//! The job's shared inputs ([`Request::Share`](pool_common::protocol::Request::Share))
+//! arrive before the connection's first part, which fixes them: every part computed on
+//! the connection reads the same [`JobInputs`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use pool_common::jobs::{fold_chunk_result, CancelFlag, Cancelled, PartResult, PartTask};
+use bytes::{Bytes, BytesMut};
+use pool_common::jobs::inputs::check_input_name;
+use pool_common::jobs::{
+    fold_chunk_result, CancelFlag, Cancelled, JobInputs, PartResult, PartTask, SharedInput,
+};
 use pool_common::protocol::{ErrorCode, RemoteError};
 use pool_common::wire::IncomingInput;
 
 /// What a connection accepts of one part; from the server's flags.
 #[derive(Debug, Clone, Copy)]
 pub struct PartLimits {
-    /// Input bytes one part may ship (`--max-part-bytes`).
+    /// Input bytes one part may ship, and the job's shared inputs in all
+    /// (`--max-part-bytes`).
     pub max_part_bytes: u64,
     /// Work items one part may declare (`--max-part-work`).
     pub max_part_work: u64,
@@ -50,6 +58,8 @@ pub enum Action {
         chunk: Bytes,
         /// Set when the part is no longer wanted; the kernel checks it.
         cancel: Arc<CancelFlag>,
+        /// The job's shared inputs.
+        inputs: Arc<JobInputs>,
     },
     /// Send the part's result.
     Done {
@@ -116,9 +126,37 @@ impl Entry {
     }
 }
 
+/// The job's shared inputs on a connection.
+enum Shares {
+    /// No part has come yet: the inputs received so far, and the one arriving.
+    Arriving {
+        complete: Vec<SharedInput>,
+        arriving: Option<ArrivingShare>,
+        total_bytes: u64,
+        /// Why the server will not keep them (over its size limit): every part is then
+        /// refused with this.
+        refusal: Option<RemoteError>,
+    },
+    /// The first part fixed them.
+    Fixed(Arc<JobInputs>),
+    /// The first part found them over the limit; every part is refused with this.
+    Refused(RemoteError),
+}
+
+/// A shared input whose data is still arriving.
+struct ArrivingShare {
+    input_id: u64,
+    name: String,
+    executable: bool,
+    remaining: u64,
+    /// The content so far; nothing is kept of a share that will be refused.
+    content: Option<BytesMut>,
+}
+
 /// The parts of one connection. See the module documentation.
 pub struct PartTable {
     limits: PartLimits,
+    shares: Shares,
     parts: HashMap<u64, Entry>,
     /// Entries not yet answered.
     unanswered: usize,
@@ -132,6 +170,12 @@ impl PartTable {
     pub fn new(limits: PartLimits) -> PartTable {
         PartTable {
             limits,
+            shares: Shares::Arriving {
+                complete: Vec::new(),
+                arriving: None,
+                total_bytes: 0,
+                refusal: None,
+            },
             parts: HashMap::new(),
             unanswered: 0,
             data_chunks_computing: 0,
@@ -158,8 +202,90 @@ impl PartTable {
         self.data_chunks_computing
     }
 
+    /// One of the job's shared inputs was announced; its data follows.
+    pub fn share(
+        &mut self,
+        input_id: u64,
+        name: String,
+        bytes: u64,
+        executable: bool,
+    ) -> Result<(), Violation> {
+        let Shares::Arriving {
+            complete,
+            arriving,
+            total_bytes,
+            refusal,
+        } = &mut self.shares
+        else {
+            return Err(Violation(
+                "a shared input after the connection's first part (shares come first)".into(),
+            ));
+        };
+        if arriving.is_some() {
+            return Err(Violation(
+                "a shared input announced before the previous one's data ended".into(),
+            ));
+        }
+        check_input_name(&name).map_err(|e| Violation(format!("shared input: {e}")))?;
+        *total_bytes = total_bytes.saturating_add(bytes);
+        if *total_bytes > self.limits.max_part_bytes && refusal.is_none() {
+            *refusal = Some(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the job's shared inputs ship {total_bytes} bytes or more, over this                      server's limit of {} (raise pool-server --max-part-bytes)",
+                    self.limits.max_part_bytes
+                ),
+            ));
+        }
+        let share = ArrivingShare {
+            input_id,
+            name,
+            executable,
+            remaining: bytes,
+            content: refusal
+                .is_none()
+                .then(|| BytesMut::with_capacity(bytes as usize)),
+        };
+        if bytes == 0 {
+            complete.extend(share.finish());
+        } else {
+            *arriving = Some(share);
+        }
+        Ok(())
+    }
+
+    /// The job's shared inputs, fixed by the first part: those received, or the reason
+    /// every part is refused.
+    fn fix_shares(&mut self) -> Result<Result<Arc<JobInputs>, RemoteError>, Violation> {
+        if let Shares::Arriving {
+            complete,
+            arriving,
+            refusal,
+            ..
+        } = &mut self.shares
+        {
+            if arriving.is_some() {
+                return Err(Violation(
+                    "a part before the data of a shared input ended".into(),
+                ));
+            }
+            self.shares = match refusal.take() {
+                Some(refusal) => Shares::Refused(refusal),
+                None => Shares::Fixed(Arc::new(
+                    JobInputs::new(std::mem::take(complete))
+                        .map_err(|e| Violation(format!("shared inputs: {e}")))?,
+                )),
+            };
+        }
+        Ok(match &self.shares {
+            Shares::Fixed(inputs) => Ok(Arc::clone(inputs)),
+            Shares::Refused(refusal) => Err(refusal.clone()),
+            Shares::Arriving { .. } => unreachable!("fixed above"),
+        })
+    }
+
     /// A part was requested. `refusal` is a reason the server refuses every part now
-    /// (it is shutting down).
+    /// (it is shutting down) or this one (its program is not allowed here).
     pub fn run_part(
         &mut self,
         part_id: u64,
@@ -169,9 +295,12 @@ impl PartTable {
         if self.parts.contains_key(&part_id) {
             return Err(Violation(format!("part id {part_id} is already in flight")));
         }
+        let inputs = self.fix_shares()?;
         let input = IncomingInput::new(&task)
             .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
-        let refusal = refusal.or_else(|| self.refusal(&task, input.remaining()));
+        let refusal = refusal
+            .or_else(|| inputs.as_ref().err().cloned())
+            .or_else(|| self.refusal(&task, input.remaining()));
         // A refused part with input stays in the table until its input has drained.
         // Refusals cannot fill it without bound: past twice the limit, the connection
         // ends.
@@ -250,8 +379,37 @@ impl PartTable {
         None
     }
 
-    /// A chunk of a part's input arrived.
+    /// A chunk of a part's input, or of a shared input, arrived.
     pub fn data(&mut self, part_id: u64, chunk: Bytes) -> Result<Vec<Action>, Violation> {
+        if let Shares::Arriving {
+            complete,
+            arriving: arriving @ Some(_),
+            ..
+        } = &mut self.shares
+        {
+            let share = arriving.as_mut().expect("matched Some");
+            if share.input_id != part_id {
+                return Err(Violation(format!(
+                    "data for {part_id} while shared input {} still arrives",
+                    share.input_id
+                )));
+            }
+            let len = chunk.len() as u64;
+            if len == 0 || len > share.remaining {
+                return Err(Violation(format!(
+                    "shared input {:?}: a chunk of {len} bytes with {} to come",
+                    share.name, share.remaining
+                )));
+            }
+            share.remaining -= len;
+            if let Some(content) = &mut share.content {
+                content.extend_from_slice(&chunk);
+            }
+            if share.remaining == 0 {
+                complete.extend(arriving.take().expect("matched Some").finish());
+            }
+            return Ok(Vec::new());
+        }
         let Some(mut entry) = self.parts.remove(&part_id) else {
             return Err(Violation(format!(
                 "data for part {part_id}, which is not in flight"
@@ -356,12 +514,27 @@ impl PartTable {
     fn compute(&mut self, part_id: u64, entry: &mut Entry, chunk: Bytes) -> Action {
         entry.computing += 1;
         self.data_chunks_computing += usize::from(entry.has_input);
+        let Shares::Fixed(inputs) = &self.shares else {
+            unreachable!("a part is computed only once the shares are fixed and kept")
+        };
         Action::Compute {
             part_id,
             task: Arc::clone(&entry.task),
             chunk,
             cancel: Arc::clone(&entry.cancel),
+            inputs: Arc::clone(inputs),
         }
+    }
+}
+
+impl ArrivingShare {
+    /// The input, once all its data has arrived; nothing for one being refused.
+    fn finish(self) -> Option<SharedInput> {
+        Some(SharedInput {
+            name: self.name,
+            bytes: self.content?.freeze(),
+            executable: self.executable,
+        })
     }
 }
 
@@ -403,8 +576,9 @@ mod tests {
                     task,
                     chunk,
                     cancel,
+                    inputs,
                 } => {
-                    let outcome = compute_chunk(&task, &chunk, &cancel).into();
+                    let outcome = compute_chunk(&task, &chunk, &inputs, &cancel).into();
                     let more = table.computed(part_id, outcome, Duration::ZERO);
                     replies.extend(execute(table, more));
                 }
@@ -608,5 +782,83 @@ mod tests {
             refused.as_slice(),
             [Action::Failed { error, .. }] if error.code == ErrorCode::BadRequest
         ));
+    }
+
+    #[test]
+    fn shared_inputs_reach_every_part_of_the_connection() {
+        let mut table = table();
+        table.share(100, "lib/a.txt".into(), 5, false).unwrap();
+        assert!(table
+            .data(100, Bytes::from_static(b"hel"))
+            .unwrap()
+            .is_empty());
+        assert!(table
+            .data(100, Bytes::from_static(b"lo"))
+            .unwrap()
+            .is_empty());
+        table.share(101, "empty".into(), 0, true).unwrap();
+        for id in 0..2 {
+            let actions = table.run_part(id, loop_part(1), None).unwrap();
+            let [Action::Compute { inputs, .. }] = actions.as_slice() else {
+                panic!("{actions:?}")
+            };
+            assert_eq!(inputs.get("lib/a.txt").unwrap().as_ref(), b"hello");
+            assert_eq!(inputs.inputs()[1].name, "empty");
+            assert!(inputs.inputs()[1].executable);
+        }
+    }
+
+    #[test]
+    fn shares_out_of_order_or_escaping_end_the_connection() {
+        let mut table = table();
+        for name in ["../x", "/etc/passwd", "a/./b", ""] {
+            assert!(table.share(1, name.into(), 1, false).is_err(), "{name:?}");
+        }
+        table.share(1, "a".into(), 4, false).unwrap();
+        assert!(
+            table.share(2, "b".into(), 1, false).is_err(),
+            "before a's data ended"
+        );
+        assert!(
+            table.run_part(3, loop_part(1), None).is_err(),
+            "a part before a's data"
+        );
+        assert!(
+            table.data(1, Bytes::from_static(b"12345")).is_err(),
+            "overrun"
+        );
+
+        let mut table = self::table();
+        table.share(1, "a".into(), 0, false).unwrap();
+        table.share(2, "a".into(), 0, false).unwrap();
+        assert!(
+            table.run_part(3, loop_part(1), None).is_err(),
+            "a name twice"
+        );
+
+        let mut table = self::table();
+        table.run_part(1, loop_part(1), None).unwrap();
+        assert!(
+            table.share(2, "late".into(), 0, false).is_err(),
+            "after a part"
+        );
+    }
+
+    #[test]
+    fn shares_over_the_limit_are_drained_and_every_part_refused() {
+        let mut table = table();
+        let big = (1 << 20) + 1;
+        table.share(1, "big".into(), big, false).unwrap();
+        let chunk = Bytes::from(vec![0u8; 1 << 20]);
+        table.data(1, chunk).unwrap();
+        table.data(1, Bytes::from_static(b"x")).unwrap();
+        for id in 2..4 {
+            let refused = table.run_part(id, loop_part(1), None).unwrap();
+            assert!(matches!(
+                refused.as_slice(),
+                [Action::Failed { error, .. }] if error.code == ErrorCode::LimitExceeded
+                    && error.message.contains("--max-part-bytes")
+            ));
+        }
     }
 }

@@ -47,14 +47,11 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         let rss_idle = server.rss_kib()?;
         let runs = conns.iter().enumerate().map(|(i, conn)| async move {
             let lo = i as u64 * PART_ITERATIONS;
-            let part = Part {
-                index: i,
-                task: PartTask::Loop(LoopPart {
-                    lo,
-                    hi: lo + PART_ITERATIONS,
-                }),
-                input: bytes::Bytes::new(),
-            };
+            let task = PartTask::Loop(LoopPart {
+                lo,
+                hi: lo + PART_ITERATIONS,
+            });
+            let part = Part::new(i, task, bytes::Bytes::new());
             let started = Instant::now();
             let reply = conn.run_part(&part).await?;
             let want = part.compute(&CancelFlag::new()).expect("never cancelled");

@@ -79,16 +79,13 @@ fn wide_exponents(elements: u64) -> Bytes {
 
 /// `bytes` as one part of a one-row float matrix.
 fn float_part(bytes: &Bytes) -> Part {
-    Part {
-        index: 0,
-        task: PartTask::MatrixSum(MatrixPart {
-            first_row: 0,
-            rows: 1,
-            cols: bytes.len() as u64 / 8,
-            element: Element::F64,
-        }),
-        input: bytes.clone(),
-    }
+    let task = PartTask::MatrixSum(MatrixPart {
+        first_row: 0,
+        rows: 1,
+        cols: bytes.len() as u64 / 8,
+        element: Element::F64,
+    });
+    Part::new(0, task, bytes.clone())
 }
 
 /// GB/s of the product's kernel on `bytes`: one part, computed chunk by chunk in this

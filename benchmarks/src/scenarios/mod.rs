@@ -4,6 +4,7 @@ pub mod connections;
 pub mod float_sum;
 pub mod kernels;
 pub mod lan;
+pub mod matmul;
 pub mod overhead;
 pub mod paper;
 pub mod scaling;
@@ -50,10 +51,12 @@ pub const WINDOW: usize = 256;
 /// `n` parts that do nothing: loop parts over an empty range, without data.
 pub fn empty_parts(n: usize) -> Vec<Part> {
     (0..n)
-        .map(|index| Part {
-            index,
-            task: PartTask::Loop(LoopPart { lo: 0, hi: 0 }),
-            input: Bytes::new(),
+        .map(|index| {
+            Part::new(
+                index,
+                PartTask::Loop(LoopPart { lo: 0, hi: 0 }),
+                Bytes::new(),
+            )
         })
         .collect()
 }

@@ -21,6 +21,15 @@ pub fn client_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pool-client"))
 }
 
+/// An empty folder for one test's files, `pool-test-NAME-PID` in the system's
+/// temporary folder (emptied if a previous run left it).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pool-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The workspace's examples folder.
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")

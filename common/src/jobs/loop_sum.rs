@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, Kind, ParamError};
+use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
 use crate::splitmix::splitmix64;
 
 /// How many iterations run between two looks at the cancel flag (about a millisecond).
@@ -69,7 +69,8 @@ impl Kind for LoopSum {
         *iterations
     }
 
-    fn part(_iterations: &u64, lo: u64, hi: u64) -> (LoopPart, Bytes) {
+    fn part(_iterations: &u64, range: PartRange) -> (LoopPart, Bytes) {
+        let PartRange { lo, hi, .. } = range;
         (LoopPart { lo, hi }, Bytes::new())
     }
 
@@ -84,7 +85,12 @@ impl Kind for LoopSum {
         task.hi.saturating_sub(task.lo)
     }
 
-    fn compute_chunk(task: &LoopPart, _chunk: &[u8], cancel: &CancelFlag) -> Result<u64, Cancelled> {
+    fn compute_chunk(
+        task: &LoopPart,
+        _chunk: &[u8],
+        _inputs: &JobInputs,
+        cancel: &CancelFlag,
+    ) -> Result<u64, Cancelled> {
         task.compute(cancel)
     }
 

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, Kind, ParamError};
+use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
 
 /// The most pixels an image may have: 2^25, e.g. 8192 x 4096. The client holds the
 /// counts (two bytes a pixel) of every mode's result and the pool's parts at once,
@@ -282,7 +282,8 @@ impl Kind for Mandelbrot {
         job.view.height
     }
 
-    fn part(job: &MandelbrotJob, lo: u64, hi: u64) -> (MandelbrotPart, Bytes) {
+    fn part(job: &MandelbrotJob, range: PartRange) -> (MandelbrotPart, Bytes) {
+        let PartRange { lo, hi, .. } = range;
         let task = MandelbrotPart {
             view: job.view,
             first_row: lo,
@@ -337,6 +338,7 @@ impl Kind for Mandelbrot {
     fn compute_chunk(
         task: &MandelbrotPart,
         _chunk: &[u8],
+        _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<Rows, Cancelled> {
         let width = task.view.width as usize;
@@ -573,7 +575,7 @@ mod tests {
             first_row,
             rows,
         };
-        Mandelbrot::compute_chunk(&task, &[], &CancelFlag::new()).unwrap()
+        Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new()).unwrap()
     }
 
     fn counts(rows: &Rows) -> Vec<u16> {
@@ -673,7 +675,8 @@ mod tests {
             first_row: 4,
             rows: 3,
         };
-        let good = Mandelbrot::compute_chunk(&task, &[], &CancelFlag::new()).unwrap();
+        let good = Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new())
+            .unwrap();
         assert!(Mandelbrot::could_produce(&task, &good));
         let mut wrong_sum = good.clone();
         wrong_sum.checksum += 1;
@@ -806,7 +809,7 @@ mod tests {
             rows: 4096,
         };
         assert_eq!(
-            Mandelbrot::compute_chunk(&task, &[], &cancel),
+            Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &cancel),
             Err(Cancelled)
         );
     }

@@ -20,7 +20,7 @@ use toml::Spanned;
 
 use self::csv_file::CsvOptions;
 pub use self::csv_file::{CsvDelimiter, CsvHeader};
-use super::{CancelFlag, Cancelled, Kind, ParamError};
+use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
 use crate::exact_sum::ExactSum;
 use crate::splitmix::splitmix64;
 
@@ -80,7 +80,9 @@ pub struct MatrixParams {
 
 impl MatrixParams {
     fn element(&self) -> Element {
-        self.element.as_ref().map_or_else(Element::default, |e| *e.get_ref())
+        self.element
+            .as_ref()
+            .map_or_else(Element::default, |e| *e.get_ref())
     }
 }
 
@@ -131,15 +133,24 @@ impl Kind for MatrixSum {
                 "give one of `csv` and `npy`, not both",
             ));
         }
-        let file = [("csv", "a CSV matrix", &params.csv), ("npy", "an .npy matrix", &params.npy)]
-            .into_iter()
-            .find_map(|(key, what, value)| value.as_ref().map(|_| (key, what)));
+        let file = [
+            ("csv", "a CSV matrix", &params.csv),
+            ("npy", "an .npy matrix", &params.npy),
+        ]
+        .into_iter()
+        .find_map(|(key, what, value)| value.as_ref().map(|_| (key, what)));
         if let Some((file_key, what)) = file {
-            for (key, value) in [("rows", &params.rows), ("cols", &params.cols), ("seed", &params.seed)] {
+            for (key, value) in [
+                ("rows", &params.rows),
+                ("cols", &params.cols),
+                ("seed", &params.seed),
+            ] {
                 if let Some(value) = value {
                     return Err(ParamError::at(
                         value.span(),
-                        format!("`{key}` cannot be combined with `{file_key}`: {what} has its own size"),
+                        format!(
+                            "`{key}` cannot be combined with `{file_key}`: {what} has its own size"
+                        ),
                     ));
                 }
             }
@@ -151,10 +162,16 @@ impl Kind for MatrixSum {
             ));
         }
         if params.csv.is_none() {
-            let delimiter = params.csv_delimiter.as_ref().map(|d| ("csv_delimiter", d.span()));
+            let delimiter = params
+                .csv_delimiter
+                .as_ref()
+                .map(|d| ("csv_delimiter", d.span()));
             let header = params.csv_header.as_ref().map(|h| ("csv_header", h.span()));
             if let Some((key, span)) = delimiter.or(header) {
-                return Err(ParamError::at(span, format!("`{key}` applies only to a `csv` matrix")));
+                return Err(ParamError::at(
+                    span,
+                    format!("`{key}` applies only to a `csv` matrix"),
+                ));
             }
         }
         if file.is_some() {
@@ -167,7 +184,10 @@ impl Kind for MatrixSum {
         };
         for dim in [rows, cols] {
             if *dim.get_ref() == 0 {
-                return Err(ParamError::at(dim.span(), "a matrix dimension must be at least 1"));
+                return Err(ParamError::at(
+                    dim.span(),
+                    "a matrix dimension must be at least 1",
+                ));
             }
         }
         let bytes = rows
@@ -211,7 +231,10 @@ impl Kind for MatrixSum {
             (Some(csv), _, _, _) => {
                 let options = CsvOptions {
                     delimiter: params.csv_delimiter.as_ref().map(|d| *d.get_ref()),
-                    header: params.csv_header.as_ref().map_or_else(CsvHeader::default, |h| *h.get_ref()),
+                    header: params
+                        .csv_header
+                        .as_ref()
+                        .map_or_else(CsvHeader::default, |h| *h.get_ref()),
                     element: params.element(),
                 };
                 csv_file::read(&base.join(csv.get_ref()), &options).map_err(|e| format!("csv: {e}"))
@@ -233,7 +256,8 @@ impl Kind for MatrixSum {
         matrix.rows()
     }
 
-    fn part(matrix: &Matrix, lo: u64, hi: u64) -> (MatrixPart, Bytes) {
+    fn part(matrix: &Matrix, range: PartRange) -> (MatrixPart, Bytes) {
+        let PartRange { lo, hi, .. } = range;
         matrix.row_block(lo, hi)
     }
 
@@ -265,7 +289,12 @@ impl Kind for MatrixSum {
         }
     }
 
-    fn compute_chunk(task: &MatrixPart, chunk: &[u8], cancel: &CancelFlag) -> Result<MatrixTotal, Cancelled> {
+    fn compute_chunk(
+        task: &MatrixPart,
+        chunk: &[u8],
+        _inputs: &JobInputs,
+        cancel: &CancelFlag,
+    ) -> Result<MatrixTotal, Cancelled> {
         // A chunk is at most 4 MiB, about a millisecond: one look at the flag suffices.
         if cancel.is_cancelled() {
             return Err(Cancelled);
@@ -278,7 +307,9 @@ impl Kind for MatrixSum {
 
     fn combine(a: MatrixTotal, b: MatrixTotal) -> Option<MatrixTotal> {
         match (a, b) {
-            (MatrixTotal::Integer(a), MatrixTotal::Integer(b)) => a.checked_add(b).map(MatrixTotal::Integer),
+            (MatrixTotal::Integer(a), MatrixTotal::Integer(b)) => {
+                a.checked_add(b).map(MatrixTotal::Integer)
+            }
             (MatrixTotal::Float(a), MatrixTotal::Float(b)) => {
                 a.combine(&b).map(|sum| MatrixTotal::Float(Box::new(sum)))
             }
@@ -417,12 +448,15 @@ mod tests {
 
     fn total(matrix: &Matrix) -> MatrixTotal {
         let (task, input) = matrix.row_block(0, matrix.rows());
-        MatrixSum::compute_chunk(&task, &input, &CancelFlag::new()).unwrap()
+        MatrixSum::compute_chunk(&task, &input, &JobInputs::default(), &CancelFlag::new()).unwrap()
     }
 
     #[test]
     fn csv_sums_exactly_beyond_i64() {
-        let m = csv("9223372036854775807, 9223372036854775807\n-1,2\n", Element::I64);
+        let m = csv(
+            "9223372036854775807, 9223372036854775807\n-1,2\n",
+            Element::I64,
+        );
         assert_eq!((m.rows(), m.cols()), (2, 2));
         assert_eq!(total(&m), MatrixTotal::Integer(2 * i64::MAX as i128 + 1));
     }
@@ -470,7 +504,10 @@ mod tests {
         let m = Matrix::generate(2, 3, 5, Element::F64);
         for (k, b) in m.bytes().chunks_exact(8).enumerate() {
             let v = f64::from_le_bytes(b.try_into().unwrap());
-            assert_eq!(v, (splitmix64(5 + k as u64) >> 11) as f64 / 9007199254740992.0);
+            assert_eq!(
+                v,
+                (splitmix64(5 + k as u64) >> 11) as f64 / 9007199254740992.0
+            );
             assert!((0.0..1.0).contains(&v));
         }
     }

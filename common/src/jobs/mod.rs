@@ -24,11 +24,16 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub mod inputs;
+
+pub use inputs::{JobInputs, SharedInput};
 
 /// A part's input travels, and is computed, in chunks of at most this many bytes (a
 /// multiple of 8, so chunks of 8-byte elements hold whole elements).
@@ -94,9 +99,16 @@ pub trait Kind {
     /// parts.
     fn split_units(data: &Self::Data) -> u64;
 
-    /// The part covering units `[lo, hi)` (`lo < hi <= split_units`): its task and its
-    /// input bytes (a zero-copy slice of the job's data, or empty).
-    fn part(data: &Self::Data, lo: u64, hi: u64) -> (Self::Task, Bytes);
+    /// The part covering units `[range.lo, range.hi)`: its task and its input bytes (a
+    /// zero-copy slice of the job's data, or empty).
+    fn part(data: &Self::Data, range: PartRange) -> (Self::Task, Bytes);
+
+    /// The inputs every part of the job reads (a program's files, a matrix every part
+    /// multiplies by): shipped to each server once per job, and handed to
+    /// [`compute_chunk`](Kind::compute_chunk) as [`JobInputs`]. None by default.
+    fn shared_inputs(_data: &Self::Data) -> Vec<SharedInput> {
+        Vec::new()
+    }
 
     /// Checks a task received from the network; a server refuses one that fails.
     fn validate(task: &Self::Task) -> Result<(), String>;
@@ -116,13 +128,32 @@ pub trait Kind {
         Err(format!("a {} part takes no data", Self::NAME))
     }
 
+    /// The program the task runs, if it runs one of the user's: a server refuses it
+    /// unless started with `--allow-commands`, and checks it against its allowlist and
+    /// output limit before anything runs. Built-in kernels run none. A part that runs
+    /// a program is a process of its own in every mode, so for such a job the local
+    /// "threaded" mode would be the multi-process mode again, and is not run.
+    fn program(_task: &Self::Task) -> Option<Program<'_>> {
+        None
+    }
+
     /// Computes one chunk of the task's input (the whole task, on an empty chunk, for a
-    /// task without input), checking `cancel` often enough to stop within ~100 ms.
+    /// task without input), reading the job's shared `inputs` if it has any, and
+    /// checking `cancel` often enough to stop within ~100 ms.
     fn compute_chunk(
         task: &Self::Task,
         chunk: &[u8],
+        inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<Self::Output, Cancelled>;
+
+    /// The user's error that `output` reports, if it reports one: a command that exited
+    /// with a failure. A part with such a result is answered like any other (the server
+    /// did its work), and the client stops the job and shows the message instead of
+    /// asking another server. Built-in kernels never fail this way.
+    fn user_error(_output: &Self::Output) -> Option<String> {
+        None
+    }
 
     /// Combines the results of two chunks of one part, or of two parts. `None` when
     /// they cannot combine (an overflow only a hostile peer can cause).
@@ -149,6 +180,28 @@ pub trait Kind {
     fn save(_data: &Self::Data, _output: &Self::Output) -> Result<Vec<PathBuf>, String> {
         Ok(Vec::new())
     }
+}
+
+/// Where a part sits in its job: the `index`-th of `parts`, covering units `[lo, hi)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartRange {
+    /// The part's position, from 0.
+    pub index: usize,
+    /// How many parts the job has.
+    pub parts: usize,
+    /// The first unit, included.
+    pub lo: u64,
+    /// The last unit, excluded.
+    pub hi: u64,
+}
+
+/// A user's program a part runs, as a server checks it before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program<'a> {
+    /// The program, as the command's first word gives it (`python3`, `./sim`).
+    pub name: &'a str,
+    /// The most standard output the part may keep.
+    pub max_output_bytes: u64,
 }
 
 /// A problem with a kind's parameters, and where in the job file it is.
@@ -205,7 +258,7 @@ impl CancelFlag {
 #[error("cancelled")]
 pub struct Cancelled;
 
-/// One part of a job: the task and the input bytes it reads.
+/// One part of a job: the task, the input bytes it reads, and the job's shared inputs.
 #[derive(Debug, Clone)]
 pub struct Part {
     /// The part's position in the job, from 0.
@@ -214,6 +267,8 @@ pub struct Part {
     pub task: PartTask,
     /// The input, `task.input_bytes()` long (a zero-copy slice of the job's data).
     pub input: Bytes,
+    /// The inputs every part of the job reads; the same for all of them.
+    pub shared: Arc<JobInputs>,
 }
 
 impl Part {
@@ -222,9 +277,19 @@ impl Part {
         chunks_of(&self.input)
     }
 
+    /// A part without shared inputs (those of a job that has none).
+    pub fn new(index: usize, task: PartTask, input: Bytes) -> Part {
+        Part {
+            index,
+            task,
+            input,
+            shared: Arc::default(),
+        }
+    }
+
     /// Computes the part in this thread, chunk by chunk, as a server would.
     pub fn compute(&self, cancel: &CancelFlag) -> Result<PartResult, Cancelled> {
-        let mut computation = PartComputation::new(&self.task);
+        let mut computation = PartComputation::new(&self.task, &self.shared);
         if self.input.is_empty() {
             computation.add_chunk(&[], cancel)?;
         }
@@ -251,16 +316,18 @@ pub fn chunks_of(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 /// executor ([`fold_chunk_result`]).
 pub struct PartComputation<'a> {
     task: &'a PartTask,
+    inputs: &'a JobInputs,
     partial: Option<PartResult>,
     compute: Duration,
     combine_failed: bool,
 }
 
 impl<'a> PartComputation<'a> {
-    /// Starts computing `task`.
-    pub fn new(task: &'a PartTask) -> Self {
+    /// Starts computing `task`, which reads the job's shared `inputs`.
+    pub fn new(task: &'a PartTask, inputs: &'a JobInputs) -> Self {
         PartComputation {
             task,
+            inputs,
             partial: None,
             compute: Duration::ZERO,
             combine_failed: false,
@@ -270,7 +337,7 @@ impl<'a> PartComputation<'a> {
     /// Computes one chunk (an empty one for a part without input) and folds it in.
     pub fn add_chunk(&mut self, chunk: &[u8], cancel: &CancelFlag) -> Result<(), Cancelled> {
         let started = Instant::now();
-        let result = compute_chunk(self.task, chunk, cancel)?;
+        let result = compute_chunk(self.task, chunk, self.inputs, cancel)?;
         self.compute += started.elapsed();
         self.combine_failed |= fold_chunk_result(&mut self.partial, result).is_err();
         Ok(())
@@ -321,18 +388,34 @@ fn even_range(total: u64, parts: usize, index: usize) -> (u64, u64) {
 
 impl Job {
     /// Splits the job into `parts` parts of near-equal size (they differ by at most one
-    /// unit). `parts` must be between 1 and [`split_units`](Self::split_units).
+    /// unit), sharing one copy of the job's shared inputs. `parts` must be between 1
+    /// and [`split_units`](Self::split_units).
     pub fn split(&self, parts: usize) -> Vec<Part> {
         let units = self.split_units();
         assert!(
             parts >= 1 && parts as u64 <= units,
             "invalid part count {parts}"
         );
+        let shared = Arc::new(
+            JobInputs::new(self.shared_inputs())
+                .expect("a kind's shared inputs are checked when the job loads"),
+        );
         (0..parts)
             .map(|index| {
                 let (lo, hi) = even_range(units, parts, index);
-                let (task, input) = self.part(lo, hi);
-                Part { index, task, input }
+                let range = PartRange {
+                    index,
+                    parts,
+                    lo,
+                    hi,
+                };
+                let (task, input) = self.part(range);
+                Part {
+                    index,
+                    task,
+                    input,
+                    shared: Arc::clone(&shared),
+                }
             })
             .collect()
     }
@@ -445,6 +528,13 @@ macro_rules! job_kinds {
                     $(PartTask::$variant(task) => <$module::$kind as Kind>::max_result_bytes(task),)+
                 }
             }
+
+            /// See [`Kind::program`].
+            pub fn program(&self) -> Option<Program<'_>> {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::program(task),)+
+                }
+            }
         }
 
         /// Computes one chunk of a part's input (for a part without input, the whole
@@ -452,11 +542,13 @@ macro_rules! job_kinds {
         pub fn compute_chunk(
             task: &PartTask,
             chunk: &[u8],
+            inputs: &JobInputs,
             cancel: &CancelFlag,
         ) -> Result<PartResult, Cancelled> {
             match task {
                 $(PartTask::$variant(task) => {
-                    <$module::$kind as Kind>::compute_chunk(task, chunk, cancel).map(PartResult::$variant)
+                    <$module::$kind as Kind>::compute_chunk(task, chunk, inputs, cancel)
+                        .map(PartResult::$variant)
                 })+
             }
         }
@@ -472,6 +564,15 @@ macro_rules! job_kinds {
                         let PartResult::$variant(b) = other else { return None };
                         <$module::$kind as Kind>::combine(a, b).map(PartResult::$variant)
                     })+
+                }
+            }
+        }
+
+        impl PartResult {
+            /// See [`Kind::user_error`].
+            pub fn user_error(&self) -> Option<String> {
+                match self {
+                    $(PartResult::$variant(output) => <$module::$kind as Kind>::user_error(output),)+
                 }
             }
         }
@@ -580,15 +681,23 @@ macro_rules! job_kinds {
                 }
             }
 
-            /// The part covering units `[lo, hi)`: its task and input.
-            fn part(&self, lo: u64, hi: u64) -> (PartTask, Bytes) {
+            /// The part at `range`: its task and input.
+            fn part(&self, range: PartRange) -> (PartTask, Bytes) {
                 match self {
                     $(Job::$variant(data) => {
-                        let (task, input) = <$module::$kind as Kind>::part(data, lo, hi);
+                        let (task, input) = <$module::$kind as Kind>::part(data, range);
                         (PartTask::$variant(task), input)
                     })+
                 }
             }
+
+            /// See [`Kind::shared_inputs`].
+            pub fn shared_inputs(&self) -> Vec<SharedInput> {
+                match self {
+                    $(Job::$variant(data) => <$module::$kind as Kind>::shared_inputs(data),)+
+                }
+            }
+
         }
     };
 }
@@ -599,6 +708,7 @@ job_kinds! {
     SumOfSquares => sum_of_squares::SumOfSquares,
     Primes => primes::Primes,
     Mandelbrot => mandelbrot::Mandelbrot,
+    Command => command::CommandKind,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, Kind, ParamError};
+use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
 
 /// The largest `below` a job (or a part's `hi`) may have: 10^13, about a day of one
 /// core. It bounds the base primes a part sieves first (up to 3.2 million), so a task
@@ -103,7 +103,8 @@ impl Kind for Primes {
         *below
     }
 
-    fn part(_below: &u64, lo: u64, hi: u64) -> (PrimesPart, Bytes) {
+    fn part(_below: &u64, range: PartRange) -> (PrimesPart, Bytes) {
+        let PartRange { lo, hi, .. } = range;
         (PrimesPart { lo, hi }, Bytes::new())
     }
 
@@ -127,6 +128,7 @@ impl Kind for Primes {
     fn compute_chunk(
         task: &PrimesPart,
         _chunk: &[u8],
+        _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<u64, Cancelled> {
         count_primes(task.lo, task.hi, cancel)

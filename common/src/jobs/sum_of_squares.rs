@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, Kind, ParamError};
+use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
 
 /// How many terms are added between two looks at the cancel flag.
 const CANCEL_CHECK_INTERVAL: u64 = 1 << 20;
@@ -68,7 +68,8 @@ impl Kind for SumOfSquares {
         *count
     }
 
-    fn part(_count: &u64, lo: u64, hi: u64) -> (SquaresPart, Bytes) {
+    fn part(_count: &u64, range: PartRange) -> (SquaresPart, Bytes) {
+        let PartRange { lo, hi, .. } = range;
         (SquaresPart { lo, hi }, Bytes::new())
     }
 
@@ -86,6 +87,7 @@ impl Kind for SumOfSquares {
     fn compute_chunk(
         task: &SquaresPart,
         _chunk: &[u8],
+        _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<u64, Cancelled> {
         let mut sum = 0u64;
@@ -118,9 +120,12 @@ mod tests {
     fn matches_the_closed_form() {
         let n: u128 = 1_000_000;
         let closed_form = (n - 1) * n * (2 * n - 1) / 6;
-        let task = SquaresPart { lo: 0, hi: n as u64 };
+        let task = SquaresPart {
+            lo: 0,
+            hi: n as u64,
+        };
         assert_eq!(
-            SumOfSquares::compute_chunk(&task, &[], &CancelFlag::new()),
+            SumOfSquares::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new()),
             Ok(closed_form as u64)
         );
     }

@@ -467,15 +467,24 @@ mod tests {
     #[test]
     fn headers_true_false_and_auto() {
         let with_header = "x,y\n1,2\n";
-        assert_eq!(integers(&parse(with_header.as_bytes(), "m.csv", &I64).unwrap()), [1, 2]);
+        assert_eq!(
+            integers(&parse(with_header.as_bytes(), "m.csv", &I64).unwrap()),
+            [1, 2]
+        );
         let present = CsvOptions {
             header: CsvHeader::Present,
             ..I64
         };
         // A numeric first row is a header when the job file says so...
-        assert_eq!(integers(&parse(b"7,8\n1,2\n", "m.csv", &present).unwrap()), [1, 2]);
+        assert_eq!(
+            integers(&parse(b"7,8\n1,2\n", "m.csv", &present).unwrap()),
+            [1, 2]
+        );
         // ...and data under "auto".
-        assert_eq!(integers(&parse(b"7,8\n1,2\n", "m.csv", &I64).unwrap()), [7, 8, 1, 2]);
+        assert_eq!(
+            integers(&parse(b"7,8\n1,2\n", "m.csv", &I64).unwrap()),
+            [7, 8, 1, 2]
+        );
         let absent = CsvOptions {
             header: CsvHeader::Absent,
             ..I64
@@ -510,7 +519,9 @@ mod tests {
             "m.csv: row 3 has 2 columns, but row 2 has 3"
         );
         assert_eq!(
-            parse(b"1,2\n3,\xff\n", "m.csv", &I64).unwrap_err().to_string(),
+            parse(b"1,2\n3,\xff\n", "m.csv", &I64)
+                .unwrap_err()
+                .to_string(),
             "m.csv: row 2, column 2: the cell is not UTF-8 text"
         );
         assert!(matches!(

@@ -236,7 +236,11 @@ impl Cursor<'_> {
 
     fn string(&mut self) -> Result<String, String> {
         self.skip_space();
-        let quote = self.rest().chars().next().filter(|c| *c == '\'' || *c == '"');
+        let quote = self
+            .rest()
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"');
         let Some(quote) = quote else {
             return Err(format!(
                 "cannot read the header: expected a string at byte {}",
@@ -337,7 +341,10 @@ mod tests {
         // The matrix is the file's own memory, not a copy.
         assert_eq!(m.bytes().as_ptr(), file[file.len() - data.len()..].as_ptr());
 
-        let data: Vec<u8> = [0.5f64, -1e308].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = [0.5f64, -1e308]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let m = parse(Bytes::from(encode("'<f8'", false, "(2, 1)", &data))).unwrap();
         assert_eq!((m.rows(), m.cols(), m.element()), (2, 1, Element::F64));
     }
@@ -360,12 +367,17 @@ mod tests {
     #[test]
     fn other_dtypes_orders_and_shapes_are_named() {
         let eight = [0u8; 8];
-        assert!(error(encode("'<f4'", false, "(1, 2)", &eight)).starts_with("dtype \"<f4\"; pool reads"));
+        assert!(error(encode("'<f4'", false, "(1, 2)", &eight))
+            .starts_with("dtype \"<f4\"; pool reads"));
         assert!(error(encode("'>f8'", false, "(1, 1)", &eight)).starts_with("dtype \">f8\""));
         assert!(error(encode("'<i4'", false, "(1, 2)", &eight)).starts_with("dtype \"<i4\""));
-        assert!(error(encode("'<f8'", true, "(1, 1)", &eight)).starts_with("Fortran (column-major) order"));
-        assert!(error(encode("'<f8'", false, "(1,)", &eight)).starts_with("shape (1,), 1 dimension(s)"));
-        assert!(error(encode("'<f8'", false, "(1, 1, 1)", &eight)).starts_with("shape (1, 1, 1), 3 dimension(s)"));
+        assert!(error(encode("'<f8'", true, "(1, 1)", &eight))
+            .starts_with("Fortran (column-major) order"));
+        assert!(
+            error(encode("'<f8'", false, "(1,)", &eight)).starts_with("shape (1,), 1 dimension(s)")
+        );
+        assert!(error(encode("'<f8'", false, "(1, 1, 1)", &eight))
+            .starts_with("shape (1, 1, 1), 3 dimension(s)"));
         assert!(error(encode("'<f8'", false, "(0, 3)", &[])).contains("no elements"));
         assert_eq!(
             error(encode("'<f8'", false, "(2, 1)", &eight)),
@@ -392,7 +404,10 @@ mod tests {
                 let _ = parse(Bytes::from(bad)); // never panics
             }
         }
-        assert!(error(encode("'<f8'", false, "(99999999999, 99999999999)", &[])).contains("larger than"));
+        assert!(
+            error(encode("'<f8'", false, "(99999999999, 99999999999)", &[]))
+                .contains("larger than")
+        );
         assert!(error(encode("'<f8'", false, "(-1, 1)", &[])).contains("expected a dimension"));
     }
 }
