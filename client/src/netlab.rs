@@ -3,7 +3,8 @@
 //! network: distinct addresses, a link slower than memory, a cable pulled out.
 //!
 //! A [`NetLab`] with three servers looks like this (every name carries this process's
-//! id and a counter, so the labs of tests running in parallel never meet):
+//! id and a counter, so the labs of tests running in parallel, in one process or in
+//! several, never meet):
 //!
 //! ```text
 //!  poollab-PID-N-s0   poollab-PID-N-s1   poollab-PID-N-s2   poollab-PID-N-c
@@ -28,12 +29,15 @@
 //! left behind by a process killed outright (SIGKILL) is removed by the next lab made
 //! on the machine, once no process with its id runs.
 //!
-//! It needs root and iproute2 (`ip`, `tc`); where either is missing, or the kernel or a
-//! sandbox refuses namespaces, [`NetLab::new`] returns [`LabError::Unavailable`] and
-//! the caller skips, saying why.
+//! It needs root and iproute2 (`ip`, `tc`). Where either is missing,
+//! [`NetLab::new`] returns [`LabError::Unavailable`], saying which, and the caller
+//! skips ([`NetLab::new_or_skip`]); where both are there, anything that goes wrong
+//! building the lab is a [`LabError::Failed`], a real failure.
 
 use std::ffi::OsStr;
+use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -47,13 +51,16 @@ const PREFIX: &str = "poollab-";
 
 /// The lab's subnet. Every lab has its own switch, so two labs using the same
 /// addresses never see each other, and the host's routes never see either.
-pub const SUBNET: &str = "10.77.0.0/24";
+const SUBNET: &str = "10.77.0.0/24";
 
 /// The client's address.
 const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 /// The first server's address; the others follow.
 const FIRST_SERVER: u8 = 10;
+
+/// The most servers a lab has: their addresses must stay within the subnet.
+const MAX_SERVERS: usize = 200;
 
 /// What lab to build.
 #[derive(Debug, Clone)]
@@ -81,11 +88,11 @@ impl Default for LabConfig {
 /// Why no lab was built.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    /// This machine does not allow network namespaces here (not root, no iproute2, or
-    /// the kernel or a sandbox refuses): tests and benchmarks skip, saying this.
-    #[error("needs root and iproute2 (ip netns): {0}")]
+    /// This machine cannot have network namespaces here: the message says what is
+    /// missing ("needs root", "needs the `ip` command ..."). Tests and benchmarks skip.
+    #[error("{0}")]
     Unavailable(String),
-    /// Namespaces can be made here, but building the lab failed: a real failure.
+    /// Root and iproute2 are there, but building the lab failed: a real failure.
     #[error(transparent)]
     Failed(#[from] anyhow::Error),
 }
@@ -97,22 +104,22 @@ pub struct Host {
     pub namespace: String,
     /// Its address on the lab's subnet.
     pub address: Ipv4Addr,
-    /// The name of the switch's end of its cable (in the switch's namespace).
-    pub port: String,
+    /// The switch's end of its cable: an interface in the switch's namespace.
+    pub switch_port: String,
 }
 
 /// Network namespaces on a bridge with rate-limited links, removed when dropped. See
 /// the [module documentation](self).
 #[derive(Debug)]
 pub struct NetLab {
+    /// Removed when the lab is dropped.
+    namespaces: Namespaces,
     switch: String,
     servers: Vec<Host>,
-    client: Option<Host>,
+    client: Host,
     rate: String,
     delay: Result<Duration, String>,
     token: String,
-    /// Namespaces created so far, removed on drop (also when building fails half-way).
-    created: Vec<String>,
 }
 
 impl NetLab {
@@ -120,6 +127,12 @@ impl NetLab {
     /// link limited to `config.rate` each way.
     pub fn new(config: &LabConfig) -> Result<NetLab, LabError> {
         check_prerequisites()?;
+        if config.servers == 0 || config.servers > MAX_SERVERS {
+            return Err(LabError::Failed(anyhow::anyhow!(
+                "a lab has 1 to {MAX_SERVERS} servers, not {}",
+                config.servers
+            )));
+        }
         remove_abandoned_labs();
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -127,86 +140,66 @@ impl NetLab {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let switch = format!("{name}-sw");
-        // The first namespace tells whether this machine allows them at all; anything
-        // failing after it is a real failure.
-        run(&["ip", "netns", "add", &switch]).map_err(|e| {
-            LabError::Unavailable(format!("cannot create a network namespace: {e:#}"))
-        })?;
-        let mut lab = NetLab {
-            switch: switch.clone(),
-            servers: Vec::new(),
-            client: None,
-            rate: config.rate.clone(),
-            delay: Ok(Duration::ZERO),
-            token: format!("{:016x}", rand::random::<u64>()),
-            created: vec![switch],
+        // Whatever was made is removed if a later step fails.
+        let mut namespaces = Namespaces(Vec::new());
+        let switch = namespaces.add(format!("{name}-sw"))?;
+        run(&["ip", "-n", &switch, "link", "set", "lo", "up"])?;
+        run(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &switch, "link", "set", "br0", "up"])?;
+        let mut links = Links {
+            switch: &switch,
+            rate: &config.rate,
+            delay: match config.one_way_delay {
+                None => Err("no delay was asked for".into()),
+                Some(delay) => Ok(delay),
+            },
         };
-        lab.build(&name, config)?;
-        Ok(lab)
-    }
-
-    fn build(&mut self, name: &str, config: &LabConfig) -> anyhow::Result<()> {
-        if config.servers == 0 || config.servers > 200 {
-            bail!("a lab has 1 to 200 servers, not {}", config.servers);
-        }
-        let sw = self.switch.clone();
-        run(&["ip", "-n", &sw, "link", "set", "lo", "up"])?;
-        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
-        // Half the one-way delay on each end's egress: host to switch, switch to host.
-        let mut half_delay = config.one_way_delay.filter(|d| !d.is_zero()).map(|d| d / 2);
-        if config.one_way_delay.is_none() {
-            self.delay = Err("no delay was asked for".into());
-        }
-        for i in 0..=config.servers {
-            let is_client = i == config.servers;
-            let (namespace, address, port) = if is_client {
-                (format!("{name}-c"), CLIENT_ADDRESS, "c".to_string())
-            } else {
-                (
+        let servers = (0..config.servers)
+            .map(|i| {
+                let address = Ipv4Addr::new(10, 77, 0, FIRST_SERVER + i as u8);
+                links.plug(
+                    &mut namespaces,
                     format!("{name}-s{i}"),
-                    Ipv4Addr::new(10, 77, 0, FIRST_SERVER + i as u8),
+                    address,
                     format!("s{i}"),
                 )
-            };
-            run(&["ip", "netns", "add", &namespace])?;
-            self.created.push(namespace.clone());
-            run(&["ip", "-n", &namespace, "link", "set", "lo", "up"])?;
-            run(&[
-                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &namespace,
-            ])?;
-            run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0"])?;
-            run(&["ip", "-n", &sw, "link", "set", &port, "up"])?;
-            let cidr = format!("{address}/24");
-            run(&["ip", "-n", &namespace, "addr", "add", &cidr, "dev", "eth0"])?;
-            run(&["ip", "-n", &namespace, "link", "set", "eth0", "up"])?;
-            for (ns, dev) in [(sw.as_str(), port.as_str()), (namespace.as_str(), "eth0")] {
-                limit_rate(ns, dev, &config.rate)?;
-                if let Some(half) = half_delay {
-                    match add_delay(ns, dev, half) {
-                        Ok(()) => self.delay = Ok(half * 2),
-                        Err(why) => {
-                            // Tried once: the kernel either has netem or it has not.
-                            self.delay = Err(why);
-                            half_delay = None;
-                        }
-                    }
-                }
+            })
+            .collect::<anyhow::Result<Vec<Host>>>()?;
+        let client = links.plug(
+            &mut namespaces,
+            format!("{name}-c"),
+            CLIENT_ADDRESS,
+            "c".into(),
+        )?;
+        let delay = links.delay;
+        Ok(NetLab {
+            namespaces,
+            switch,
+            servers,
+            client,
+            rate: config.rate.clone(),
+            delay,
+            token: format!("{:032x}", rand::random::<u128>()),
+        })
+    }
+
+    /// [`NetLab::new`] for a test or a benchmark named `what` that needs a lab:
+    /// `Ok(None)` after printing `{what} skipped: {why}` where this machine cannot have
+    /// one. The line goes straight to standard error, past a test harness's capture, so
+    /// a skip shows in a plain `cargo test`. A lab that fails to build where it could
+    /// is an error, never a skip.
+    pub fn new_or_skip(what: &str, config: &LabConfig) -> anyhow::Result<Option<NetLab>> {
+        match NetLab::new(config) {
+            Ok(lab) => {
+                let _ = writeln!(std::io::stderr(), "{what}: {}", lab.describe());
+                Ok(Some(lab))
             }
-            let host = Host {
-                namespace,
-                address,
-                port,
-            };
-            if is_client {
-                self.client = Some(host);
-            } else {
-                self.servers.push(host);
+            Err(LabError::Unavailable(why)) => {
+                let _ = writeln!(std::io::stderr(), "{what} skipped: {why}");
+                Ok(None)
             }
+            Err(LabError::Failed(e)) => Err(e.context(format!("{what}: building the lab"))),
         }
-        Ok(())
     }
 
     /// The server hosts.
@@ -216,7 +209,7 @@ impl NetLab {
 
     /// The client host.
     pub fn client(&self) -> &Host {
-        self.client.as_ref().expect("built with a client")
+        &self.client
     }
 
     /// Each link's rate, as given to `tc` (e.g. `1gbit`).
@@ -230,8 +223,9 @@ impl NetLab {
         self.delay.as_ref().copied().map_err(String::as_str)
     }
 
-    /// The token this lab's servers are started with ([`NetLab::command`] passes it to
-    /// every program as `POOL_TOKEN`): servers listening beyond loopback should have one.
+    /// The token this lab's servers require: every program started with
+    /// [`NetLab::command`] or [`NetLab::spawn_server`] gets it as `POOL_TOKEN`, since a
+    /// server listening beyond loopback should have one.
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -249,8 +243,8 @@ impl NetLab {
         )
     }
 
-    /// A command that runs `program` in `host`'s namespace ([`exec_in`]), with the
-    /// lab's token in `POOL_TOKEN`.
+    /// A command that runs `program` in `host`'s namespace, with the lab's token in
+    /// `POOL_TOKEN`.
     pub fn command(&self, host: &Host, program: impl AsRef<OsStr>) -> Command {
         let mut command = exec_in(&host.namespace, program);
         command.env("POOL_TOKEN", &self.token);
@@ -258,10 +252,10 @@ impl NetLab {
     }
 
     /// Starts a pool server in server host `index`'s namespace, listening on its
-    /// address with an OS-chosen port, by running `exe serve` (`exe` is `pool-client`
-    /// or `pool-bench`, whose `serve` is the pool-server program) with `extra_args`,
-    /// and returns it with its `address:port` once it listens. It exits when its
-    /// standard input closes, as [`spawn_server`](crate::servers::spawn_server)'s do.
+    /// address with an OS-chosen port and requiring the lab's token, as
+    /// [`spawn_server_in`](crate::servers::spawn_server_in) does (`exe serve` with
+    /// `extra_args`, where `exe` is `pool-client` or `pool-bench`), and returns it with
+    /// its `address:port` once it listens.
     pub fn spawn_server(
         &self,
         index: usize,
@@ -282,20 +276,38 @@ impl NetLab {
     }
 
     /// Every namespace of the lab: the switch, the servers, the client.
-    pub fn namespaces(&self) -> Vec<String> {
-        self.created.clone()
+    pub fn namespaces(&self) -> &[String] {
+        &self.namespaces.0
     }
 
     /// Pulls out `host`'s cable at the switch (`ip link set PORT down`): a partition,
     /// not a crash. The host's processes run on and its connections stay open, but no
     /// packet crosses until [`NetLab::mend`].
     pub fn cut(&self, host: &Host) -> anyhow::Result<()> {
-        run(&["ip", "-n", &self.switch, "link", "set", &host.port, "down"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &host.switch_port,
+            "down",
+        ])
+        .map(drop)
     }
 
     /// Plugs `host`'s cable back in.
     pub fn mend(&self, host: &Host) -> anyhow::Result<()> {
-        run(&["ip", "-n", &self.switch, "link", "set", &host.port, "up"]).map(drop)
+        run(&[
+            "ip",
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &host.switch_port,
+            "up",
+        ])
+        .map(drop)
     }
 }
 
@@ -308,38 +320,99 @@ pub fn exec_in(namespace: &str, program: impl AsRef<OsStr>) -> Command {
     command
 }
 
-impl Drop for NetLab {
+/// The namespaces a lab has made, removed (last made, first removed) when dropped,
+/// also when building the lab fails half-way.
+#[derive(Debug)]
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// Creates the namespace `name` with its loopback up, and returns its name.
+    fn add(&mut self, name: String) -> anyhow::Result<String> {
+        run(&["ip", "netns", "add", &name])?;
+        self.0.push(name.clone());
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+}
+
+impl Drop for Namespaces {
     fn drop(&mut self) {
-        for namespace in self.created.iter().rev() {
+        for namespace in self.0.iter().rev() {
             remove_namespace(namespace);
         }
     }
 }
 
-/// Root, `ip` and `tc`: without them no lab can be built, and that is not a failure.
-fn check_prerequisites() -> Result<(), LabError> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    // "Uid:" is followed by the real, effective, saved and filesystem ids.
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .map(str::to_owned);
-    match euid.as_deref() {
-        Some("0") => {}
-        Some(uid) => {
-            return Err(LabError::Unavailable(format!("running as uid {uid}")));
+/// How each host is cabled to the switch while a lab is built.
+struct Links<'a> {
+    switch: &'a str,
+    rate: &'a str,
+    /// The one-way delay to add, or why none is (once `netem` has failed, it is not
+    /// tried again: the kernel has it or it has not).
+    delay: Result<Duration, String>,
+}
+
+impl Links<'_> {
+    /// Adds a host: its namespace, a veth pair from its `eth0` to `port` on the
+    /// switch's bridge, its address, and both ends limited to the lab's rate.
+    fn plug(
+        &mut self,
+        namespaces: &mut Namespaces,
+        name: String,
+        address: Ipv4Addr,
+        port: String,
+    ) -> anyhow::Result<Host> {
+        let namespace = namespaces.add(name)?;
+        let sw = self.switch;
+        run(&[
+            "ip", "-n", sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &namespace,
+        ])?;
+        run(&["ip", "-n", sw, "link", "set", &port, "master", "br0"])?;
+        run(&["ip", "-n", sw, "link", "set", &port, "up"])?;
+        let cidr = format!("{address}/24");
+        run(&["ip", "-n", &namespace, "addr", "add", &cidr, "dev", "eth0"])?;
+        run(&["ip", "-n", &namespace, "link", "set", "eth0", "up"])?;
+        for (ns, dev) in [(sw, port.as_str()), (namespace.as_str(), "eth0")] {
+            limit_rate(ns, dev, self.rate)?;
+            // Half the one-way delay on each end's egress: host to switch, switch to
+            // host.
+            if let Ok(delay) = self.delay {
+                if let Err(why) = add_delay(ns, dev, delay / 2) {
+                    self.delay = Err(why);
+                }
+            }
         }
-        None => {
-            return Err(LabError::Unavailable(
-                "cannot tell this process's uid".into(),
-            ))
+        Ok(Host {
+            namespace,
+            address,
+            switch_port: port,
+        })
+    }
+}
+
+/// Root, `ip` and `tc`: without them no lab can be built here, and that is a skip,
+/// not a failure.
+fn check_prerequisites() -> Result<(), LabError> {
+    // /proc/self belongs to this process's effective user.
+    match std::fs::metadata("/proc/self").map(|m| m.uid()) {
+        Ok(0) => {}
+        Ok(uid) => {
+            return Err(LabError::Unavailable(format!(
+                "needs root to create network namespaces (running as uid {uid})"
+            )))
+        }
+        Err(e) => {
+            return Err(LabError::Unavailable(format!(
+                "needs root, and cannot tell this process's user from /proc/self: {e}"
+            )))
         }
     }
-    for (program, what) in [("ip", "ip"), ("tc", "tc")] {
+    for program in ["ip", "tc"] {
         if Command::new(program).arg("-V").output().is_err() {
             return Err(LabError::Unavailable(format!(
-                "no `{what}` command (Debian package iproute2)"
+                "needs the `{program}` command from Debian's iproute2 package \
+                 (apt-get install iproute2)"
             )));
         }
     }
@@ -367,8 +440,9 @@ fn remove_abandoned_labs() {
     }
 }
 
-/// Kills what runs in `namespace` (never this process) and deletes it. The kernel
-/// frees the namespace, with its interfaces and qdiscs, once its last process is gone.
+/// Kills what runs in `namespace` (the lab's own servers and clients, started by the
+/// process that made it; never this process) and deletes it. The kernel frees the
+/// namespace, with its interfaces and qdiscs, once its last process is gone.
 fn remove_namespace(namespace: &str) {
     if let Ok(pids) = run(&["ip", "netns", "pids", namespace]) {
         let me = std::process::id().to_string();
@@ -377,7 +451,10 @@ fn remove_namespace(namespace: &str) {
         }
     }
     if let Err(e) = run(&["ip", "netns", "del", namespace]) {
-        eprintln!("warning: could not remove the network namespace {namespace}: {e:#}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not remove the network namespace {namespace}: {e:#}"
+        );
     }
 }
 
@@ -444,39 +521,25 @@ mod tests {
             .collect()
     }
 
-    /// A lab, or `None` after saying why this machine cannot have one.
-    fn lab_or_skip(config: &LabConfig) -> Option<NetLab> {
-        match NetLab::new(config) {
-            Ok(lab) => Some(lab),
-            Err(e @ LabError::Unavailable(_)) => {
-                if std::env::var_os("POOL_NETNS_REQUIRED").is_some() {
-                    panic!("{e}");
-                }
-                // Past the test harness's capture, so the skip shows.
-                use std::io::Write as _;
-                let _ = writeln!(std::io::stderr(), "skipped: {e}");
-                None
-            }
-            Err(e) => panic!("{e:#}"),
-        }
-    }
-
     // One test, so no other lab of this process comes and goes while it counts.
     #[test]
     fn a_lab_is_built_as_described_and_leaves_nothing_behind() {
+        const TEST: &str = "a_lab_is_built_as_described_and_leaves_nothing_behind";
         let config = LabConfig {
             servers: 2,
             ..LabConfig::default()
         };
-        let Some(lab) = lab_or_skip(&config) else {
+        let Some(lab) = NetLab::new_or_skip(TEST, &config).unwrap() else {
             return;
         };
-        let names = lab.namespaces();
-        assert_eq!(names.len(), 4, "{names:?}");
+        assert_eq!(lab.namespaces().len(), 4, "{:?}", lab.namespaces());
         assert_eq!(ours().len(), 4);
         // Every link is limited at both ends.
         for host in lab.servers().iter().chain([lab.client()]) {
-            for (namespace, dev) in [(&lab.switch, &host.port), (&host.namespace, &"eth0".into())] {
+            for (namespace, dev) in [
+                (lab.switch.as_str(), host.switch_port.as_str()),
+                (host.namespace.as_str(), "eth0"),
+            ] {
                 let qdiscs = run(&[
                     "ip", "netns", "exec", namespace, "tc", "qdisc", "show", "dev", dev,
                 ])
@@ -502,6 +565,16 @@ mod tests {
             );
         }
         assert_eq!(lab.servers()[1].address, Ipv4Addr::new(10, 77, 0, 11));
+        // The machine's own namespace got nothing: no interface named after a port.
+        let links = run(&["ip", "-brief", "link", "show"]).unwrap();
+        for host in lab.servers().iter().chain([lab.client()]) {
+            assert!(
+                !links
+                    .lines()
+                    .any(|l| l.split(['@', ' ']).next() == Some(&host.switch_port)),
+                "{links}"
+            );
+        }
 
         // A test that panics still removes its lab.
         let panicked = std::panic::catch_unwind(move || {
@@ -511,7 +584,8 @@ mod tests {
         assert!(panicked.is_err());
         assert_eq!(ours(), Vec::<String>::new());
 
-        // So does a lab that fails half-way: a bad rate fails at the first link.
+        // So does a lab that fails half-way, and that is a failure, not a skip: a bad
+        // rate fails at the first link.
         let bad = NetLab::new(&LabConfig {
             rate: "notarate".into(),
             ..LabConfig::default()
@@ -528,7 +602,7 @@ mod tests {
             .unwrap();
         let abandoned = format!("{PREFIX}{dead_pid}-0-sw");
         run(&["ip", "netns", "add", &abandoned]).unwrap();
-        let lab = lab_or_skip(&config).unwrap();
+        let lab = NetLab::new(&config).unwrap();
         let left = run(&["ip", "netns", "list"]).unwrap();
         assert!(!left.contains(&abandoned), "{left}");
         drop(lab);

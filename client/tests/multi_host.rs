@@ -4,23 +4,24 @@
 //! and the matrix sum in every mode, a server killed mid-job, a cable pulled out
 //! mid-computation and mid-shipping.
 //!
-//! Each test builds its own lab and removes it at its end, also when it fails. Where
-//! this machine does not allow network namespaces (not root, no iproute2), each test
-//! prints `... skipped: needs root and iproute2 (ip netns): why` and returns; with
-//! `POOL_NETNS_REQUIRED` set (as CI does) that is a failure instead.
+//! Each test builds its own lab, named after this process's id and a counter, and
+//! removes it at its end, also when it fails. Where this machine cannot have network
+//! namespaces (not root, or no iproute2), each test prints `<test> skipped: needs ...`,
+//! naming what is missing, and returns; as root with iproute2, a lab that cannot be
+//! built fails the test.
 
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Output;
+use std::path::Path;
+use std::process::{Child, Output};
 
 use pool_client::netlab::{LabConfig, NetLab};
 use serde_json::Value;
 use support::netns::{
     lab_or_skip, one_worker_servers, run_client_in, spawn_client_in, status_in, wait_until_holding,
-    JobDir,
 };
-use support::{job_file, reference_result, ServerProcess};
+use support::{job_file, reference_result, temp_dir, ServerProcess};
 
 /// A lab with three servers on a 1 Gbit/s LAN, or `None` (skip).
 fn lab(test: &str) -> Option<NetLab> {
@@ -29,6 +30,30 @@ fn lab(test: &str) -> Option<NetLab> {
 
 fn addresses(servers: &[ServerProcess]) -> Vec<String> {
     servers.iter().map(|s| s.address.clone()).collect()
+}
+
+/// Writes `text` as the job file `name` in `dir` and returns its path as text.
+fn write_job(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the job file");
+    path.to_string_lossy().into_owned()
+}
+
+/// Starts the pool mode of `job` on `servers` from the client namespace, reporting in
+/// JSON.
+fn start_pool_job(lab: &NetLab, job: &str, servers: &[String]) -> Child {
+    let list = servers.join(",");
+    let args = [
+        job,
+        "--servers",
+        &list,
+        "--modes",
+        "pool",
+        "--format",
+        "json",
+        "-q",
+    ];
+    spawn_client_in(lab, &args)
 }
 
 /// The JSON report of a finished pool-client run, which must have succeeded.
@@ -77,14 +102,14 @@ fn loop_and_matrix_jobs_in_every_mode_across_three_hosts() {
             "{server}"
         );
     }
-    let dir = JobDir::new("multi-host-modes");
+    let dir = temp_dir("multi-host-modes");
     let jobs = [
         "parts = 6\nseed = 1\n[job]\nkind = \"loop\"\niterations = 240_000_000\n",
         // 16 MB cross the client's link: about 0.13 s at 1 Gbit/s.
         "parts = 6\nseed = 1\n[job]\nkind = \"matrix-sum\"\nrows = 2000\ncols = 1000\nseed = 7\n",
     ];
     for (i, text) in jobs.iter().enumerate() {
-        let job = dir.job(&format!("job{i}.toml"), text);
+        let job = write_job(&dir, &format!("job{i}.toml"), text);
         let output = run_client_in(
             &lab,
             &[&job, "--servers", &list.join(","), "--format", "json", "-q"],
@@ -114,6 +139,7 @@ fn loop_and_matrix_jobs_in_every_mode_across_three_hosts() {
             "{sent} bytes sent"
         );
     }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -123,26 +149,15 @@ fn a_server_killed_mid_job_loses_no_part() {
     };
     let mut servers = one_worker_servers(&lab);
     let list = addresses(&servers);
-    let dir = JobDir::new("multi-host-kill");
+    let dir = temp_dir("multi-host-kill");
     // Parts of about half a second each.
     let text = "parts = 6\nseed = 2\n[job]\nkind = \"loop\"\niterations = 1_500_000_000\n";
-    let job = dir.job("loop.toml", text);
-    let client = spawn_client_in(
-        &lab,
-        &[
-            &job,
-            "--servers",
-            &list.join(","),
-            "--modes",
-            "pool",
-            "--format",
-            "json",
-            "-q",
-        ],
-    );
-    wait_until_holding(&lab, &list[0]);
+    let job = write_job(&dir, "loop.toml", text);
+    let mut client = start_pool_job(&lab, &job, &list);
+    wait_until_holding(&lab, &list[0], &mut client);
     servers[0].kill9();
     let report = report(&client.wait_with_output().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
     assert_exact(&report, text);
     let failed: Vec<&Value> = attempts_on(&report, &list[0])
         .filter(|a| a["outcome"] == "failed")
@@ -170,25 +185,14 @@ fn survive_a_cut(test: &str, text: &str) {
     };
     let mut servers = one_worker_servers(&lab);
     let list = addresses(&servers);
-    let dir = JobDir::new(test);
-    let job = dir.job("job.toml", text);
-    let client = spawn_client_in(
-        &lab,
-        &[
-            &job,
-            "--servers",
-            &list.join(","),
-            "--modes",
-            "pool",
-            "--format",
-            "json",
-            "-q",
-        ],
-    );
+    let dir = temp_dir(test);
+    let job = write_job(&dir, "job.toml", text);
+    let mut client = start_pool_job(&lab, &job, &list);
     let victim = &lab.servers()[1];
-    wait_until_holding(&lab, &list[1]);
+    wait_until_holding(&lab, &list[1], &mut client);
     lab.cut(victim).unwrap();
     let report = report(&client.wait_with_output().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
     assert_exact(&report, text);
     let cut_off: Vec<&Value> = attempts_on(&report, &list[1]).collect();
     assert!(!cut_off.is_empty(), "{report:#}");

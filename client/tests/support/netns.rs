@@ -2,40 +2,18 @@
 //! processes in its server namespaces, and the pool-client binary in its client
 //! namespace.
 
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use pool_client::netlab::{LabConfig, LabError, NetLab};
+use pool_client::netlab::{LabConfig, NetLab};
 
 use super::{client_exe, ServerProcess};
 
-/// Set (to anything) to make a missing lab a failure instead of a skip: CI sets it,
-/// so the multi-host tests cannot pass there without running.
-pub const REQUIRED_VAR: &str = "POOL_NETNS_REQUIRED";
-
-/// A lab as `config` says, or `None` after printing why this machine cannot have one
-/// (`<test> skipped: needs root and iproute2 (ip netns): ...`). A lab that fails to
-/// build where namespaces work is a failure, never a skip.
+/// A lab as `config` says, or `None` after printing `<test> skipped: <what is
+/// missing>` where this machine cannot have one (not root, no iproute2). Where it
+/// could, a lab that fails to build fails the test.
 pub fn lab_or_skip(test: &str, config: &LabConfig) -> Option<NetLab> {
-    match NetLab::new(config) {
-        Ok(lab) => {
-            eprintln!("{test}: {}", lab.describe());
-            Some(lab)
-        }
-        Err(e @ LabError::Unavailable(_)) => {
-            let message = format!("{test} skipped: {e}");
-            if std::env::var_os(REQUIRED_VAR).is_some() {
-                panic!("{message} (and {REQUIRED_VAR} is set)");
-            }
-            // Straight to standard error, past the test harness's capture: a skip must
-            // show in a plain `cargo test`.
-            let _ = writeln!(std::io::stderr(), "{message}");
-            None
-        }
-        Err(e) => panic!("{test}: building the lab failed: {e:#}"),
-    }
+    NetLab::new_or_skip(test, config).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl ServerProcess {
@@ -106,43 +84,18 @@ pub fn status_in(lab: &NetLab, address: &str, timeout: Duration) -> serde_json::
     answer[0].clone()
 }
 
-/// Returns once the server at `address` holds a part (asked from the client
-/// namespace, as the test process itself has no route to the lab).
-pub fn wait_until_holding(lab: &NetLab, address: &str) {
-    for _ in 0..300 {
+/// Returns once the server at `address` holds a part, asked from the client namespace
+/// (the test process itself has no route to the lab). Fails if `client`, the job
+/// that should give it one, ends first.
+pub fn wait_until_holding(lab: &NetLab, address: &str, client: &mut Child) {
+    loop {
         let status = status_in(lab, address, Duration::from_secs(2));
         if status["parts_in_flight"].as_u64().unwrap_or(0) > 0 {
             return;
         }
+        if let Some(exit) = client.try_wait().expect("try_wait") {
+            panic!("the job ended ({exit}) before the server {address} held a part");
+        }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the server {address} never got a part");
-}
-
-/// A folder for one test's job files, removed when dropped.
-pub struct JobDir {
-    dir: PathBuf,
-}
-
-impl JobDir {
-    /// A new, empty folder named after the test.
-    pub fn new(test: &str) -> JobDir {
-        let dir = std::env::temp_dir().join(format!("pool-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the job folder");
-        JobDir { dir }
-    }
-
-    /// Writes `text` as the job file `name` and returns its path as text.
-    pub fn job(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).expect("write the job file");
-        path.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for JobDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
