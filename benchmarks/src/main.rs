@@ -69,9 +69,13 @@ enum HelperCommand {
     /// A raw TCP echo server on 127.0.0.1 port 0.
     #[command(hide = true)]
     Echo,
-    /// A raw TCP sink on 127.0.0.1 port 0.
+    /// A raw TCP sink on port 0.
     #[command(hide = true)]
-    Sink,
+    Sink {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,7 +87,9 @@ fn main() -> ExitCode {
         }
         Some(HelperCommand::Part) => pool_client::local::worker_process_main(),
         Some(HelperCommand::Echo) => runtime().and_then(|rt| rt.block_on(procs::echo_main())),
-        Some(HelperCommand::Sink) => runtime().and_then(|rt| rt.block_on(procs::sink_main())),
+        Some(HelperCommand::Sink { bind }) => {
+            runtime().and_then(|rt| rt.block_on(procs::sink_main(bind)))
+        }
         None => runtime().and_then(|rt| rt.block_on(bench(cli.bench))),
     };
     match result {

@@ -1,20 +1,24 @@
 //! Helper processes the harness starts and stops: pool servers, a raw TCP echo server
-//! and a raw TCP sink (the baselines), all on 127.0.0.1 port 0, all children of this
-//! program, so their memory can be read from `/proc/PID/status`.
+//! and a raw TCP sink (the baselines), on 127.0.0.1 port 0 (or, for the LAN scenario,
+//! on a lab host's address in its network namespace), all children of this program, so
+//! their memory can be read from `/proc/PID/status`.
 
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Child;
 
 use anyhow::{anyhow, Context};
+use pool_client::netlab::NetLab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// A child process listening on 127.0.0.1, killed and reaped when dropped. It also
-/// exits by itself when its standard input closes, so it never outlives the harness.
+/// A child process listening on 127.0.0.1 (or a lab host's address), killed and reaped
+/// when dropped. It also exits by itself when its standard input closes, so it never
+/// outlives the harness.
 pub struct Helper {
     child: Child,
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT`, or the lab host's `address:PORT`.
     pub addr: String,
 }
 
@@ -27,6 +31,14 @@ impl Helper {
         Ok(Helper { child, addr })
     }
 
+    /// A pool server with `workers` workers on `lab`'s server host `index`, requiring
+    /// the lab's token.
+    pub fn pool_server_in(lab: &NetLab, index: usize, workers: usize) -> anyhow::Result<Helper> {
+        let workers = workers.to_string();
+        let (child, addr) = lab.spawn_server(index, &self_exe()?, &["--workers", &workers])?;
+        Ok(Helper { child, addr })
+    }
+
     /// A raw TCP echo server (the floor for a round trip).
     pub fn echo() -> anyhow::Result<Helper> {
         Helper::spawn(&["echo"])
@@ -35,6 +47,22 @@ impl Helper {
     /// A raw TCP sink: reads until the end of the stream, then answers the byte count.
     pub fn sink() -> anyhow::Result<Helper> {
         Helper::spawn(&["sink"])
+    }
+
+    /// A raw TCP sink on `lab`'s server host `index`, on its address.
+    pub fn sink_in(lab: &NetLab, index: usize) -> anyhow::Result<Helper> {
+        let host = lab
+            .servers()
+            .get(index)
+            .with_context(|| format!("the lab has no server {index}"))?;
+        let bind = host.address.to_string();
+        let (child, addr) = pool_client::servers::spawn_listening_in(
+            Some(&host.namespace),
+            &self_exe()?,
+            &["sink", "--bind", &bind],
+            &[],
+        )?;
+        Ok(Helper { child, addr })
     }
 
     fn spawn(args: &[&str]) -> anyhow::Result<Helper> {
@@ -91,8 +119,9 @@ fn exit_with_stdin() {
     });
 }
 
-async fn listen(what: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Listens on `bind` with an OS-chosen port and says so on standard output.
+async fn listen(what: &str, bind: IpAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind((bind, 0)).await?;
     println!(
         "{}",
         pool_server::cli::listening_line(what, listener.local_addr()?)
@@ -104,7 +133,7 @@ async fn listen(what: &str) -> anyhow::Result<TcpListener> {
 /// The body of `pool-bench echo`: echoes every byte back, one task per connection,
 /// on the same multi-threaded tokio runtime a pool server uses.
 pub async fn echo_main() -> anyhow::Result<()> {
-    let listener = listen("echo").await?;
+    let listener = listen("echo", std::net::Ipv4Addr::LOCALHOST.into()).await?;
     loop {
         let (mut socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
@@ -124,10 +153,10 @@ pub async fn echo_main() -> anyhow::Result<()> {
     }
 }
 
-/// The body of `pool-bench sink`: reads each connection to its end, discarding the
-/// bytes, then writes their count (u64 little-endian).
-pub async fn sink_main() -> anyhow::Result<()> {
-    let listener = listen("sink").await?;
+/// The body of `pool-bench sink`: listens on `bind`, reads each connection to its end,
+/// discarding the bytes, then writes their count (u64 little-endian).
+pub async fn sink_main(bind: IpAddr) -> anyhow::Result<()> {
+    let listener = listen("sink", bind).await?;
     loop {
         let (mut socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;

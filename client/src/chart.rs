@@ -21,8 +21,8 @@ const SERVERS_HEIGHT: u32 = 380;
 const FOOTER_HEIGHT: u32 = 24;
 
 /// The Okabe-Ito colours, distinguishable in print and by most colour-blind readers:
-/// the one palette of pool's charts.
-pub(crate) mod palette {
+/// the one palette of pool's charts (pool-bench's too).
+pub mod palette {
     use plotters::style::RGBColor;
 
     pub const BLUE: RGBColor = RGBColor(0, 114, 178);

@@ -17,33 +17,25 @@
 //!
 //! The harness itself stays in the machine's namespace. Its measuring thread moves
 //! into the client's namespace (setns) and builds the client's runtime there, whose
-//! threads inherit it; raw TCP sinks for the link's own speed run as threads in the
-//! server namespaces. Nothing crosses the machine's own network.
+//! threads inherit it; the servers, and raw TCP sinks (`pool-bench sink`) for the
+//! link's own speed, run in the server namespaces. Nothing crosses the machine's own
+//! network.
 
 mod chart;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pool_client::connection::ConnectOptions;
-use pool_client::dispatch::{run_pool, FaultPolicy, Scheduling};
+use pool_client::dispatch::Scheduling;
 use pool_client::local;
-use pool_client::netlab::{LabConfig, LabError, NetLab};
-use pool_common::jobfile::{Fallback, ServerEntry};
+use pool_client::netlab::{LabConfig, NetLab};
 use pool_common::jobs::matrix_sum::{Element, Matrix};
 use pool_common::jobs::{CancelFlag, Job, Part, PartResult};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{blocking, check, secs, Settings};
+use super::{blocking, check, pool_run_with, raw_transfer, secs, Settings};
 use crate::figures::{median, short, Figure};
-use crate::procs::self_exe;
+use crate::procs::Helper;
 
 const SCENARIO: &str = "11 over a LAN (1 Gbit/s links between network namespaces)";
 
@@ -90,33 +82,19 @@ pub enum Crossover {
 /// Runs the scenario and returns its figures; with `chart_dir`, also draws
 /// `lan-matrix.svg` and `lan-loop.svg` there.
 pub async fn run(s: &Settings, chart_dir: Option<&Path>) -> anyhow::Result<Vec<Figure>> {
-    let lab = match NetLab::new(&LabConfig {
+    let config = LabConfig {
         servers: SERVERS,
         ..LabConfig::default()
-    }) {
-        Ok(lab) => lab,
-        Err(e @ LabError::Unavailable(_)) => {
-            eprintln!("scenario 11 skipped: {e}");
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(e.into()),
     };
-    eprintln!("scenario 11: {}", lab.describe());
-    let exe = self_exe()?;
-    let mut servers = Servers(Vec::new());
-    let mut addresses = Vec::new();
-    for i in 0..SERVERS {
-        let (child, address) = lab.spawn_server(i, &exe, &["--workers", "1"])?;
-        servers.0.push(child);
-        addresses.push(address);
-    }
-    let sinks: Vec<Sink> = lab
-        .servers()
-        .iter()
-        .map(|host| Sink::start(&host.namespace, &host.address.to_string()))
-        .collect::<anyhow::Result<_>>()?;
-    let sink_addresses: Vec<String> = sinks.iter().map(|s| s.address.clone()).collect();
-
+    let Some(lab) = NetLab::new_or_skip("scenario 11", &config)? else {
+        return Ok(Vec::new());
+    };
+    let servers = (0..SERVERS)
+        .map(|i| Helper::pool_server_in(&lab, i, 1))
+        .collect::<anyhow::Result<Vec<Helper>>>()?;
+    let sinks = (0..SERVERS)
+        .map(|i| Helper::sink_in(&lab, i))
+        .collect::<anyhow::Result<Vec<Helper>>>()?;
     let (matrix_rows, loop_sizes): (Vec<u64>, Vec<u64>) = if s.quick {
         (vec![16, 64], vec![100_000, 10_000_000])
     } else {
@@ -140,14 +118,15 @@ pub async fn run(s: &Settings, chart_dir: Option<&Path>) -> anyhow::Result<Vec<F
         .collect();
     let plan = Plan {
         runs: s.runs,
-        addresses,
-        sinks: sink_addresses,
+        addresses: servers.iter().map(|h| h.addr.clone()).collect(),
+        sinks: sinks.iter().map(|h| h.addr.clone()).collect(),
         token: lab.token().to_string(),
         matrices,
         loops,
     };
     let namespace = lab.client().namespace.clone();
     let measured = in_namespace(namespace, move || measure(plan)).await?;
+    // Stopped by their id before the lab, which would otherwise kill them.
     drop(sinks);
     drop(servers);
 
@@ -214,10 +193,13 @@ async fn measure(plan: Plan) -> anyhow::Result<Measured> {
         ..Measured::default()
     };
     let largest = plan.matrices.last().context("no matrix sizes")?;
+    let largest_bytes: usize = largest.iter().map(|p| p.input.len()).sum();
+    let sinks: Vec<&str> = plan.sinks.iter().map(String::as_str).collect();
     for _ in 0..plan.runs {
+        let took = raw_transfer(&sinks, largest).await?;
         measured
             .link_mb_s
-            .push(raw_transfer(&plan.sinks, largest).await?);
+            .push(largest_bytes as f64 / secs(took) / 1e6);
         for (parts, row) in plan.matrices.iter().zip(&mut measured.matrix) {
             let (t, reference) = sequential(parts).await?;
             row.sequential.push(t);
@@ -253,53 +235,9 @@ async fn pool(
     options: &ConnectOptions,
     reference: &PartResult,
 ) -> anyhow::Result<f64> {
-    let servers: Vec<ServerEntry> = addresses
-        .iter()
-        .map(|a| ServerEntry::parse(a).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<_>>()?;
-    let run = run_pool(
-        parts,
-        &servers,
-        &Scheduling::default(),
-        &mut StdRng::seed_from_u64(1),
-        options,
-        FaultPolicy {
-            max_attempts: 1,
-            fallback: Fallback::None,
-        },
-    )
-    .await?;
+    let run = pool_run_with(parts, addresses, &Scheduling::default(), options).await?;
     check("pool over the LAN", run.result, reference.clone())?;
     Ok(secs(run.elapsed))
-}
-
-/// Sends `parts`' bytes to the sinks, part i to sink i mod 3, all at once as the pool
-/// ships them; MB/s from the first connect to the last acknowledgement.
-async fn raw_transfer(sinks: &[String], parts: &[Part]) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let total: usize = parts.iter().map(|p| p.input.len()).sum();
-    let sends = sinks.iter().enumerate().map(|(i, addr)| async move {
-        let mine: Vec<&Part> = parts.iter().skip(i).step_by(sinks.len()).collect();
-        let expected: usize = mine.iter().map(|p| p.input.len()).sum();
-        let mut socket = tokio::net::TcpStream::connect(addr).await?;
-        for part in mine {
-            for chunk in part.chunks() {
-                socket.write_all(&chunk).await?;
-            }
-        }
-        socket.shutdown().await?;
-        let mut ack = [0u8; 8];
-        socket.read_exact(&mut ack).await?;
-        if u64::from_le_bytes(ack) != expected as u64 {
-            bail!(
-                "a sink received {} of {expected} bytes",
-                u64::from_le_bytes(ack)
-            );
-        }
-        anyhow::Ok(())
-    });
-    futures::future::try_join_all(sends).await?;
-    Ok(total as f64 / secs(started.elapsed()) / 1e6)
 }
 
 /// The figures: the link, each size's pool against local, the crossovers, and what a
@@ -520,92 +458,6 @@ fn enter_namespace(namespace: &str) -> anyhow::Result<()> {
         bail!("setns({path}): {}", std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The lab's servers, killed and reaped when dropped (before the lab is removed).
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A raw TCP sink in a server's namespace, on a thread of the harness: reads each
-/// connection to its end and answers the byte count (u64 little-endian). Stopped
-/// when dropped.
-struct Sink {
-    address: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sink {
-    fn start(namespace: &str, ip: &str) -> anyhow::Result<Sink> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let namespace = namespace.to_string();
-        let ip = ip.to_string();
-        let thread = std::thread::spawn(move || {
-            let listener = enter_namespace(&namespace)
-                .and_then(|()| Ok(TcpListener::bind((ip.as_str(), 0))?))
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                });
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = tx.send(l.local_addr().map(|a| a.to_string()).map_err(Into::into));
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((socket, _)) => drain(socket),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        let address = rx.recv().context("the sink thread died")??;
-        Ok(Sink {
-            address,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-/// Reads `socket` to its end, then writes the byte count.
-fn drain(mut socket: std::net::TcpStream) {
-    use std::io::{Read, Write};
-    let _ = socket.set_nonblocking(false);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        match socket.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => total += n as u64,
-            Err(_) => return,
-        }
-    }
-    let _ = socket.write_all(&total.to_le_bytes());
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{CancelFlag, Part, PartResult, PartTask};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// What every scenario needs to know about this run.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +116,16 @@ pub async fn pool_run(
     addrs: &[&str],
     scheduling: &Scheduling,
 ) -> anyhow::Result<PoolRun> {
+    pool_run_with(parts, addrs, scheduling, &ConnectOptions::default()).await
+}
+
+/// [`pool_run`], connecting with `options` (the token of servers that require one).
+pub async fn pool_run_with(
+    parts: &[Part],
+    addrs: &[&str],
+    scheduling: &Scheduling,
+    options: &ConnectOptions,
+) -> anyhow::Result<PoolRun> {
     let servers: Vec<ServerEntry> = addrs
         .iter()
         .map(|a| ServerEntry::parse(a).map_err(anyhow::Error::msg))
@@ -124,7 +136,7 @@ pub async fn pool_run(
         &servers,
         scheduling,
         &mut rng,
-        &ConnectOptions::default(),
+        options,
         FaultPolicy {
             max_attempts: 1,
             fallback: Fallback::None,
@@ -132,6 +144,35 @@ pub async fn pool_run(
     )
     .await?;
     Ok(run)
+}
+
+/// Sends `parts`' bytes to raw TCP sinks (`pool-bench sink`) as the pool client ships
+/// them: the same chunks, part i to sink i mod the number of sinks, every sink's
+/// connection at once. Returns the time from the first connect to the last
+/// acknowledgement, once each sink has counted every byte it was sent.
+pub async fn raw_transfer(sinks: &[&str], parts: &[Part]) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let sends = sinks.iter().enumerate().map(|(i, addr)| async move {
+        let mine: Vec<&Part> = parts.iter().skip(i).step_by(sinks.len()).collect();
+        let expected: usize = mine.iter().map(|p| p.input.len()).sum();
+        let mut socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        for part in mine {
+            for chunk in part.chunks() {
+                socket.write_all(&chunk).await?;
+            }
+        }
+        socket.shutdown().await?;
+        let mut ack = [0u8; 8];
+        socket.read_exact(&mut ack).await?;
+        let received = u64::from_le_bytes(ack);
+        if received != expected as u64 {
+            bail!("the sink {addr} received {received} of {expected} bytes");
+        }
+        anyhow::Ok(())
+    });
+    futures::future::try_join_all(sends).await?;
+    Ok(started.elapsed())
 }
 
 /// Fails unless `got` equals `want`.

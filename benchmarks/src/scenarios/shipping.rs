@@ -3,17 +3,13 @@
 //! the local sequential sum; and the servers' peak memory beside the matrix size.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
-use anyhow::bail;
 use pool_client::local;
 use pool_common::jobs::matrix_sum::{Element, Matrix};
 use pool_common::jobs::CancelFlag;
-use pool_common::jobs::{Job, Part};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use pool_common::jobs::Job;
 
-use super::{blocking, check, pool_mode, secs, Settings};
+use super::{blocking, check, pool_mode, raw_transfer, secs, Settings};
 use crate::figures::{Figure, Goal};
 use crate::procs::Helper;
 
@@ -90,30 +86,4 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             &[sink_peak as f64 / 1024.0],
         ),
     ])
-}
-
-/// Sends each part's bytes to its own sink, concurrently, as the pool client would
-/// (4 MiB writes); returns the time from the first connect to the last acknowledgement.
-async fn raw_transfer(sinks: &[&str], parts: &[Part]) -> anyhow::Result<std::time::Duration> {
-    let started = Instant::now();
-    let sends = parts.iter().zip(sinks).map(|(part, addr)| async move {
-        let mut socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        for chunk in part.chunks() {
-            socket.write_all(&chunk).await?;
-        }
-        socket.shutdown().await?;
-        let mut ack = [0u8; 8];
-        socket.read_exact(&mut ack).await?;
-        if u64::from_le_bytes(ack) != part.input.len() as u64 {
-            bail!(
-                "a sink received {} of {} bytes",
-                u64::from_le_bytes(ack),
-                part.input.len()
-            );
-        }
-        anyhow::Ok(())
-    });
-    futures::future::try_join_all(sends).await?;
-    Ok(started.elapsed())
 }

@@ -6,6 +6,7 @@ use anyhow::anyhow;
 use plotters::coord::combinators::{LogCoord, WithKeyPoints};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use pool_client::chart::palette;
 
 use super::{iterations_name, size_name, Crossover};
 
@@ -13,12 +14,12 @@ const WIDTH: u32 = 760;
 const HEIGHT: u32 = 470;
 const FOOTER: u32 = 22;
 
-/// Okabe-Ito colours, as in `pool-client --chart`.
-const LOCAL: RGBColor = RGBColor(0, 0, 0);
-const POOL3: RGBColor = RGBColor(0, 114, 178);
-const POOL2: RGBColor = RGBColor(0, 158, 115);
-const LINK: RGBColor = RGBColor(230, 159, 0);
-const CROSS: RGBColor = RGBColor(204, 121, 167);
+/// Colours from `pool-client --chart`'s palette; local runs in black.
+const LOCAL: RGBColor = BLACK;
+const POOL3: RGBColor = palette::BLUE;
+const POOL2: RGBColor = palette::GREEN;
+const LINK: RGBColor = palette::ORANGE;
+const CROSS: RGBColor = palette::PINK;
 
 /// One job size and the medians measured at it, in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -48,10 +49,10 @@ pub fn matrix(points: &[Point], link_mb_s: f64, note: &str) -> anyhow::Result<St
         .collect();
     let last = points.last().ok_or_else(|| err("no points"))?;
     let lines = [
-        Line::solid("local sequential sum (1 core)", LOCAL, |p| {
+        Line::new("local sequential sum (1 core)", LOCAL, |p| {
             Some(p.sequential)
         }),
-        Line::solid("pool, 3 servers over 1 Gbit/s", POOL3, |p| Some(p.pool3)),
+        Line::new("pool, 3 servers over 1 Gbit/s", POOL3, |p| Some(p.pool3)),
     ];
     draw(
         "matrix-sum over a 1 Gbit/s LAN: shipping costs more than it saves",
@@ -71,17 +72,13 @@ pub fn matrix(points: &[Point], link_mb_s: f64, note: &str) -> anyhow::Result<St
                 .map_err(err)?
                 .label(format!("the link alone: bytes at {link_mb_s:.0} MB/s"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], LINK.stroke_width(2)));
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("{:.0}x local's time", last.pool3 / last.sequential),
-                    (last.size, last.pool3),
-                    ("sans-serif", 14)
-                        .into_font()
-                        .color(&POOL3)
-                        .pos(Pos::new(HPos::Right, VPos::Bottom)),
-                )))
-                .map_err(err)?;
-            Ok(())
+            let ratio = last.pool3 / last.sequential;
+            annotate_pool(
+                chart,
+                format!("{ratio:.0}x local's time"),
+                last,
+                VPos::Bottom,
+            )
         },
     )
 }
@@ -91,9 +88,9 @@ pub fn matrix(points: &[Point], link_mb_s: f64, note: &str) -> anyhow::Result<St
 pub fn loops(points: &[Point], crossover: Crossover, note: &str) -> anyhow::Result<String> {
     let last = *points.last().ok_or_else(|| err("no points"))?;
     let lines = [
-        Line::solid("local sequential (1 core)", LOCAL, |p| Some(p.sequential)),
-        Line::solid("pool, 3 servers (1 worker each)", POOL3, |p| Some(p.pool3)),
-        Line::solid("pool, 2 servers (1 worker each)", POOL2, |p| p.pool2),
+        Line::new("local sequential (1 core)", LOCAL, |p| Some(p.sequential)),
+        Line::new("pool, 3 servers (1 worker each)", POOL3, |p| Some(p.pool3)),
+        Line::new("pool, 2 servers (1 worker each)", POOL2, |p| p.pool2),
     ];
     draw(
         "loop over a 1 Gbit/s LAN: what the pool buys for compute",
@@ -121,22 +118,35 @@ pub fn loops(points: &[Point], crossover: Crossover, note: &str) -> anyhow::Resu
                         PathElement::new(vec![(x, y), (x + 20, y)], CROSS.stroke_width(2))
                     });
             }
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    match last.sequential / last.pool3 {
-                        speedup if speedup >= 1.0 => format!("{speedup:.2}x faster than local"),
-                        speedup => format!("{:.2}x slower than local", 1.0 / speedup),
-                    },
-                    (last.size, last.pool3),
-                    ("sans-serif", 14)
-                        .into_font()
-                        .color(&POOL3)
-                        .pos(Pos::new(HPos::Right, VPos::Top)),
-                )))
-                .map_err(err)?;
-            Ok(())
+            let text = match last.sequential / last.pool3 {
+                speedup if speedup >= 1.0 => format!("{speedup:.2}x faster than local"),
+                speedup => format!("{:.2}x slower than local", 1.0 / speedup),
+            };
+            annotate_pool(chart, text, &last, VPos::Top)
         },
     )
+}
+
+/// Writes `text` in the three-server pool's colour at its median at `point`, ending
+/// there, above or below it as `vertical` says.
+fn annotate_pool(
+    chart: &mut Chart,
+    text: String,
+    point: &Point,
+    vertical: VPos,
+) -> anyhow::Result<()> {
+    let style = ("sans-serif", 14)
+        .into_font()
+        .color(&POOL3)
+        .pos(Pos::new(HPos::Right, vertical));
+    chart
+        .draw_series(std::iter::once(Text::new(
+            text,
+            (point.size, point.pool3),
+            style,
+        )))
+        .map_err(err)?;
+    Ok(())
 }
 
 /// A line of medians: its legend, colour, and value at a point (if any).
@@ -147,7 +157,7 @@ struct Line {
 }
 
 impl Line {
-    fn solid(name: &'static str, color: RGBColor, value: fn(&Point) -> Option<f64>) -> Line {
+    fn new(name: &'static str, color: RGBColor, value: fn(&Point) -> Option<f64>) -> Line {
         Line { name, color, value }
     }
 }
