@@ -284,30 +284,18 @@ impl NetLab {
     /// not a crash. The host's processes run on and its connections stay open, but no
     /// packet crosses until [`NetLab::mend`].
     pub fn cut(&self, host: &Host) -> anyhow::Result<()> {
-        run(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &host.switch_port,
-            "down",
-        ])
-        .map(drop)
+        self.set_cable(host, "down")
     }
 
     /// Plugs `host`'s cable back in.
     pub fn mend(&self, host: &Host) -> anyhow::Result<()> {
-        run(&[
-            "ip",
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &host.switch_port,
-            "up",
-        ])
-        .map(drop)
+        self.set_cable(host, "up")
+    }
+
+    /// Sets the switch's end of `host`'s cable `up` or `down`.
+    fn set_cable(&self, host: &Host, state: &str) -> anyhow::Result<()> {
+        let port = &host.switch_port;
+        run(&["ip", "-n", &self.switch, "link", "set", port, state]).map(drop)
     }
 }
 
