@@ -139,7 +139,8 @@ pub enum AttemptOutcome {
     /// It failed, for this reason (the message names the server).
     Failed(String),
     /// Another attempt at the part answered first: this one was cancelled, or its
-    /// result arrived late and was dropped. Its server time was spent twice.
+    /// result arrived late and was dropped. While both ran, the part's server time
+    /// was spent twice.
     Lost,
 }
 
@@ -241,6 +242,27 @@ impl PartRecord {
             .iter()
             .filter(|a| matches!(a.outcome, AttemptOutcome::Failed(_)))
     }
+
+    /// The time its lost attempts ran beside its winning one (see
+    /// [`PoolRun::time_spent_twice`]).
+    pub fn time_spent_twice(&self) -> Duration {
+        let Some(won) = self
+            .attempts
+            .iter()
+            .find(|a| a.outcome == AttemptOutcome::Won)
+        else {
+            return Duration::ZERO;
+        };
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome == AttemptOutcome::Lost)
+            .map(|lost| {
+                lost.end
+                    .min(won.end)
+                    .saturating_sub(lost.start.max(won.start))
+            })
+            .sum()
+    }
 }
 
 /// One server's share of a pool run.
@@ -314,10 +336,13 @@ impl PoolRun {
             .filter(|a| a.outcome == AttemptOutcome::Lost)
     }
 
-    /// Server time spent on copies whose result was not used: the price of
-    /// speculation.
+    /// Server time spent twice on a part: the price of speculation. For each attempt
+    /// that lost, the time it ran beside the attempt that won; what it ran before the
+    /// winner began (a part on a server that went silent, waiting for its copy) was
+    /// the part's only attempt then, and is not counted. So this never exceeds the
+    /// winning copies' time, nor the servers' slots times the run.
     pub fn time_spent_twice(&self) -> Duration {
-        self.lost_attempts().map(AttemptRecord::duration).sum()
+        self.parts.iter().map(PartRecord::time_spent_twice).sum()
     }
 }
 
@@ -1294,5 +1319,68 @@ impl<'a> Scheduler<'a> {
         if let Some((part, _, reason)) = best {
             self.copies.push_back((part, reason));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(kind: AttemptKind, start: f64, end: f64, outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
+            server: "server".into(),
+            kind,
+            reason: String::new(),
+            start: Duration::from_secs_f64(start),
+            end: Duration::from_secs_f64(end),
+            outcome,
+        }
+    }
+
+    fn part(attempts: Vec<AttemptRecord>) -> PartRecord {
+        PartRecord {
+            part: 0,
+            computed_by: ComputedBy::Server("server".into()),
+            reply: PartReply {
+                result: PartResult::Loop(0),
+                send: Duration::ZERO,
+                round_trip: Duration::ZERO,
+                compute: Duration::ZERO,
+            },
+            attempts,
+            start: Duration::ZERO,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    #[test]
+    fn time_spent_twice_is_the_time_a_lost_attempt_ran_beside_the_winner() {
+        use AttemptKind::{Copy, First};
+        use AttemptOutcome::{Lost, Won};
+        let ms = |d: Duration| d.as_millis();
+        // A server went silent holding the part from 0 s; its copy ran from 3.8 s and
+        // won at 8.5 s: 4.7 s were spent twice, not the silent attempt's 8.5 s.
+        let rescued = part(vec![
+            attempt(First, 0.0, 8.5, Lost),
+            attempt(Copy, 3.8, 8.5, Won),
+        ]);
+        assert_eq!(ms(rescued.time_spent_twice()), 4700);
+        // A straggler finished first after all: its copy's whole life was spent twice.
+        let straggler = part(vec![
+            attempt(First, 0.0, 2.0, Won),
+            attempt(Copy, 1.5, 2.0, Lost),
+        ]);
+        assert_eq!(ms(straggler.time_spent_twice()), 500);
+        // No winner (the local fallback computed it), or no loser: nothing twice.
+        let failed = AttemptOutcome::Failed("reset".into());
+        assert_eq!(
+            part(vec![attempt(First, 0.0, 1.0, failed)]).time_spent_twice(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            part(vec![attempt(First, 0.0, 1.0, Won)]).time_spent_twice(),
+            Duration::ZERO
+        );
     }
 }

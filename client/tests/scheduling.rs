@@ -137,7 +137,17 @@ async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
         }
     }
     assert!(rescued > 0, "the frozen server held parts");
-    assert!(pool.time_spent_twice() > Duration::ZERO);
+    // What was spent twice is the copies' time, each beside its part's first attempt,
+    // not the frozen attempts' whole wait (which began before any copy did).
+    let copies: Duration = pool
+        .parts
+        .iter()
+        .flat_map(|p| &p.attempts)
+        .filter(|a| a.kind == AttemptKind::Copy && !matches!(a.outcome, AttemptOutcome::Failed(_)))
+        .map(|a| a.duration())
+        .sum();
+    assert!(copies > Duration::ZERO);
+    assert_eq!(pool.time_spent_twice(), copies, "{:?}", pool.parts);
 
     // Thawed, the server drops the withdrawn parts and frees its worker.
     let mut idle = false;
