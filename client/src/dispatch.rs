@@ -1238,8 +1238,9 @@ impl<'a> Scheduler<'a> {
     /// Once no part waits to be handed out and a server is idle, copies the part whose
     /// copy would gain the most. A part is copied when either
     ///
-    /// * it has computed more than [`STRAGGLER_FACTOR`] times as long as parts of its
-    ///   size took (the median compute time per work item of the answered parts), and
+    /// * it has run more than [`STRAGGLER_FACTOR`] times as long as parts of its size
+    ///   took (the median compute time per work item of the answered parts, plus, for a
+    ///   part with data, the median time per byte their data took to send), and
     ///   [`STRAGGLER_SLACK`] longer; or
     /// * its server's own speed on this job says it will finish later than a copy
     ///   started now on the fastest idle server would, by a fifth and the slack.
@@ -1279,6 +1280,21 @@ impl<'a> Scheduler<'a> {
         }
         rates.sort_by(f64::total_cmp);
         let typical = rates[rates.len() / 2];
+        // A part still being shipped at the pace its data crosses the network is not
+        // straggling: a copy would send the same bytes over the same client link.
+        let mut send_rates: Vec<f64> = self
+            .states
+            .iter()
+            .zip(self.parts)
+            .filter_map(|(state, part)| {
+                let record = state.record.as_ref()?;
+                let bytes = part.task.input_bytes().filter(|&b| b > 0)?;
+                (record.computed_by != ComputedBy::LocalFallback)
+                    .then(|| record.reply.send.as_nanos() as f64 / bytes as f64)
+            })
+            .collect();
+        send_rates.sort_by(f64::total_cmp);
+        let typical_send = send_rates.get(send_rates.len() / 2).copied().unwrap_or(0.0);
         let rate_of = |s: usize| self.servers[s].nanos_per_item.unwrap_or(typical);
         let fastest_idle = idle
             .iter()
@@ -1298,7 +1314,8 @@ impl<'a> Scheduler<'a> {
                 let (sent, _) = server.in_flight[&running.id];
                 let could_start = server.last_answer.map_or(sent, |answer| answer.max(sent));
                 let ran = could_start.elapsed().as_secs_f64();
-                let expected = typical * items / 1e9;
+                let bytes = part.task.input_bytes().unwrap_or(0) as f64;
+                let expected = (typical * items + typical_send * bytes) / 1e9;
                 let own = rate_of(running.server) * items / 1e9;
                 let queued = server.in_flight.values().any(|(other, _)| *other < sent);
                 let left = if queued { own } else { (own - ran).max(0.0) };

@@ -175,6 +175,37 @@ fn a_server_killed_mid_job_loses_no_part() {
     }
 }
 
+#[test]
+fn data_shipped_at_the_links_pace_gets_no_copies() {
+    let test = "data_shipped_at_the_links_pace_gets_no_copies";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let servers = one_worker_servers(&lab);
+    let list = addresses(&servers);
+    let dir = temp_dir(test);
+    // 96 MB in six blocks, two per server, all leaving through the client's one
+    // 1 Gbit/s link: each part's time is its shipping (the whole job about 0.8 s),
+    // its sum a few milliseconds. A part on its way at the link's pace is no
+    // straggler: its copy would cross the same link, and the loser, abandoned
+    // mid-send, would break its connection.
+    let text =
+        "parts = 6\nseed = 5\n[job]\nkind = \"matrix-sum\"\nrows = 6000\ncols = 2000\nseed = 11\n";
+    let job = write_job(&dir, "job.toml", text);
+    let output = start_pool_job(&lab, &job, &list)
+        .wait_with_output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    let report = report(&output);
+    assert_exact(&report, text);
+    let copies = pool_parts(&report)
+        .iter()
+        .flat_map(|p| p["attempts"].as_array().unwrap())
+        .filter(|a| a["kind"] == "copy")
+        .count();
+    assert_eq!(copies, 0, "{report:#}");
+}
+
 /// Cuts a server's cable once it holds a part of `text`'s job, and checks the job
 /// still ends with the exact result, its part copied elsewhere once the server misses
 /// a liveness probe (or, mid-shipping, once it lags as a straggler); then that the
