@@ -53,7 +53,9 @@ const ELEMENT_BYTES: f64 = 8.0;
 struct Measured {
     /// Raw TCP, the client to the three server namespaces at once, in MB/s.
     link_mb_s: Vec<f64>,
+    /// The matrix sum, one row per size, smallest first.
     matrix: Vec<Row>,
+    /// The loop, one row per size, smallest first.
     loops: Vec<Row>,
 }
 
@@ -156,11 +158,17 @@ pub async fn run(s: &Settings, chart_dir: Option<&Path>) -> anyhow::Result<Vec<F
 
 /// The jobs to run and where, moved into the client's namespace.
 struct Plan {
+    /// Repetitions.
     runs: usize,
+    /// The pool servers, `address:port`.
     addresses: Vec<String>,
+    /// The raw TCP sinks, one per server host.
     sinks: Vec<String>,
+    /// The lab's token, which its servers require.
     token: String,
+    /// Each matrix size's parts, smallest first.
     matrices: Vec<Vec<Part>>,
+    /// Each loop size's parts, smallest first.
     loops: Vec<Vec<Part>>,
 }
 
@@ -362,7 +370,7 @@ fn crossover_figure(
         Crossover::At(x) => (name.to_string(), x / scale),
         Crossover::BelowSmallest => (
             format!("{name} (or below: faster at the smallest size)"),
-            crossover_value(c, rows) / scale,
+            rows.first().map_or(f64::NAN, |r| r.size) / scale,
         ),
         Crossover::Never => (
             format!("{name} (never: slower at every size measured)"),
@@ -370,15 +378,6 @@ fn crossover_figure(
         ),
     };
     Figure::plain(SCENARIO, name, unit, &[value])
-}
-
-/// The size a crossover names (the smallest size for `BelowSmallest`).
-fn crossover_value(c: Crossover, rows: &[Row]) -> f64 {
-    match c {
-        Crossover::At(x) => x,
-        Crossover::BelowSmallest => rows.first().map_or(f64::NAN, |r| r.size),
-        Crossover::Never => f64::NAN,
-    }
 }
 
 /// Each row's size and medians, for the charts.
