@@ -20,10 +20,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use pool_common::jobs::CancelFlag;
-use pool_common::matmul_kernel::{
+use pool_common::jobs::matmul::kernel::{
     fill_a_rows, fill_b, multiply_rows, multiply_rows_naive, row_block_sum_closed_form, sum_rows,
 };
+use pool_common::jobs::CancelFlag;
 
 use super::{blocking, secs, Settings};
 use crate::figures::Figure;
@@ -193,7 +193,7 @@ const TILE_K: usize = 64;
 /// C = A · B in i-k-j order, tiled so a tile of B (64 rows of 1024 columns, 512 KiB)
 /// stays in L2, with an inner loop over j that LLVM vectorises: a widening `u32`
 /// multiply (`pmuludq`, two products per instruction) added into `u64`.
-fn multiply_tiled_ikj(a: &[u64], b: &[u64], n: usize, c: &mut [u64]) {
+fn multiply_tiled_ikj(a: &[u16], b: &[u16], n: usize, c: &mut [u64]) {
     c.fill(0);
     for j0 in (0..n).step_by(TILE_COLS) {
         let j1 = (j0 + TILE_COLS).min(n);
@@ -202,9 +202,9 @@ fn multiply_tiled_ikj(a: &[u64], b: &[u64], n: usize, c: &mut [u64]) {
             for (a_row, c_row) in a.chunks_exact(n).zip(c.chunks_exact_mut(n)) {
                 let c_row = &mut c_row[j0..j1];
                 for k in k0..k1 {
-                    let x = u64::from(a_row[k] as u32);
+                    let x = u64::from(a_row[k]);
                     for (c, &y) in c_row.iter_mut().zip(&b[k * n + j0..k * n + j1]) {
-                        *c = c.wrapping_add(x * u64::from(y as u32));
+                        *c = c.wrapping_add(x * u64::from(y));
                     }
                 }
             }
