@@ -111,6 +111,24 @@ impl fmt::Display for Product {
     }
 }
 
+impl MatmulJob {
+    /// The job for n and `seed`, A and B generated, C not written anywhere.
+    pub fn generate(n: u64, seed: u64) -> MatmulJob {
+        let elements = |element: fn(u64, u64, u64) -> u16| -> Bytes {
+            (0..n * n)
+                .flat_map(|k| element(seed, n, k).to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into()
+        };
+        MatmulJob {
+            n,
+            a: elements(a_element),
+            b: elements(b_element),
+            output: None,
+        }
+    }
+}
+
 impl MatmulPart {
     /// Bytes a row of A takes on the wire.
     fn row_bytes(&self) -> u64 {
@@ -165,19 +183,9 @@ impl Kind for Matmul {
     }
 
     fn load(params: &MatmulParams, base: &Path) -> Result<MatmulJob, String> {
-        let n = *params.n.get_ref();
-        let seed = seed_of(params);
-        let elements = |element: fn(u64, u64, u64) -> u16| -> Bytes {
-            (0..n * n)
-                .flat_map(|k| element(seed, n, k).to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into()
-        };
         Ok(MatmulJob {
-            n,
-            a: elements(a_element),
-            b: elements(b_element),
             output: output_file(params.output.as_ref(), base)?,
+            ..MatmulJob::generate(*params.n.get_ref(), seed_of(params))
         })
     }
 
@@ -388,16 +396,10 @@ mod tests {
     use crate::jobs::{combine_all, Job, PartResult};
 
     fn job(n: u64, seed: u64, keep_rows: bool) -> Job {
-        let params = MatmulParams {
-            n: Spanned::new(0..0, n),
-            seed: Some(Spanned::new(0..0, seed)),
-            output: None,
-        };
-        let mut job = Matmul::load(&params, Path::new(".")).unwrap();
-        if keep_rows {
-            job.output = Some(PathBuf::from("unused"));
-        }
-        Job::Matmul(job)
+        Job::Matmul(MatmulJob {
+            output: keep_rows.then(|| PathBuf::from("unused")),
+            ..MatmulJob::generate(n, seed)
+        })
     }
 
     fn product(result: PartResult) -> Product {
