@@ -199,6 +199,7 @@ pub fn worker_process_main() -> anyhow::Result<()> {
     };
     let shared = JobInputs::new(shared).map_err(|e| anyhow!(e))?;
     task.validate().map_err(|e| anyhow!(e))?;
+    task.check_inputs(&shared).map_err(|e| anyhow!(e))?;
     let mut incoming = IncomingInput::new(&task).map_err(|e| anyhow!(e))?;
     let cancel = CancelFlag::new();
     let mut computation = PartComputation::new(&task, &shared);

@@ -1,13 +1,17 @@
-//! The coursework classics, `primes` and `mandelbrot`, end to end over real sockets:
-//! every mode, 1 to 3 servers, results checked against values computed here without
-//! the kernels. Mandelbrot parts return more than 64 KiB, so their results travel in
-//! data frames after their reply, over TCP and over the worker processes' pipes.
+//! The coursework classics, `primes`, `mandelbrot` and `matmul`, end to end over real
+//! sockets: every mode, 1 to 3 servers, results checked against values computed here
+//! without the kernels. Mandelbrot parts return more than 64 KiB, so their results
+//! travel in data frames after their reply, over TCP and over the worker processes'
+//! pipes; a matrix product's B travels once per server.
 
 mod support;
 
+use pool_client::dispatch::ComputedBy;
 use pool_common::jobs::mandelbrot::Rows;
+use pool_common::jobs::matmul::Product;
 use pool_common::jobs::PartResult;
 use pool_common::protocol::INLINE_RESULT_BYTES;
+use pool_common::splitmix::splitmix64;
 use support::{addresses, job_file, options, start_servers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,15 +92,11 @@ async fn mandelbrot_on_1_2_and_3_servers_with_results_over_64_kib() {
             .unwrap();
         assert!(report.all_match());
         for run in &report.runs {
-            let PartResult::Mandelbrot(Rows {
-                checksum, blocks, ..
-            }) = &run.result
-            else {
+            let PartResult::Mandelbrot(Rows { checksum, counts }) = &run.result else {
                 panic!("{:?}", run.result)
             };
             assert_eq!(*checksum, expected, "{:?}", run.mode);
-            assert_eq!(blocks.len(), 1);
-            assert_eq!(blocks[0].counts.len() as u64, width * height * 2);
+            assert!(counts.exactly(0, height).is_some(), "{:?}", run.mode);
         }
         let pool = report.pool.as_ref().unwrap();
         for part in &pool.parts {
@@ -142,4 +142,138 @@ async fn a_result_longer_than_a_frame_crosses_a_socket_and_a_pipe() {
     for server in servers {
         server.shutdown().await;
     }
+}
+
+/// Element `k` of the sequence A and then B are read from, as the README defines it:
+/// A's element k is `at(seed, k)`, B's is `at(seed, n*n + k)`.
+fn matrix_element(seed: u64, k: u64) -> u64 {
+    splitmix64(seed.wrapping_add(k)) >> 48
+}
+
+/// The sum of all of C = A · B, without multiplying the matrices: the sum of C is
+/// Σ_k (the sum of A's column k) · (the sum of B's row k).
+fn expected_matmul_sum(n: u64, seed: u64) -> u128 {
+    (0..n)
+        .map(|k| {
+            let a_column: u128 = (0..n)
+                .map(|i| u128::from(matrix_element(seed, i * n + k)))
+                .sum();
+            let b_row: u128 = (0..n)
+                .map(|j| u128::from(matrix_element(seed, n * n + k * n + j)))
+                .sum();
+            a_column * b_row
+        })
+        .sum()
+}
+
+/// Rows `rows` of C, by the textbook triple loop, as little-endian `u64`s.
+fn naive_c_rows(n: u64, seed: u64, rows: std::ops::Range<u64>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in rows {
+        for j in 0..n {
+            let c: u64 = (0..n)
+                .map(|k| matrix_element(seed, i * n + k) * matrix_element(seed, n * n + k * n + j))
+                .sum();
+            bytes.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matmul_on_1_2_and_3_servers_ships_b_once_per_server() {
+    let n = 150u64;
+    let dir = support::temp_dir("matmul");
+    for (server_count, parts, seed) in [(1, 2, 1), (2, 5, 2), (3, 7, 3)] {
+        let servers = start_servers(server_count, 1).await;
+        let c_file = dir.join(format!("c-{server_count}.u64"));
+        let job = job_file(&format!(
+            "parts = {parts}\n[job]\nkind = \"matmul\"\nn = {n}\nseed = {seed}\noutput = {:?}\n",
+            c_file.display().to_string()
+        ));
+        let report = pool_client::run(&job, &options(addresses(&servers)))
+            .await
+            .unwrap();
+        assert_eq!(report.runs.len(), 4);
+        assert!(report.all_match());
+        let expected = expected_matmul_sum(n, seed);
+        for run in &report.runs {
+            let PartResult::Matmul(Product { sum, rows }) = &run.result else {
+                panic!("{:?}", run.result)
+            };
+            assert_eq!(*sum, expected, "{:?}", run.mode);
+            assert!(
+                rows.as_ref().unwrap().exactly(0, n).is_some(),
+                "{:?}",
+                run.mode
+            );
+        }
+        assert_eq!(report.saved, std::slice::from_ref(&c_file));
+        assert_eq!(std::fs::read(&c_file).unwrap(), naive_c_rows(n, seed, 0..n));
+
+        // B (2 bytes an element) went once to each server that computed parts (parts
+        // this small may all be done before a slow connection opens), before its first
+        // part; A went once in all, a block of rows to each part.
+        let matrix_bytes = 2 * n * n;
+        let pool = report.pool.as_ref().unwrap();
+        let computed_on = |address: &str| {
+            pool.parts
+                .iter()
+                .any(|part| part.computed_by == ComputedBy::Server(address.to_string()))
+        };
+        for server in pool.servers.iter().filter(|s| computed_on(&s.address)) {
+            let shared = server.shared.expect("B is shipped before the first part");
+            assert!(
+                (matrix_bytes..matrix_bytes + 1024).contains(&shared.bytes),
+                "{}: B shipped in {} bytes",
+                server.address,
+                shared.bytes
+            );
+        }
+        let a_bytes: u64 = pool.parts.iter().map(|part| part.bytes_sent).sum();
+        assert!(
+            (matrix_bytes..matrix_bytes + 1024 * parts as u64).contains(&a_bytes),
+            "A shipped in {a_bytes} bytes"
+        );
+        for server in servers {
+            server.shutdown().await;
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matmul_part_of_several_chunks_keeps_its_rows_in_order() {
+    // n = 1500: a row of A is 3000 bytes, so one part of every row ships 4.5 MB in two
+    // chunks of whole rows (1398 rows, then 102), computed apart and put back in order.
+    let (n, seed) = (1500u64, 11);
+    let dir = support::temp_dir("matmul-chunks");
+    let c_file = dir.join("c.u64");
+    let servers = start_servers(1, 2).await;
+    let job = job_file(&format!(
+        "parts = 1\n[job]\nkind = \"matmul\"\nn = {n}\nseed = {seed}\noutput = {:?}\n",
+        c_file.display().to_string()
+    ));
+    let report = pool_client::run(&job, &options(addresses(&servers)))
+        .await
+        .unwrap();
+    assert!(report.all_match());
+    let PartResult::Matmul(Product { sum, .. }) = &report.runs[0].result else {
+        panic!("{:?}", report.runs[0].result)
+    };
+    assert_eq!(*sum, expected_matmul_sum(n, seed));
+    let sent = report.pool.as_ref().unwrap().parts[0].bytes_sent;
+    assert!(sent > 4 << 20, "{sent} bytes");
+    // The rows on both sides of the cut, by the triple loop.
+    let c = std::fs::read(&c_file).unwrap();
+    let row_bytes = n as usize * 8;
+    assert_eq!(c.len(), n as usize * row_bytes);
+    assert_eq!(
+        c[1396 * row_bytes..1400 * row_bytes],
+        naive_c_rows(n, seed, 1396..1400)
+    );
+    for server in servers {
+        server.shutdown().await;
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -67,6 +67,7 @@ async fn every_example_job_file_runs() {
             "primes.toml" => Some("result: 50847534\n"),
             "mandelbrot.toml" => Some("result: 356241142\nwritten: "),
             "command.toml" => Some("result: 10753712\n"),
+            "matmul.toml" => Some("result: 1152261360916922348\n"),
             _ => None,
         };
         if let Some(promised) = promised {
@@ -81,6 +82,7 @@ async fn every_example_job_file_runs() {
             "command.toml",
             "loop.toml",
             "mandelbrot.toml",
+            "matmul.toml",
             "matrix-csv.toml",
             "matrix-float.toml",
             "matrix-spreadsheet.toml",

@@ -12,7 +12,8 @@ use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
 use pool_client::report::Mode;
 use pool_common::codec::{encode_frame, Frame};
 use pool_common::jobs::loop_sum::LoopPart;
-use pool_common::jobs::{Part, PartResult, PartTask};
+use pool_common::jobs::matmul::{MatmulPart, B_INPUT};
+use pool_common::jobs::{JobInputs, Part, PartResult, PartTask, SharedInput};
 use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{job_file, options, reference_result, ServerProcess};
@@ -172,6 +173,10 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             ]
             .concat(),
         ),
+        (
+            "a matrix product's chunk that cuts a row",
+            [hello(), request(matmul_task(4)), data(1, 3)].concat(),
+        ),
         ("nothing at all", Vec::new()),
         ("handshake then silence", hello()),
     ];
@@ -229,6 +234,49 @@ async fn a_client_that_leaves_mid_part_frees_its_worker() {
         .await
         .expect("the worker was not freed")
         .unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.shutdown().await;
+}
+
+/// Both rows of an `n` x `n` matrix product with n >= 2, without C.
+fn matmul_task(n: u64) -> PartTask {
+    PartTask::Matmul(MatmulPart {
+        n,
+        first_row: 0,
+        rows: 2,
+        keep_rows: false,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_matrix_product_without_its_b_is_refused_by_name() {
+    let server = pool_server::start("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let address = server.local_addr().to_string();
+    // Two rows of a 4 x 4 A, two bytes an element.
+    let part = Part::new(0, matmul_task(4), vec![1u8; 16].into());
+
+    let connection = ServerConnection::connect(&address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let error = connection.run_part(&part).await.unwrap_err();
+    assert!(error.to_string().contains("needs B"), "{error}");
+
+    let connection = ServerConnection::connect(&address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let wrong_size = JobInputs::new(vec![SharedInput {
+        name: B_INPUT.into(),
+        bytes: vec![0u8; 30].into(),
+        executable: false,
+    }])
+    .unwrap();
+    connection.share(&wrong_size).await.unwrap();
+    let error = connection.run_part(&part).await.unwrap_err();
+    assert!(error.to_string().contains("has 30 bytes"), "{error}");
+    // The refused part's rows were read and dropped: the connection still works.
+    let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
     assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
     server.shutdown().await;
 }

@@ -19,7 +19,6 @@ pub mod codec;
 pub mod exact_sum;
 pub mod jobfile;
 pub mod jobs;
-pub mod matmul_kernel;
 pub mod protocol;
 pub mod splitmix;
 pub mod wire;

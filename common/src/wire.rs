@@ -3,7 +3,7 @@
 //! result back, and how the receiving side checks what arrives.
 //!
 //! Out: [`Request::RunPart`], then the part's input in [`Frame::Data`] chunks of at
-//! most [`DATA_CHUNK_BYTES`](crate::jobs::DATA_CHUNK_BYTES). Back: [`Reply::PartDone`]
+//! most [`DATA_CHUNK_BYTES`], or fewer if the kind asks ([`PartTask::chunk_bytes`]). Back: [`Reply::PartDone`]
 //! with the result inside, or, for a result longer than [`INLINE_RESULT_BYTES`],
 //! [`Reply::PartDoneLarge`] followed by the result's encoding in data frames. A job's
 //! shared inputs go out before its first part: [`Request::Share`], then the input's
@@ -18,7 +18,7 @@ use crate::codec::{
     decode_large_message, encode_frame, encode_message, encoded_message_len, read_frame_blocking,
     write_frame_blocking, Frame, FrameError, MAX_LARGE_MESSAGE_BYTES,
 };
-use crate::jobs::{chunks_of, PartResult, PartTask, SharedInput};
+use crate::jobs::{chunks_of, PartResult, PartTask, SharedInput, DATA_CHUNK_BYTES};
 use crate::protocol::{RemoteError, Reply, Request, INLINE_RESULT_BYTES};
 
 /// Bytes a data frame adds around its payload: the length prefix, tag and part id.
@@ -35,7 +35,7 @@ pub fn part_frames<'a>(
         part_id,
         task: task.clone(),
     });
-    std::iter::once(request).chain(data_frames(part_id, input))
+    std::iter::once(request).chain(data_frames(part_id, input, task.chunk_bytes()))
 }
 
 /// The frames that ship one of the job's shared inputs: its request, then its content
@@ -47,12 +47,16 @@ pub fn share_frames(input_id: u64, input: &SharedInput) -> impl Iterator<Item = 
         bytes: input.bytes.len() as u64,
         executable: input.executable,
     });
-    std::iter::once(request).chain(data_frames(input_id, &input.bytes))
+    std::iter::once(request).chain(data_frames(input_id, &input.bytes, DATA_CHUNK_BYTES))
 }
 
-/// `bytes` as the data frames of part `part_id`.
-fn data_frames(part_id: u64, bytes: &Bytes) -> impl Iterator<Item = Frame> + '_ {
-    chunks_of(bytes).map(move |bytes| Frame::Data { part_id, bytes })
+/// `bytes` as the data frames of part `part_id`, of at most `chunk_bytes` each.
+fn data_frames(
+    part_id: u64,
+    bytes: &Bytes,
+    chunk_bytes: usize,
+) -> impl Iterator<Item = Frame> + '_ {
+    chunks_of(bytes, chunk_bytes).map(move |bytes| Frame::Data { part_id, bytes })
 }
 
 /// The frames that carry a part's result back: one reply, and for a large result its
@@ -76,7 +80,7 @@ pub fn result_frames(
         compute_nanos,
     });
     Ok(std::iter::once(reply)
-        .chain(data_frames(part_id, &encoded))
+        .chain(data_frames(part_id, &encoded, DATA_CHUNK_BYTES))
         .collect())
 }
 
@@ -99,6 +103,7 @@ pub fn frames_len(frames: impl IntoIterator<Item = impl Borrow<Frame>>) -> u64 {
 /// declared before it is used.
 #[derive(Debug, Clone)]
 pub struct IncomingInput {
+    declared: u64,
     remaining: u64,
 }
 
@@ -108,11 +113,15 @@ impl IncomingInput {
         let remaining = task
             .input_bytes()
             .ok_or_else(|| "its input size overflows".to_string())?;
-        Ok(IncomingInput { remaining })
+        Ok(IncomingInput {
+            declared: remaining,
+            remaining,
+        })
     }
 
-    /// Checks a chunk of `len` bytes and counts it as arrived.
-    pub fn accept(&mut self, task: &PartTask, len: usize) -> Result<(), String> {
+    /// Checks a chunk of `len` bytes and counts it as arrived; returns where it starts
+    /// in the part's input.
+    pub fn accept(&mut self, task: &PartTask, len: usize) -> Result<u64, String> {
         let len64 = len as u64;
         if len64 > self.remaining {
             return Err(format!(
@@ -121,8 +130,9 @@ impl IncomingInput {
             ));
         }
         task.check_chunk(len)?;
+        let offset = self.declared - self.remaining;
         self.remaining -= len64;
-        Ok(())
+        Ok(offset)
     }
 
     /// Input bytes still to arrive.
@@ -363,7 +373,7 @@ mod tests {
         });
         let result = crate::jobs::compute_chunk(
             &task,
-            &[],
+            crate::jobs::Chunk::NONE,
             &crate::jobs::JobInputs::default(),
             &CancelFlag::new(),
         )

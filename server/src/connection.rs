@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use pool_common::codec::{Frame, FrameCodec, FrameError};
-use pool_common::jobs::{compute_chunk, CancelFlag, JobInputs, PartTask};
+use pool_common::jobs::{compute_chunk, CancelFlag, Chunk, JobInputs, PartTask};
 use pool_common::protocol::{
     ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
 };
@@ -257,10 +257,11 @@ impl Connection {
                 Action::Compute {
                     part_id,
                     task,
+                    offset,
                     chunk,
                     cancel,
                     inputs,
-                } => self.submit(part_id, task, chunk, cancel, inputs),
+                } => self.submit(part_id, task, (offset, chunk), cancel, inputs),
                 Action::Done {
                     part_id,
                     result,
@@ -304,18 +305,22 @@ impl Connection {
         self.counted_in_flight = now;
     }
 
-    /// Hands one chunk of a part to the executor.
+    /// Hands one chunk of a part, with its offset in the part's input, to the executor.
     fn submit(
         &mut self,
         part_id: u64,
         task: Arc<PartTask>,
-        chunk: Bytes,
+        (offset, chunk): (u64, Bytes),
         cancel: Arc<CancelFlag>,
         inputs: Arc<JobInputs>,
     ) {
         let work = self.shared.executor.run(move || {
             let started = Instant::now();
-            let result = compute_chunk(&task, &chunk, &inputs, &cancel);
+            let chunk = Chunk {
+                offset,
+                bytes: &chunk,
+            };
+            let result = compute_chunk(&task, chunk, &inputs, &cancel);
             (result, started.elapsed())
         });
         self.computations.push(Box::pin(async move {

@@ -54,6 +54,8 @@ pub enum Action {
         part_id: u64,
         /// Its task.
         task: Arc<PartTask>,
+        /// Where the chunk starts in the part's input, in bytes.
+        offset: u64,
         /// The chunk (empty for a part without input).
         chunk: Bytes,
         /// Set when the part is no longer wanted; the kernel checks it.
@@ -300,7 +302,12 @@ impl PartTable {
             .map_err(|reason| Violation(format!("part {part_id}: {reason}")))?;
         let refusal = refusal
             .or_else(|| inputs.as_ref().err().cloned())
-            .or_else(|| self.refusal(&task, input.remaining()));
+            .or_else(|| self.refusal(&task, input.remaining()))
+            .or_else(|| {
+                let inputs = inputs.as_ref().ok()?;
+                let reason = task.check_inputs(inputs).err()?;
+                Some(RemoteError::new(ErrorCode::BadRequest, reason))
+            });
         // A refused part with input stays in the table until its input has drained.
         // Refusals cannot fill it without bound: past twice the limit, the connection
         // ends.
@@ -329,7 +336,7 @@ impl PartTable {
                 actions.push(Action::Failed { part_id, error });
             }
             None if entry.input.is_complete() => {
-                actions.push(self.compute(part_id, &mut entry, Bytes::new()));
+                actions.push(self.compute(part_id, &mut entry, 0, Bytes::new()));
             }
             None => {}
         }
@@ -415,14 +422,17 @@ impl PartTable {
                 "data for part {part_id}, which is not in flight"
             )));
         };
-        if let Err(reason) = entry.input.accept(&entry.task, chunk.len()) {
-            // The connection ends; the part's kernels must not outlive it.
-            entry.cancel.cancel();
-            return Err(Violation(format!("part {part_id}: {reason}")));
-        }
+        let offset = match entry.input.accept(&entry.task, chunk.len()) {
+            Ok(offset) => offset,
+            Err(reason) => {
+                // The connection ends; the part's kernels must not outlive it.
+                entry.cancel.cancel();
+                return Err(Violation(format!("part {part_id}: {reason}")));
+            }
+        };
         let mut actions = Vec::new();
         if !entry.answered {
-            actions.push(self.compute(part_id, &mut entry, chunk));
+            actions.push(self.compute(part_id, &mut entry, offset, chunk));
         }
         if !entry.is_finished() {
             self.parts.insert(part_id, entry);
@@ -511,7 +521,8 @@ impl PartTable {
         }
     }
 
-    fn compute(&mut self, part_id: u64, entry: &mut Entry, chunk: Bytes) -> Action {
+    /// The action computing `chunk`, which starts `offset` bytes into the part's input.
+    fn compute(&mut self, part_id: u64, entry: &mut Entry, offset: u64, chunk: Bytes) -> Action {
         entry.computing += 1;
         self.data_chunks_computing += usize::from(entry.has_input);
         let Shares::Fixed(inputs) = &self.shares else {
@@ -520,6 +531,7 @@ impl PartTable {
         Action::Compute {
             part_id,
             task: Arc::clone(&entry.task),
+            offset,
             chunk,
             cancel: Arc::clone(&entry.cancel),
             inputs: Arc::clone(inputs),
@@ -541,9 +553,9 @@ impl ArrivingShare {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pool_common::jobs::compute_chunk;
     use pool_common::jobs::loop_sum::LoopPart;
     use pool_common::jobs::matrix_sum::{Element, MatrixPart, MatrixTotal};
+    use pool_common::jobs::{compute_chunk, Chunk};
 
     fn table() -> PartTable {
         PartTable::new(PartLimits {
@@ -574,11 +586,16 @@ mod tests {
                 Action::Compute {
                     part_id,
                     task,
+                    offset,
                     chunk,
                     cancel,
                     inputs,
                 } => {
-                    let outcome = compute_chunk(&task, &chunk, &inputs, &cancel).into();
+                    let chunk = Chunk {
+                        offset,
+                        bytes: &chunk,
+                    };
+                    let outcome = compute_chunk(&task, chunk, &inputs, &cancel).into();
                     let more = table.computed(part_id, outcome, Duration::ZERO);
                     replies.extend(execute(table, more));
                 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use pool_common::jobs::mandelbrot::{MandelbrotPart, Region, Rows, View};
 use pool_common::jobs::primes::count_primes;
-use pool_common::jobs::{compute_chunk, CancelFlag, JobInputs, PartResult, PartTask};
+use pool_common::jobs::{compute_chunk, CancelFlag, Chunk, JobInputs, PartResult, PartTask};
 
 use super::{blocking, secs, CProgram, Settings};
 use crate::figures::Figure;
@@ -197,8 +197,13 @@ fn mandelbrot_blocks(view: View) -> (Duration, Vec<(Duration, u64)>) {
                 rows: hi - lo,
             });
             let block_started = Instant::now();
-            let result = compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new())
-                .expect("never cancelled");
+            let result = compute_chunk(
+                &task,
+                Chunk::NONE,
+                &JobInputs::default(),
+                &CancelFlag::new(),
+            )
+            .expect("never cancelled");
             let PartResult::Mandelbrot(Rows { checksum, .. }) = result else {
                 unreachable!("a mandelbrot task gives a mandelbrot result")
             };

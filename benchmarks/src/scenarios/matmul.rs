@@ -14,21 +14,32 @@
 //!
 //! Without numpy (`pip install numpy`), the numpy lines are skipped with a message on
 //! stderr and the others are reported alone.
+//!
+//! Then the `matmul` job itself across n = 256 to 4096, against local sequential in the
+//! same run: the pool of one server per core (one worker each, on loopback), with two
+//! parts per server, B shipped to each server once and A's rows once in all; and the
+//! threaded mode with as many threads. The crossover is the smallest n at which the
+//! pool beats sequential, per run.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use pool_common::jobs::CancelFlag;
-use pool_common::matmul_kernel::{
+use pool_client::local;
+use pool_common::jobs::matmul::kernel::{
     fill_a_rows, fill_b, multiply_rows, multiply_rows_naive, row_block_sum_closed_form, sum_rows,
 };
+use pool_common::jobs::matmul::{MatmulJob, Product};
+use pool_common::jobs::{CancelFlag, Job, PartResult};
 
-use super::{blocking, secs, Settings};
+use super::{blocking, check, millis, pool_mode, secs, Settings};
 use crate::figures::Figure;
+use crate::procs::Helper;
 
 const SCENARIO: &str = "10 matmul kernel (one core)";
+
+const JOB_SCENARIO: &str = "10 matmul job, pool and local across n";
 
 /// The matrices' seed (any would do; the sums are checked, not compared with constants).
 const SEED: u64 = 10;
@@ -150,6 +161,88 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             ));
         }
     }
+    figures.extend(job_across_n(s).await?);
+    Ok(figures)
+}
+
+/// The `matmul` job across n: pool and threaded against sequential, and the crossover.
+async fn job_across_n(s: &Settings) -> anyhow::Result<Vec<Figure>> {
+    let sizes: &[u64] = if s.quick {
+        &[64, 256]
+    } else {
+        &[256, 512, 1024, 2048, 4096]
+    };
+    let servers: Vec<Helper> = (0..s.cores)
+        .map(|_| Helper::pool_server(1))
+        .collect::<anyhow::Result<_>>()?;
+    let addrs: Vec<&str> = servers.iter().map(|h| h.addr.as_str()).collect();
+    let parts = 2 * s.cores;
+    let mut m: BTreeMap<(u64, &str), Vec<f64>> = BTreeMap::new();
+    let mut crossovers = Vec::new();
+    for _ in 0..s.heavy_runs() {
+        let mut crossover = f64::NAN;
+        for &n in sizes {
+            let job = blocking(move || Job::Matmul(MatmulJob::generate(n, SEED))).await?;
+            let expected =
+                blocking(move || row_block_sum_closed_form(SEED, n as usize, 0, n as usize))
+                    .await?;
+            let reference = PartResult::Matmul(Product {
+                sum: expected,
+                rows: None,
+            });
+            let split = job.split(parts);
+            let p = split.clone();
+            let seq = blocking(move || {
+                local::sequential(&p, &CancelFlag::new(), &|| {}).expect("never cancelled")
+            })
+            .await?;
+            check("sequential", seq.result, reference.clone())?;
+            let p = split.clone();
+            let thr = blocking(move || {
+                local::threaded(&p, &CancelFlag::new(), &|| {}).expect("never cancelled")
+            })
+            .await?;
+            check("threaded", thr.result, reference.clone())?;
+            let (pool, result) = pool_mode(&split, &addrs).await?;
+            check("pool", result, reference)?;
+            if crossover.is_nan() && pool < seq.elapsed {
+                crossover = n as f64;
+            }
+            m.entry((n, "seq")).or_default().push(millis(seq.elapsed));
+            m.entry((n, "thr")).or_default().push(millis(thr.elapsed));
+            m.entry((n, "pool")).or_default().push(millis(pool));
+        }
+        crossovers.push(crossover);
+    }
+    let v = |n: u64, k: &str| m.get(&(n, k)).cloned().unwrap_or_default();
+    let c = s.cores;
+    let mut figures = Vec::new();
+    for &n in sizes {
+        figures.push(Figure::against(
+            JOB_SCENARIO,
+            format!("n = {n}, pool of {c} servers, {parts} parts"),
+            "ms",
+            &v(n, "pool"),
+            "sequential",
+            &v(n, "seq"),
+        ));
+        figures.push(Figure::against(
+            JOB_SCENARIO,
+            format!("n = {n}, threaded, {parts} parts on {c} cores"),
+            "ms",
+            &v(n, "thr"),
+            "sequential",
+            &v(n, "seq"),
+        ));
+    }
+    figures.push(Figure::plain(
+        JOB_SCENARIO,
+        format!(
+            "crossover: the smallest n of {sizes:?} where the pool beats sequential (NaN: none)"
+        ),
+        "n",
+        &crossovers,
+    ));
     Ok(figures)
 }
 
@@ -193,7 +286,7 @@ const TILE_K: usize = 64;
 /// C = A · B in i-k-j order, tiled so a tile of B (64 rows of 1024 columns, 512 KiB)
 /// stays in L2, with an inner loop over j that LLVM vectorises: a widening `u32`
 /// multiply (`pmuludq`, two products per instruction) added into `u64`.
-fn multiply_tiled_ikj(a: &[u64], b: &[u64], n: usize, c: &mut [u64]) {
+fn multiply_tiled_ikj(a: &[u16], b: &[u16], n: usize, c: &mut [u64]) {
     c.fill(0);
     for j0 in (0..n).step_by(TILE_COLS) {
         let j1 = (j0 + TILE_COLS).min(n);
@@ -202,9 +295,9 @@ fn multiply_tiled_ikj(a: &[u64], b: &[u64], n: usize, c: &mut [u64]) {
             for (a_row, c_row) in a.chunks_exact(n).zip(c.chunks_exact_mut(n)) {
                 let c_row = &mut c_row[j0..j1];
                 for k in k0..k1 {
-                    let x = u64::from(a_row[k] as u32);
+                    let x = u64::from(a_row[k]);
                     for (c, &y) in c_row.iter_mut().zip(&b[k * n + j0..k * n + j1]) {
-                        *c = c.wrapping_add(x * u64::from(y as u32));
+                        *c = c.wrapping_add(x * u64::from(y));
                     }
                 }
             }

@@ -208,6 +208,11 @@ pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// Milliseconds as f64.
+pub fn millis(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e6
+}
+
 /// Microseconds as f64.
 pub fn micros(d: Duration) -> f64 {
     d.as_nanos() as f64 / 1000.0

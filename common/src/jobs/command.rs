@@ -41,7 +41,10 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::inputs::check_input_name;
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange, Program, SharedInput};
+use super::{
+    output_file, CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange, Program,
+    SharedInput,
+};
 
 /// The standard output a part keeps when the job file does not say.
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 16 << 20;
@@ -335,7 +338,7 @@ impl Kind for CommandKind {
             range: *params.range.get_ref(),
             files,
             combine: combine_of(params),
-            output: params.output.as_ref().map(|o| base.join(o.get_ref())),
+            output: output_file(params.output.as_ref(), base)?,
             max_output_bytes: params
                 .max_output_bytes
                 .as_ref()
@@ -403,7 +406,7 @@ impl Kind for CommandKind {
 
     fn compute_chunk(
         task: &CommandPart,
-        _chunk: &[u8],
+        _chunk: Chunk<'_>,
         inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<CommandOutput, Cancelled> {

@@ -13,10 +13,11 @@
 //! input as a file, made on first use and removed when the job's inputs are dropped
 //! (on a server, when the connection ends and its last part has stopped).
 
+use std::any::Any;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 
@@ -72,6 +73,9 @@ pub struct JobInputs {
     inputs: Vec<SharedInput>,
     /// The folder holding every input as a file, made by the first part that asks.
     work_dir: OnceLock<Result<tempfile::TempDir, String>>,
+    /// What kernels made from the inputs once for every part ([`JobInputs::derived`]),
+    /// one value per type.
+    derived: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl JobInputs {
@@ -101,7 +105,7 @@ impl JobInputs {
         }
         Ok(JobInputs {
             inputs,
-            work_dir: OnceLock::new(),
+            ..JobInputs::default()
         })
     }
 
@@ -135,6 +139,27 @@ impl JobInputs {
             .as_ref()
             .map(|dir| dir.path())
             .map_err(Clone::clone)
+    }
+
+    /// The value of type `T` that `make` derives from these inputs (a matrix packed
+    /// for a kernel), made by the first part that asks and shared by every later one.
+    /// Parts asking while it is being made wait for it rather than make it twice. If
+    /// `make` fails (it was cancelled), nothing is kept, and the next part makes it.
+    pub fn derived<T, E>(&self, make: impl FnOnce(&JobInputs) -> Result<T, E>) -> Result<Arc<T>, E>
+    where
+        T: Any + Send + Sync,
+    {
+        // A part that panicked while making a value left nothing half-made behind.
+        let mut derived = self.derived.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(value) = derived
+            .iter()
+            .find_map(|value| Arc::clone(value).downcast::<T>().ok())
+        {
+            return Ok(value);
+        }
+        let value = Arc::new(make(self)?);
+        derived.push(Arc::clone(&value) as Arc<dyn Any + Send + Sync>);
+        Ok(value)
     }
 
     fn write_work_dir(&self) -> Result<tempfile::TempDir, String> {
@@ -183,6 +208,27 @@ mod tests {
             bytes: Bytes::copy_from_slice(content.as_bytes()),
             executable: false,
         }
+    }
+
+    #[test]
+    fn a_derived_value_is_made_once_and_not_kept_on_failure() {
+        let inputs = JobInputs::new(vec![input("b", "abc")]).unwrap();
+        let failed: Result<Arc<usize>, &str> = inputs.derived(|_| Err("cancelled"));
+        assert_eq!(failed, Err("cancelled"));
+        let mut made = 0;
+        for _ in 0..3 {
+            let len = inputs
+                .derived::<usize, ()>(|inputs| {
+                    made += 1;
+                    Ok(inputs.get("b").unwrap().len())
+                })
+                .unwrap();
+            assert_eq!(*len, 3);
+        }
+        assert_eq!(made, 1);
+        // Another type is another value.
+        let text = inputs.derived::<String, ()>(|_| Ok("x".into())).unwrap();
+        assert_eq!(*text, "x");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
+use super::{CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange};
 use crate::splitmix::splitmix64;
 
 /// How many iterations run between two looks at the cancel flag (about a millisecond).
@@ -87,7 +87,7 @@ impl Kind for LoopSum {
 
     fn compute_chunk(
         task: &LoopPart,
-        _chunk: &[u8],
+        _chunk: Chunk<'_>,
         _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<u64, Cancelled> {

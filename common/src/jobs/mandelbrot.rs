@@ -17,7 +17,7 @@
 //! work statically loses to handing it out as workers free up.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
@@ -25,7 +25,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
+use super::rows::RowBlocks;
+use super::{output_file, CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange};
 
 /// The most pixels an image may have: 2^25, e.g. 8192 x 4096. The client holds the
 /// counts (two bytes a pixel) of every mode's result and the pool's parts at once,
@@ -143,24 +144,12 @@ pub struct MandelbrotPart {
 /// Rows of escape counts: the result of a part, or of several once combined.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rows {
-    /// Pixels per row.
-    pub width: u64,
-    /// Blocks of consecutive rows, in row order, not touching (touching blocks are
-    /// merged): a whole image is one block from row 0.
-    pub blocks: Vec<RowBlock>,
+    /// The counts, as little-endian `u16`s, two bytes a pixel: a whole image is one
+    /// block from row 0.
+    pub counts: RowBlocks,
     /// The sum of every count in the blocks: the figure compared across modes and
     /// printed as the result.
     pub checksum: u64,
-}
-
-/// Consecutive rows of escape counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RowBlock {
-    /// The first row's index in the image.
-    pub first_row: u64,
-    /// The counts, row after row, as little-endian `u16`s.
-    #[serde(with = "serde_bytes")]
-    pub counts: Vec<u8>,
 }
 
 impl fmt::Display for Rows {
@@ -267,14 +256,7 @@ impl Kind for Mandelbrot {
             max_iter: u16::try_from(*params.max_iter.get_ref())
                 .map_err(|_| format!("max_iter must be at most {MAX_ITER}"))?,
         };
-        let output = params.output.as_ref().map(|o| base.join(o.get_ref()));
-        if let Some(path) = &output {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("output: cannot write {}: {e}", path.display()))?;
-        }
+        let output = output_file(params.output.as_ref(), base)?;
         Ok(MandelbrotJob { view, output })
     }
 
@@ -337,7 +319,7 @@ impl Kind for Mandelbrot {
 
     fn compute_chunk(
         task: &MandelbrotPart,
-        _chunk: &[u8],
+        _chunk: Chunk<'_>,
         _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<Rows, Cancelled> {
@@ -364,63 +346,29 @@ impl Kind for Mandelbrot {
             }
         }
         Ok(Rows {
-            width: task.view.width,
-            blocks: vec![RowBlock {
-                first_row: task.first_row,
-                counts,
-            }],
+            counts: RowBlocks::one(task.view.width * 2, task.first_row, counts),
             checksum,
         })
     }
 
     fn combine(a: Rows, b: Rows) -> Option<Rows> {
-        if a.width != b.width {
-            return None;
-        }
-        let bytes_per_row = a.width.checked_mul(2).filter(|&b| b > 0)?;
-        let checksum = a.checksum.checked_add(b.checksum)?;
-        let mut blocks: Vec<RowBlock> = Vec::with_capacity(a.blocks.len() + b.blocks.len());
-        let mut sorted = a.blocks;
-        sorted.extend(b.blocks);
-        sorted.sort_by_key(|block| block.first_row);
-        for block in sorted {
-            match blocks.last_mut() {
-                Some(last) => {
-                    let end = last.first_row + last.counts.len() as u64 / bytes_per_row;
-                    if block.first_row < end {
-                        return None; // the same rows twice
-                    }
-                    if block.first_row == end {
-                        last.counts.extend_from_slice(&block.counts);
-                    } else {
-                        blocks.push(block);
-                    }
-                }
-                None => blocks.push(block),
-            }
-        }
         Some(Rows {
-            width: a.width,
-            blocks,
-            checksum,
+            counts: a.counts.merge(b.counts)?,
+            checksum: a.checksum.checked_add(b.checksum)?,
         })
     }
 
     /// The part's rows, each count within `max_iter`, summing to the checksum: anything
     /// else is refused, so results that pass always combine.
     fn could_produce(task: &MandelbrotPart, rows: &Rows) -> bool {
-        let [block] = rows.blocks.as_slice() else {
-            return false;
-        };
-        let expected_len = task.rows.saturating_mul(task.view.width).saturating_mul(2);
-        if rows.width != task.view.width
-            || block.first_row != task.first_row
-            || block.counts.len() as u64 != expected_len
-        {
+        if rows.counts.row_bytes != task.view.width.saturating_mul(2) {
             return false;
         }
+        let Some(counts) = rows.counts.exactly(task.first_row, task.rows) else {
+            return false;
+        };
         let mut sum = 0u64;
-        for pair in block.counts.chunks_exact(2) {
+        for pair in counts.chunks_exact(2) {
             let count = u16::from_le_bytes([pair[0], pair[1]]);
             if count > task.view.max_iter {
                 return false;
@@ -441,16 +389,12 @@ impl Kind for Mandelbrot {
         let Some(path) = &job.output else {
             return Ok(Vec::new());
         };
-        let image = match rows.blocks.as_slice() {
-            [block]
-                if block.first_row == 0
-                    && block.counts.len() as u64 == job.view.width * job.view.height * 2 =>
-            {
-                block
-            }
-            _ => return Err("the result does not hold the whole image".into()),
-        };
-        write_png(path, &job.view, &image.counts)
+        let image = rows
+            .counts
+            .exactly(0, job.view.height)
+            .filter(|_| rows.counts.row_bytes == job.view.width * 2)
+            .ok_or("the result does not hold the whole image")?;
+        write_png(path, &job.view, image)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(vec![path.clone()])
     }
@@ -575,13 +519,20 @@ mod tests {
             first_row,
             rows,
         };
-        Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new()).unwrap()
+        Mandelbrot::compute_chunk(
+            &task,
+            Chunk::NONE,
+            &JobInputs::default(),
+            &CancelFlag::new(),
+        )
+        .unwrap()
     }
 
     fn counts(rows: &Rows) -> Vec<u16> {
-        rows.blocks
+        rows.counts
+            .blocks
             .iter()
-            .flat_map(|b| b.counts.chunks_exact(2))
+            .flat_map(|b| b.bytes.chunks_exact(2))
             .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
             .collect()
     }
@@ -662,7 +613,7 @@ mod tests {
         let PartResult::Mandelbrot(whole) = whole else {
             panic!()
         };
-        assert_eq!(whole.blocks.len(), 1);
+        assert_eq!(whole.counts.blocks.len(), 1);
         // The same rows twice do not combine.
         let block = compute(view(37, 29, 200), 3, 4);
         assert_eq!(Mandelbrot::combine(block.clone(), block), None);
@@ -675,18 +626,23 @@ mod tests {
             first_row: 4,
             rows: 3,
         };
-        let good = Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new())
-            .unwrap();
+        let good = Mandelbrot::compute_chunk(
+            &task,
+            Chunk::NONE,
+            &JobInputs::default(),
+            &CancelFlag::new(),
+        )
+        .unwrap();
         assert!(Mandelbrot::could_produce(&task, &good));
         let mut wrong_sum = good.clone();
         wrong_sum.checksum += 1;
         let mut too_many_steps = good.clone();
-        too_many_steps.blocks[0].counts[0..2].copy_from_slice(&51u16.to_le_bytes());
+        too_many_steps.counts.blocks[0].bytes[0..2].copy_from_slice(&51u16.to_le_bytes());
         too_many_steps.checksum = counts(&too_many_steps).iter().map(|&c| u64::from(c)).sum();
         let mut other_rows = good.clone();
-        other_rows.blocks[0].first_row = 5;
+        other_rows.counts.blocks[0].first_row = 5;
         let mut short = good.clone();
-        short.blocks[0].counts.truncate(2);
+        short.counts.blocks[0].bytes.truncate(2);
         short.checksum = counts(&short).iter().map(|&c| u64::from(c)).sum();
         for bad in [wrong_sum, too_many_steps, other_rows, short] {
             assert!(!Mandelbrot::could_produce(&task, &bad), "{bad:?}");
@@ -809,7 +765,7 @@ mod tests {
             rows: 4096,
         };
         assert_eq!(
-            Mandelbrot::compute_chunk(&task, &[], &JobInputs::default(), &cancel),
+            Mandelbrot::compute_chunk(&task, Chunk::NONE, &JobInputs::default(), &cancel),
             Err(Cancelled)
         );
     }

@@ -20,7 +20,7 @@ use toml::Spanned;
 
 use self::csv_file::CsvOptions;
 pub use self::csv_file::{CsvDelimiter, CsvHeader};
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
+use super::{CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange};
 use crate::exact_sum::ExactSum;
 use crate::splitmix::splitmix64;
 
@@ -291,7 +291,7 @@ impl Kind for MatrixSum {
 
     fn compute_chunk(
         task: &MatrixPart,
-        chunk: &[u8],
+        chunk: Chunk<'_>,
         _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<MatrixTotal, Cancelled> {
@@ -300,8 +300,8 @@ impl Kind for MatrixSum {
             return Err(Cancelled);
         }
         Ok(match task.element {
-            Element::I64 => MatrixTotal::Integer(sum_le_i64(chunk)),
-            Element::F64 => MatrixTotal::Float(Box::new(ExactSum::of_le_bytes(chunk))),
+            Element::I64 => MatrixTotal::Integer(sum_le_i64(chunk.bytes)),
+            Element::F64 => MatrixTotal::Float(Box::new(ExactSum::of_le_bytes(chunk.bytes))),
         })
     }
 
@@ -448,7 +448,11 @@ mod tests {
 
     fn total(matrix: &Matrix) -> MatrixTotal {
         let (task, input) = matrix.row_block(0, matrix.rows());
-        MatrixSum::compute_chunk(&task, &input, &JobInputs::default(), &CancelFlag::new()).unwrap()
+        let chunk = Chunk {
+            offset: 0,
+            bytes: &input,
+        };
+        MatrixSum::compute_chunk(&task, chunk, &JobInputs::default(), &CancelFlag::new()).unwrap()
     }
 
     #[test]

@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 pub mod inputs;
+pub mod rows;
 
 pub use inputs::{JobInputs, SharedInput};
 
@@ -113,6 +114,13 @@ pub trait Kind {
     /// Checks a task received from the network; a server refuses one that fails.
     fn validate(task: &Self::Task) -> Result<(), String>;
 
+    /// Checks that the job's shared `inputs` hold what the task reads (a matrix of the
+    /// right size), once they are known: a server refuses a part that fails, so
+    /// [`compute_chunk`](Kind::compute_chunk) may rely on them. Nothing by default.
+    fn check_inputs(_task: &Self::Task, _inputs: &JobInputs) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The input bytes the task reads, sent after it as data frames. `None` if its
     /// sizes overflow, which only a broken or hostile peer sends.
     fn input_bytes(_task: &Self::Task) -> Option<u64> {
@@ -126,6 +134,14 @@ pub trait Kind {
     /// Checks that a data chunk of `len` bytes can belong to the task.
     fn check_chunk(_task: &Self::Task, _len: usize) -> Result<(), String> {
         Err(format!("a {} part takes no data", Self::NAME))
+    }
+
+    /// The largest chunk the task's input is cut into, at most [`DATA_CHUNK_BYTES`]
+    /// (the default). A kernel that needs whole records in a chunk (a matrix product's
+    /// rows) gives a multiple of the record's size, and refuses other chunks in
+    /// [`check_chunk`](Kind::check_chunk).
+    fn chunk_bytes(_task: &Self::Task) -> usize {
+        DATA_CHUNK_BYTES
     }
 
     /// The program the task runs, if it runs one of the user's: a server refuses it
@@ -142,7 +158,7 @@ pub trait Kind {
     /// checking `cancel` often enough to stop within ~100 ms.
     fn compute_chunk(
         task: &Self::Task,
-        chunk: &[u8],
+        chunk: Chunk<'_>,
         inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<Self::Output, Cancelled>;
@@ -180,6 +196,25 @@ pub trait Kind {
     fn save(_data: &Self::Data, _output: &Self::Output) -> Result<Vec<PathBuf>, String> {
         Ok(Vec::new())
     }
+}
+
+/// The file a job's `output` key names, resolved against `base` (the job file's folder)
+/// and opened for writing once, so that a typo or a folder that does not exist shows
+/// when the job loads rather than after it ran. [`Kind::save`] writes it.
+pub fn output_file(
+    output: Option<&toml::Spanned<String>>,
+    base: &Path,
+) -> Result<Option<PathBuf>, String> {
+    let Some(output) = output else {
+        return Ok(None);
+    };
+    let path = base.join(output.get_ref());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| format!("output: cannot write {}: {e}", path.display()))?;
+    Ok(Some(path))
 }
 
 /// Where a part sits in its job: the `index`-th of `parts`, covering units `[lo, hi)`.
@@ -231,6 +266,24 @@ impl ParamError {
     }
 }
 
+/// A piece of a part's input as a kernel computes it: its bytes, and where they sit in
+/// the part's input. Chunks of one part may be computed in any order, or at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk<'a> {
+    /// How far into the part's input the chunk starts, in bytes.
+    pub offset: u64,
+    /// The chunk's bytes.
+    pub bytes: &'a [u8],
+}
+
+impl Chunk<'_> {
+    /// The one chunk of a part without input.
+    pub const NONE: Chunk<'static> = Chunk {
+        offset: 0,
+        bytes: &[],
+    };
+}
+
 /// Set when a part's result is no longer wanted (its client went away, or cancelled
 /// it); kernels check it often enough to stop within about 100 ms.
 #[derive(Debug, Default)]
@@ -274,7 +327,7 @@ pub struct Part {
 impl Part {
     /// The part's input cut into the chunks it travels and is computed in.
     pub fn chunks(&self) -> impl Iterator<Item = Bytes> + '_ {
-        chunks_of(&self.input)
+        chunks_of(&self.input, self.task.chunk_bytes())
     }
 
     /// A part without shared inputs (those of a job that has none).
@@ -303,12 +356,13 @@ impl Part {
     }
 }
 
-/// `bytes` cut into the chunks of at most [`DATA_CHUNK_BYTES`] that a part's input
-/// travels in (zero-copy slices).
-pub fn chunks_of(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+/// `bytes` cut into chunks of `size` bytes (the last may be shorter), as zero-copy
+/// slices: how a part's input, a shared input or a large result travels.
+pub fn chunks_of(bytes: &Bytes, size: usize) -> impl Iterator<Item = Bytes> + '_ {
+    assert!(size > 0, "chunks of 0 bytes");
     (0..bytes.len())
-        .step_by(DATA_CHUNK_BYTES)
-        .map(|start| bytes.slice(start..bytes.len().min(start + DATA_CHUNK_BYTES)))
+        .step_by(size)
+        .map(move |start| bytes.slice(start..bytes.len().min(start + size)))
 }
 
 /// A part computed chunk by chunk, in this thread: what the local modes and the worker
@@ -317,6 +371,8 @@ pub fn chunks_of(bytes: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
 pub struct PartComputation<'a> {
     task: &'a PartTask,
     inputs: &'a JobInputs,
+    /// Where the next chunk starts in the part's input.
+    offset: u64,
     partial: Option<PartResult>,
     compute: Duration,
     combine_failed: bool,
@@ -328,15 +384,22 @@ impl<'a> PartComputation<'a> {
         PartComputation {
             task,
             inputs,
+            offset: 0,
             partial: None,
             compute: Duration::ZERO,
             combine_failed: false,
         }
     }
 
-    /// Computes one chunk (an empty one for a part without input) and folds it in.
-    pub fn add_chunk(&mut self, chunk: &[u8], cancel: &CancelFlag) -> Result<(), Cancelled> {
+    /// Computes the next chunk of the part's input (an empty one for a part without
+    /// input) and folds it in.
+    pub fn add_chunk(&mut self, bytes: &[u8], cancel: &CancelFlag) -> Result<(), Cancelled> {
         let started = Instant::now();
+        let chunk = Chunk {
+            offset: self.offset,
+            bytes,
+        };
+        self.offset += bytes.len() as u64;
         let result = compute_chunk(self.task, chunk, self.inputs, cancel)?;
         self.compute += started.elapsed();
         self.combine_failed |= fold_chunk_result(&mut self.partial, result).is_err();
@@ -511,6 +574,20 @@ macro_rules! job_kinds {
                 }
             }
 
+            /// See [`Kind::chunk_bytes`].
+            pub fn chunk_bytes(&self) -> usize {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::chunk_bytes(task),)+
+                }
+            }
+
+            /// See [`Kind::check_inputs`].
+            pub fn check_inputs(&self, inputs: &JobInputs) -> Result<(), String> {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::check_inputs(task, inputs),)+
+                }
+            }
+
             /// Whether this task could have produced `result`: the same kind, and
             /// within [`Kind::could_produce`]'s range.
             pub fn could_produce(&self, result: &PartResult) -> bool {
@@ -541,7 +618,7 @@ macro_rules! job_kinds {
         /// part on an empty chunk): the one kernel entry point of every mode.
         pub fn compute_chunk(
             task: &PartTask,
-            chunk: &[u8],
+            chunk: Chunk<'_>,
             inputs: &JobInputs,
             cancel: &CancelFlag,
         ) -> Result<PartResult, Cancelled> {
@@ -709,6 +786,7 @@ job_kinds! {
     Primes => primes::Primes,
     Mandelbrot => mandelbrot::Mandelbrot,
     Command => command::CommandKind,
+    Matmul => matmul::Matmul,
 }
 
 #[cfg(test)]

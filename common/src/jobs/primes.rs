@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
+use super::{CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange};
 
 /// The largest `below` a job (or a part's `hi`) may have: 10^13, about a day of one
 /// core. It bounds the base primes a part sieves first (up to 3.2 million), so a task
@@ -127,7 +127,7 @@ impl Kind for Primes {
 
     fn compute_chunk(
         task: &PrimesPart,
-        _chunk: &[u8],
+        _chunk: Chunk<'_>,
         _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<u64, Cancelled> {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use super::{CancelFlag, Cancelled, JobInputs, Kind, ParamError, PartRange};
+use super::{CancelFlag, Cancelled, Chunk, JobInputs, Kind, ParamError, PartRange};
 
 /// How many terms are added between two looks at the cancel flag.
 const CANCEL_CHECK_INTERVAL: u64 = 1 << 20;
@@ -86,7 +86,7 @@ impl Kind for SumOfSquares {
 
     fn compute_chunk(
         task: &SquaresPart,
-        _chunk: &[u8],
+        _chunk: Chunk<'_>,
         _inputs: &JobInputs,
         cancel: &CancelFlag,
     ) -> Result<u64, Cancelled> {
@@ -125,7 +125,12 @@ mod tests {
             hi: n as u64,
         };
         assert_eq!(
-            SumOfSquares::compute_chunk(&task, &[], &JobInputs::default(), &CancelFlag::new()),
+            SumOfSquares::compute_chunk(
+                &task,
+                Chunk::NONE,
+                &JobInputs::default(),
+                &CancelFlag::new()
+            ),
             Ok(closed_form as u64)
         );
     }

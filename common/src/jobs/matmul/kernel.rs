@@ -66,9 +66,6 @@
 use crate::jobs::{CancelFlag, Cancelled};
 use crate::splitmix::splitmix64;
 
-/// The largest value an element of A or B can take (they are `splitmix64 >> 48`).
-pub const MAX_ELEMENT: u64 = (1 << 16) - 1;
-
 /// Values of k per tile: the most whose products' `i32` sums cannot overflow.
 const KC: usize = 256;
 /// Pairs of k per tile, the unit `pmaddwd` works in.
@@ -81,20 +78,20 @@ const MR: usize = 2;
 const PANELS_PER_BLOCK: usize = 64;
 
 /// Element `k` (row-major, `k < n * n`) of A for `seed`: `splitmix64(seed + k) >> 48`.
-pub fn a_element(seed: u64, n: u64, k: u64) -> u64 {
+pub fn a_element(seed: u64, n: u64, k: u64) -> u16 {
     debug_assert!(k < n.saturating_mul(n), "element {k} of a {n} x {n} matrix");
-    splitmix64(seed.wrapping_add(k)) >> 48
+    (splitmix64(seed.wrapping_add(k)) >> 48) as u16
 }
 
 /// Element `k` (row-major, `k < n * n`) of B for `seed`:
 /// `splitmix64(seed + n*n + k) >> 48`, so B continues A's sequence.
-pub fn b_element(seed: u64, n: u64, k: u64) -> u64 {
+pub fn b_element(seed: u64, n: u64, k: u64) -> u16 {
     debug_assert!(k < n.saturating_mul(n), "element {k} of a {n} x {n} matrix");
-    splitmix64(seed.wrapping_add(n.wrapping_mul(n)).wrapping_add(k)) >> 48
+    (splitmix64(seed.wrapping_add(n.wrapping_mul(n)).wrapping_add(k)) >> 48) as u16
 }
 
 /// Rows `[first, first + count)` of A, row-major (`count * n` elements).
-pub fn fill_a_rows(seed: u64, n: usize, first: usize, count: usize) -> Vec<u64> {
+pub fn fill_a_rows(seed: u64, n: usize, first: usize, count: usize) -> Vec<u16> {
     let (lo, hi) = (first * n, (first + count) * n);
     (lo..hi)
         .map(|k| a_element(seed, n as u64, k as u64))
@@ -102,7 +99,7 @@ pub fn fill_a_rows(seed: u64, n: usize, first: usize, count: usize) -> Vec<u64> 
 }
 
 /// The whole of B, row-major (`n * n` elements).
-pub fn fill_b(seed: u64, n: usize) -> Vec<u64> {
+pub fn fill_b(seed: u64, n: usize) -> Vec<u16> {
     (0..n * n)
         .map(|k| b_element(seed, n as u64, k as u64))
         .collect()
@@ -133,8 +130,8 @@ impl PackedB {
     ///
     /// # Panics
     ///
-    /// If `b` does not have `n * n` elements, or one is above [`MAX_ELEMENT`].
-    pub fn new(b: &[u64], n: usize) -> PackedB {
+    /// If `b` does not have `n * n` elements.
+    pub fn new(b: &[u16], n: usize) -> PackedB {
         PackedB::pack(b, n, &CancelFlag::new()).expect("never cancelled")
     }
 
@@ -144,12 +141,8 @@ impl PackedB {
     /// # Panics
     ///
     /// As [`PackedB::new`].
-    pub fn pack(b: &[u64], n: usize, cancel: &CancelFlag) -> Result<PackedB, Cancelled> {
+    pub fn pack(b: &[u16], n: usize, cancel: &CancelFlag) -> Result<PackedB, Cancelled> {
         assert_eq!(b.len(), n * n, "B must be {n} x {n}");
-        assert!(
-            b.iter().all(|&x| x <= MAX_ELEMENT),
-            "the matmul kernel takes elements below 2^16"
-        );
         let panels = n.div_ceil(NR);
         let mut tiles = vec![[0i16; 32]; n.div_ceil(KC) * panels * PAIRS];
         let mut col_sums = vec![0u64; n];
@@ -159,7 +152,7 @@ impl PackedB {
             }
             let (t, q, half) = (k / KC, k % KC / 2, k % 2);
             for (j, &x) in row.iter().enumerate() {
-                col_sums[j] += x;
+                col_sums[j] += u64::from(x);
                 let tile = &mut tiles[(t * panels + j / NR) * PAIRS + q];
                 let lane = 2 * (j % NR) + half;
                 tile[lane] = (x & 0xff) as i16;
@@ -183,11 +176,10 @@ impl PackedB {
     ///
     /// # Panics
     ///
-    /// If `a_rows` is not whole rows of n elements, `c_rows` is not as long, or an
-    /// element is above [`MAX_ELEMENT`].
+    /// If `a_rows` is not whole rows of n elements, or `c_rows` is not as long.
     pub fn multiply_rows(
         &self,
-        a_rows: &[u64],
+        a_rows: &[u16],
         c_rows: &mut [u64],
         cancel: &CancelFlag,
     ) -> Result<(), Cancelled> {
@@ -197,7 +189,7 @@ impl PackedB {
     /// The loops around the micro-kernel `micro` (a parameter so the tests run both).
     fn multiply_with(
         &self,
-        a_rows: &[u64],
+        a_rows: &[u16],
         c_rows: &mut [u64],
         cancel: &CancelFlag,
         micro: MicroKernel,
@@ -213,10 +205,6 @@ impl PackedB {
             return Ok(());
         }
         assert_eq!(a_rows.len() % n, 0, "A rows must be whole rows of {n}");
-        assert!(
-            a_rows.iter().all(|&x| x <= MAX_ELEMENT),
-            "the matmul kernel takes elements below 2^16"
-        );
         let rows = a_rows.len() / n;
         for c_row in c_rows.chunks_exact_mut(n) {
             c_row.copy_from_slice(&self.offsets);
@@ -249,7 +237,7 @@ impl PackedB {
 /// k in `[k0, k0 + 2 * pairs)`: entry `q * MR + r` is the pair (a'(k0 + 2q), a'(k0 + 2q
 /// + 1)) of row `i0 + r`, repeated four times, as `pmaddwd` takes it against a panel.
 fn pack_a_tile(
-    a_rows: &[u64],
+    a_rows: &[u16],
     n: usize,
     i0: usize,
     k0: usize,
@@ -261,7 +249,7 @@ fn pack_a_tile(
         let row = (i0 + r < rows).then(|| &a_rows[(i0 + r) * n..(i0 + r + 1) * n]);
         for q in 0..pairs {
             let shifted = |k: usize| match row {
-                Some(row) if k < n => (row[k] as i32 - 32768) as i16,
+                Some(row) if k < n => (i32::from(row[k]) - 32768) as i16,
                 _ => 0,
             };
             let pair = [shifted(k0 + 2 * q), shifted(k0 + 2 * q + 1)];
@@ -380,10 +368,10 @@ mod scalar {
 ///
 /// # Panics
 ///
-/// If the slices' sizes do not fit n, or an element is above [`MAX_ELEMENT`].
+/// If the slices' sizes do not fit n.
 pub fn multiply_rows(
-    a_rows: &[u64],
-    b: &[u64],
+    a_rows: &[u16],
+    b: &[u16],
     n: usize,
     c_rows: &mut [u64],
     cancel: &CancelFlag,
@@ -393,13 +381,13 @@ pub fn multiply_rows(
 
 /// The textbook i-j-k triple loop, the reference the tests check the kernel against
 /// (and the benchmark's floor). Same arguments as [`multiply_rows`], without cancel.
-pub fn multiply_rows_naive(a_rows: &[u64], b: &[u64], n: usize, c_rows: &mut [u64]) {
+pub fn multiply_rows_naive(a_rows: &[u16], b: &[u16], n: usize, c_rows: &mut [u64]) {
     assert_eq!(b.len(), n * n);
     assert_eq!(c_rows.len(), a_rows.len());
     for (a_row, c_row) in a_rows.chunks_exact(n).zip(c_rows.chunks_exact_mut(n)) {
         for (j, c) in c_row.iter_mut().enumerate() {
             *c = (0..n).fold(0u64, |sum, k| {
-                sum.wrapping_add(a_row[k].wrapping_mul(b[k * n + j]))
+                sum.wrapping_add(u64::from(a_row[k]) * u64::from(b[k * n + j]))
             });
         }
     }
@@ -433,7 +421,7 @@ pub fn row_block_sum_closed_form(seed: u64, n: usize, first: usize, count: usize
     let mut a_col_sums = vec![0u64; n];
     for row in fill_a_rows(seed, n, first, count).chunks_exact(n.max(1)) {
         for (sum, &x) in a_col_sums.iter_mut().zip(row) {
-            *sum += x;
+            *sum += u64::from(x);
         }
     }
     let b = fill_b(seed, n);
@@ -470,18 +458,18 @@ mod tests {
     #[test]
     fn elements_follow_the_definition() {
         let (seed, n) = (42u64, 3u64);
-        assert_eq!(a_element(seed, n, 0), splitmix64(42) >> 48);
-        assert_eq!(b_element(seed, n, 0), splitmix64(42 + 9) >> 48);
-        assert_eq!(b_element(seed, n, 8), splitmix64(42 + 9 + 8) >> 48);
+        let top = |x: u64| (splitmix64(x) >> 48) as u16;
+        assert_eq!(a_element(seed, n, 0), top(42));
+        assert_eq!(b_element(seed, n, 0), top(42 + 9));
+        assert_eq!(b_element(seed, n, 8), top(42 + 9 + 8));
         // Wrapping adds near the top of the seed range.
-        assert_eq!(a_element(u64::MAX, n, 2), splitmix64(1) >> 48);
-        assert_eq!(b_element(u64::MAX - 8, n, 0), splitmix64(0) >> 48);
+        assert_eq!(a_element(u64::MAX, n, 2), top(1));
+        assert_eq!(b_element(u64::MAX - 8, n, 0), (splitmix64(0) >> 48) as u16);
         let b = fill_b(seed, 3);
         assert_eq!(b.len(), 9);
         assert_eq!(b[8], b_element(seed, n, 8));
         let a = fill_a_rows(seed, 3, 1, 2);
         assert_eq!(a, (3..9).map(|k| a_element(seed, n, k)).collect::<Vec<_>>());
-        assert!(a.iter().chain(&b).all(|&x| x <= MAX_ELEMENT));
     }
 
     #[test]
@@ -507,10 +495,10 @@ mod tests {
         // Every element 2^16 - 1 gives the largest sums the i32 tiles hold (a' = 32767
         // times 255, 256 times over), and n = 600 runs three k tiles.
         let n = 600;
-        let a = vec![MAX_ELEMENT; 3 * n];
-        let b = vec![MAX_ELEMENT; n * n];
+        let a = vec![u16::MAX; 3 * n];
+        let b = vec![u16::MAX; n * n];
         let packed = PackedB::new(&b, n);
-        let want = MAX_ELEMENT * MAX_ELEMENT * n as u64;
+        let want = u64::from(u16::MAX).pow(2) * n as u64;
         for micro in [MICRO_KERNEL, scalar::micro_kernel] {
             let mut c = vec![0; a.len()];
             packed
@@ -591,11 +579,5 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         cancel.cancel();
         assert_eq!(worker.join().unwrap(), Err(Cancelled));
-    }
-
-    #[test]
-    #[should_panic(expected = "below 2^16")]
-    fn larger_elements_are_refused() {
-        PackedB::new(&[1 << 16], 1);
     }
 }
