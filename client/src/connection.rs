@@ -619,7 +619,7 @@ pub async fn open(
             reason: e.to_string(),
         })?;
     let _ = socket.set_nodelay(true);
-    let mut framed = Framed::new(socket, FrameCodec::new());
+    let mut framed = Framed::new(socket, FrameCodec::handshake());
     let protocol = |e: FrameError| ServerError::Protocol {
         address: address.to_string(),
         source: Arc::new(e),
@@ -636,7 +636,10 @@ pub async fn open(
     .map_err(|_| timeout("handshake", options.handshake_timeout))?
     .map_err(protocol)?;
     match answer {
-        Some(Frame::Welcome(welcome)) => Ok((framed, welcome)),
+        Some(Frame::Welcome(welcome)) => {
+            framed.codec_mut().handshake_done();
+            Ok((framed, welcome))
+        }
         Some(Frame::Refused(reason)) => Err(ServerError::Refused {
             address: address.to_string(),
             reason,

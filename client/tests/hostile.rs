@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -172,6 +174,10 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             ]
             .concat(),
         ),
+        (
+            "a first frame longer than a Hello",
+            [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
+        ),
         ("nothing at all", Vec::new()),
         ("handshake then silence", hello()),
     ];
@@ -188,6 +194,14 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
     .await;
     let said = String::from_utf8_lossy(&answer);
     assert!(said.contains("leaves the job's work folder"), "{said}");
+    // A first frame longer than any handshake is refused from its length alone.
+    let answer = send_and_read_to_close(
+        address,
+        [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
+    )
+    .await;
+    let said = String::from_utf8_lossy(&answer);
+    assert!(said.contains("a first frame of 4194304 bytes"), "{said}");
 
     let report = tokio::time::timeout(HANG_GUARD, running)
         .await
@@ -364,4 +378,62 @@ async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
     assert!(per_idle < 64.0, "{per_idle} KiB per idle connection");
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_4_mib_frames_on_400_connections_keep_the_server_small() {
+    let mut server = ServerProcess::start(&["--workers", "2", "--token", "s3cret"]);
+    let (_, rss_start) = server.memory_kib();
+    // Each connection announces a 4 MiB frame and sends 4 MiB of junk: no Hello, so
+    // no token is needed to do it.
+    const FRAME: usize = 4 << 20;
+    let mut attack = (FRAME as u32).to_be_bytes().to_vec();
+    attack.resize(4 + FRAME, 0x5a);
+    let attack = bytes::Bytes::from(attack);
+    let written = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut attackers = Vec::new();
+    for _ in 0..400 {
+        let address = server.address.clone();
+        let attack = attack.clone();
+        let written = Arc::clone(&written);
+        let mut stopped = stopped.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut socket = TcpStream::connect(&address).await.unwrap();
+            // The server may close at once: a failed write is what it should do.
+            let _ = socket.write_all(&attack).await;
+            written.fetch_add(1, Ordering::SeqCst);
+            // Held open until the server's memory was read.
+            let _ = stopped.changed().await;
+        }));
+    }
+    for _ in 0..3000 {
+        if written.load(Ordering::SeqCst) == attackers.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (peak, rss) = server.memory_kib();
+    println!(
+        "pre-handshake attack, 400 x 4 MiB: server RSS {rss_start} KiB at start, {rss} KiB with the connections open, peak {peak} KiB"
+    );
+    stop.send(true).unwrap();
+    for attacker in attackers {
+        tokio::time::timeout(HANG_GUARD, attacker)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    // The server still serves a client that knows the token.
+    let options = ConnectOptions {
+        token: Some("s3cret".into()),
+        ..ConnectOptions::default()
+    };
+    let connection = ServerConnection::connect(&server.address, &options)
+        .await
+        .unwrap();
+    let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.kill9();
 }

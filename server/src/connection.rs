@@ -83,7 +83,7 @@ impl Connection {
             max_parts: config.max_parts_per_connection,
         };
         Connection {
-            framed: Framed::new(socket, FrameCodec::new()),
+            framed: Framed::new(socket, FrameCodec::handshake()),
             shutdown,
             parts: PartTable::new(limits),
             counted_in_flight: 0,
@@ -174,6 +174,7 @@ impl Connection {
                     workers: self.shared.executor.workers() as u32,
                 };
                 self.framed.send(Frame::Welcome(welcome)).await?;
+                self.framed.codec_mut().handshake_done();
                 Ok(())
             }
             Some(Err(FrameError::VersionMismatch { peer })) => {
@@ -183,6 +184,14 @@ impl Connection {
                 );
                 let _ = self.framed.send(Frame::Refused(reason)).await;
                 Err(ConnectionError::Frame(FrameError::VersionMismatch { peer }))
+            }
+            Some(Err(FrameError::TooLong { len, max })) => {
+                let reason = format!(
+                    "a first frame of {len} bytes, where a pool handshake takes at most {max}: \
+                     is this a pool client of the same release?"
+                );
+                let _ = self.framed.send(Frame::Refused(reason)).await;
+                Err(ConnectionError::Frame(FrameError::TooLong { len, max }))
             }
             Some(Err(e)) => Err(e.into()),
             Some(Ok(other)) => Err(ConnectionError::Protocol(format!(
