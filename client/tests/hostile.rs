@@ -1,7 +1,9 @@
 //! A server survives bad clients: garbage, wrong magic or version, oversized or
 //! truncated frames, undecodable messages, silence, disconnects mid-part, requests over
 //! its limits, wrong tokens and a thousand connections, while a normal job on the same
-//! server still gets the right result.
+//! server still gets the right result. Its memory stays bounded, as the server process's
+//! own resident set shows: under 400 connections that announce 4 MiB frames without
+//! shaking hands, and under many clients shipping matrices at once.
 
 mod support;
 
@@ -17,7 +19,7 @@ use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{Part, PartResult, PartTask};
 use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
-use support::{job_file, options, reference_result, ServerProcess};
+use support::{job_file, options, pool_only, reference_result, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -380,6 +382,9 @@ async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
     drop(idle);
 }
 
+/// The buffer budget of the matrix test's server: small beside what its clients ship.
+const TEST_BUFFER_BUDGET_MIB: u64 = 16;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_4_mib_frames_on_400_connections_keep_the_server_small() {
     let mut server = ServerProcess::start(&["--workers", "2", "--token", "s3cret"]);
@@ -436,4 +441,46 @@ async fn unauthenticated_4_mib_frames_on_400_connections_keep_the_server_small()
     let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
     assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
     server.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_jobs_shipping_at_once_stay_within_the_buffer_budget() {
+    let budget = (TEST_BUFFER_BUDGET_MIB << 20).to_string();
+    let server = ServerProcess::start(&[
+        "--workers",
+        "2",
+        "--token",
+        "s3cret",
+        "--max-buffer-memory",
+        &budget,
+    ]);
+    let (_, rss_start) = server.memory_kib();
+    // Ten jobs of 32 MiB each, shipping to the one server at the same time.
+    let jobs: Vec<_> = (0..10)
+        .map(|seed| {
+            job_file(&format!(
+                "parts = 4\ntoken = \"s3cret\"\n[job]\nkind = \"matrix-sum\"\nrows = 2048\ncols = 2048\nseed = {seed}\n"
+            ))
+        })
+        .collect();
+    let expected: Vec<_> = jobs.iter().map(reference_result).collect();
+    let runs = futures::future::join_all(jobs.iter().map(|job| {
+        let options = pool_only(vec![server.address.clone()]);
+        async move { pool_client::run(job, &options).await }
+    }));
+    let reports = tokio::time::timeout(HANG_GUARD * 5, runs)
+        .await
+        .expect("the jobs finished");
+    let (peak, rss) = server.memory_kib();
+    println!(
+        "10 matrix jobs of 32 MiB at once, buffer budget {TEST_BUFFER_BUDGET_MIB} MiB: server RSS {rss_start} KiB at start, {rss} KiB after, peak {peak} KiB"
+    );
+    for (report, expected) in reports.into_iter().zip(expected) {
+        assert_eq!(report.unwrap().runs[0].result, expected);
+    }
+    // The constant: the server's own start-up memory (6 MiB here) and its read-ahead.
+    assert!(
+        peak < (TEST_BUFFER_BUDGET_MIB + 16) * 1024,
+        "peak RSS {peak} KiB over the budget of {TEST_BUFFER_BUDGET_MIB} MiB and 16 MiB"
+    );
 }

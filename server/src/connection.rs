@@ -7,6 +7,12 @@
 //! state machine without I/O; this loop only carries out what it asks (hand a chunk to
 //! the executor, send a reply). When the client goes away, every part still running is
 //! cancelled, so the worker threads are free again within about 100 ms.
+//!
+//! What the connection buffers of its client's input is charged to the server's
+//! [`BufferBudget`](crate::budget::BufferBudget): its frames by the [`FrameReader`],
+//! and the job's shared inputs here, claimed when announced and held while the
+//! connection lives. While a claim waits, the connection reads nothing more but goes on
+//! answering the parts it has.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,13 +27,16 @@ use pool_common::protocol::{
     ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
 };
 use pool_common::wire::result_frames;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
+use crate::budget::{Account, Charge, Claim};
 use crate::executor::WorkLost;
 use crate::parts::{Action, ChunkOutcome, PartLimits, PartTable, Violation};
+use crate::reader::FrameReader;
 use crate::Shared;
 
 /// Why a connection ended early; logged by the listener.
@@ -63,10 +72,18 @@ struct Computed {
 /// Serves one accepted connection until the client leaves, the server shuts down, or the
 /// client breaks the protocol.
 pub struct Connection {
-    framed: Framed<TcpStream, FrameCodec>,
+    reader: FrameReader,
+    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     parts: PartTable,
+    /// This connection's share of the server's buffer budget (the reader's too).
+    account: Account,
+    /// A shared input announced and kept, whose memory the budget has not granted yet:
+    /// its data is not read before.
+    share_claim: Option<Claim>,
+    /// The memory of the shared inputs kept, for the connection's life.
+    share_charges: Vec<Charge>,
     /// Parts this connection counts in `shared.parts_in_flight`.
     counted_in_flight: usize,
     computations: FuturesUnordered<futures::future::BoxFuture<'static, Computed>>,
@@ -81,11 +98,18 @@ impl Connection {
             max_part_bytes: config.max_part_bytes,
             max_part_work: config.max_part_work,
             max_parts: config.max_parts_per_connection,
+            max_buffer_memory: config.max_buffer_memory,
         };
+        let (read_half, write_half) = socket.into_split();
+        let account = shared.buffers.account();
         Connection {
-            framed: Framed::new(socket, FrameCodec::handshake()),
+            reader: FrameReader::new(read_half, account.clone()),
+            writer: FramedWrite::new(write_half, FrameCodec::new()),
             shutdown,
             parts: PartTable::new(limits),
+            account,
+            share_claim: None,
+            share_charges: Vec::new(),
             counted_in_flight: 0,
             computations: FuturesUnordered::new(),
             parts_served: 0,
@@ -111,16 +135,24 @@ impl Connection {
             // waits on TCP, and this connection's memory stays bounded. Parts without
             // data hold no buffer (their number is bounded by the parts limit), so they
             // do not count: reading them ahead keeps the executor from idling between
-            // small parts.
-            let can_read = self.parts.data_chunks_computing() < max_pending_chunks;
-            // With nothing computing, the server is waiting on the client (for a request,
-            // or for the rest of a part's data); silence then must not last forever.
-            let idle = self.computations.is_empty();
+            // small parts. A shared input's data waits until the budget has room for it.
+            let can_read = self.parts.data_chunks_computing() < max_pending_chunks
+                && self.share_claim.is_none();
+            // With nothing computing, and nothing waiting for the budget, the server is
+            // waiting on the client (for a request, or for the rest of a part's data);
+            // silence then must not last forever.
+            let idle = self.computations.is_empty()
+                && !self.reader.is_claiming()
+                && self.share_claim.is_none();
             tokio::select! {
-                frame = self.framed.next(), if can_read => match frame {
+                frame = self.reader.next(), if can_read => match frame {
                     None => return Ok(()),
                     Some(frame) => self.on_frame(frame?, shutting_down).await?,
                 },
+                charge = granted(&mut self.share_claim) => {
+                    self.share_claim = None;
+                    self.share_charges.push(charge);
+                }
                 Some(done) = self.computations.next() => self.on_computed(done).await?,
                 () = self.shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
@@ -138,8 +170,8 @@ impl Connection {
             while let Some(Some(done)) = self.computations.next().now_or_never() {
                 self.on_computed(done).await?;
             }
-            if !self.framed.write_buffer().is_empty() {
-                tokio::time::timeout(idle_timeout, self.framed.flush())
+            if !self.writer.write_buffer().is_empty() {
+                tokio::time::timeout(idle_timeout, self.writer.flush())
                     .await
                     .map_err(|_| ConnectionError::Idle(idle_timeout))??;
             }
@@ -151,7 +183,7 @@ impl Connection {
 
     async fn handshake(&mut self) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.handshake_timeout;
-        let first = tokio::time::timeout(timeout, self.framed.next())
+        let first = tokio::time::timeout(timeout, self.reader.next())
             .await
             .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?;
         match first {
@@ -164,7 +196,7 @@ impl Connection {
                         } else {
                             "wrong token: check `token` in the job file or POOL_TOKEN"
                         };
-                        let _ = self.framed.send(Frame::Refused(reason.into())).await;
+                        let _ = self.writer.send(Frame::Refused(reason.into())).await;
                         return Err(ConnectionError::BadToken(reason));
                     }
                 }
@@ -173,8 +205,8 @@ impl Connection {
                     server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
                     workers: self.shared.executor.workers() as u32,
                 };
-                self.framed.send(Frame::Welcome(welcome)).await?;
-                self.framed.codec_mut().handshake_done();
+                self.writer.send(Frame::Welcome(welcome)).await?;
+                self.reader.handshake_done();
                 Ok(())
             }
             Some(Err(FrameError::VersionMismatch { peer })) => {
@@ -182,7 +214,7 @@ impl Connection {
                     "this server speaks pool protocol version {PROTOCOL_VERSION}, the client version {peer}: \
                      run the same pool release on both sides"
                 );
-                let _ = self.framed.send(Frame::Refused(reason)).await;
+                let _ = self.writer.send(Frame::Refused(reason)).await;
                 Err(ConnectionError::Frame(FrameError::VersionMismatch { peer }))
             }
             Some(Err(FrameError::TooLong { len, max })) => {
@@ -190,7 +222,7 @@ impl Connection {
                     "a first frame of {len} bytes, where a pool handshake takes at most {max}: \
                      is this a pool client of the same release?"
                 );
-                let _ = self.framed.send(Frame::Refused(reason)).await;
+                let _ = self.writer.send(Frame::Refused(reason)).await;
                 Err(ConnectionError::Frame(FrameError::TooLong { len, max }))
             }
             Some(Err(e)) => Err(e.into()),
@@ -228,7 +260,14 @@ impl Connection {
                 debug!(input_id, %name, bytes, "shared input announced");
                 self.parts
                     .share(input_id, name, bytes, executable)
-                    .map(|()| Vec::new())
+                    .map(|kept| {
+                        if kept && bytes > 0 {
+                            // At most the budget (the table refuses more), so it can be
+                            // granted once other connections give memory back.
+                            self.share_claim = Some(self.account.claim(bytes as usize));
+                        }
+                        Vec::new()
+                    })
             }
             Frame::Data { part_id, bytes } => self.parts.data(part_id, bytes),
             Frame::Request(Request::Cancel { part_id }) => {
@@ -362,7 +401,7 @@ impl Connection {
     /// (ending the connection) if the client does not read its replies in time.
     async fn send(&mut self, frame: Frame) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.idle_timeout;
-        tokio::time::timeout(timeout, self.framed.feed(frame))
+        tokio::time::timeout(timeout, self.writer.feed(frame))
             .await
             .map_err(|_| ConnectionError::Idle(timeout))??;
         Ok(())
@@ -371,7 +410,7 @@ impl Connection {
     /// Tells the client why the connection ends, then ends it.
     async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
         let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
-        let closing = self.framed.send(Frame::Reply(Reply::Closing { error }));
+        let closing = self.writer.send(Frame::Reply(Reply::Closing { error }));
         // A client that reads nothing must not hold the connection open.
         let _ = tokio::time::timeout(self.shared.config.idle_timeout, closing).await;
         Err(ConnectionError::Protocol(reason))
@@ -398,6 +437,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         difference |= expected ^ a.get(i).copied().unwrap_or(!expected);
     }
     !length_differs && difference == 0
+}
+
+/// Waits for the budget to grant `claim`; never resolves without one.
+async fn granted(claim: &mut Option<Claim>) -> Charge {
+    match claim {
+        Some(claim) => claim.await,
+        None => std::future::pending().await,
+    }
 }
 
 fn frame_name(frame: &Frame) -> &'static str {
