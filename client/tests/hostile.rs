@@ -14,10 +14,13 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
 use pool_client::report::Mode;
-use pool_common::codec::{encode_frame, Frame};
+use pool_common::auth;
+use pool_common::codec::{
+    encode_frame, encode_message, read_frame_blocking, write_frame_blocking, Frame,
+};
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{Part, PartResult, PartTask};
-use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
+use pool_common::protocol::{Hello, Request, Welcome, MAGIC, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{job_file, options, pool_only, reference_result, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +38,6 @@ fn frame(frame: &Frame) -> Vec<u8> {
 fn hello() -> Vec<u8> {
     frame(&Frame::Hello(Hello {
         client: "test".into(),
-        token: None,
     }))
 }
 
@@ -333,6 +335,145 @@ async fn a_token_is_required_when_set() {
         "{missing}"
     );
     server.shutdown().await;
+}
+
+/// Reads a stream, keeping a copy of every byte read.
+struct Recording<R> {
+    inner: R,
+    bytes: Vec<u8>,
+}
+
+impl<R: std::io::Read> std::io::Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_goes_on_the_wire() {
+    const TOKEN: &str = "correct horse battery staple";
+    // A fake server that challenges the client, welcomes its answer, takes a status
+    // request, and records every byte the client sent until it closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        let mut writer = socket.try_clone().unwrap();
+        let mut client = Recording {
+            inner: socket,
+            bytes: Vec::new(),
+        };
+        let hello = read_frame_blocking(&mut client).unwrap();
+        assert!(matches!(hello, Some(Frame::Hello(_))), "{hello:?}");
+        let nonce = auth::nonce();
+        write_frame_blocking(&mut writer, &Frame::Challenge(nonce)).unwrap();
+        let Some(Frame::Proof(proof)) = read_frame_blocking(&mut client).unwrap() else {
+            panic!("no answer to the challenge")
+        };
+        let welcome = Welcome {
+            server: "fake".into(),
+            workers: 1,
+        };
+        write_frame_blocking(&mut writer, &Frame::Welcome(welcome)).unwrap();
+        let request = read_frame_blocking(&mut client).unwrap();
+        assert_eq!(request, Some(Frame::Request(Request::Status)));
+        // The client closes; read what else it sent, to its end.
+        while let Ok(Some(_)) = read_frame_blocking(&mut client) {}
+        (auth::verify(TOKEN, &nonce, &proof), client.bytes)
+    });
+    let options = ConnectOptions {
+        token: Some(TOKEN.into()),
+        handshake_timeout: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let connection = ServerConnection::connect(&address, &options).await.unwrap();
+    // The fake server never answers the status request: the client gives up on it.
+    assert!(connection.status().await.is_err());
+    drop(connection);
+    let (proved, sent) = tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+    assert!(proved, "the client's answer proves the token");
+    assert!(sent.len() > 20, "{} bytes recorded", sent.len());
+    let token = TOKEN.as_bytes();
+    assert!(
+        !sent.windows(token.len()).any(|window| window == token),
+        "the token is in the client's bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_the_previous_protocol_version_are_told_so_at_once() {
+    // The Hello of revision 5: its header, then the client's name and its token.
+    let old_version = PROTOCOL_VERSION - 100;
+    let mut old_hello = BytesMut::new();
+    old_hello.put_u8(b'H');
+    old_hello.put_slice(&MAGIC);
+    old_hello.put_u16_le(old_version);
+    old_hello.put_slice(&encode_message(&("pool-client 0.1.0", Some("s3cret"))).unwrap());
+
+    // An old client meets a new server, with a token: refused by version, not by
+    // token, and not left waiting for an answer to a challenge.
+    let config = ServerConfig {
+        workers: 1,
+        token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let answer = send_and_read_to_close(server.local_addr(), raw_frame(&old_hello)).await;
+    let Ok(Some(Frame::Refused(reason))) = read_frame_blocking(&mut &answer[..]) else {
+        panic!("expected a refusal, got {answer:?}")
+    };
+    assert!(
+        reason.contains(&format!("speaks pool protocol version {PROTOCOL_VERSION}"))
+            && reason.contains(&format!("the client version {old_version}")),
+        "{reason}"
+    );
+    server.shutdown().await;
+
+    // A new client meets an old server, which refuses the new Hello as every release
+    // refuses another version: a refusal in its own version's header.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let old_server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        // A Hello of this build's version, which the old server does not speak.
+        let hello = read_frame_blocking(&mut socket);
+        assert!(matches!(hello, Ok(Some(Frame::Hello(_)))), "{hello:?}");
+        let reason = format!(
+            "this server speaks pool protocol version {old_version}, the client version \
+             {PROTOCOL_VERSION}: run the same pool release on both sides"
+        );
+        let mut refusal = BytesMut::new();
+        refusal.put_u8(b'X');
+        refusal.put_slice(&MAGIC);
+        refusal.put_u16_le(old_version);
+        refusal.put_slice(reason.as_bytes());
+        std::io::Write::write_all(&mut socket, &raw_frame(&refusal)).unwrap();
+    });
+    let options = ConnectOptions {
+        token: Some("s3cret".into()),
+        ..ConnectOptions::default()
+    };
+    let Err(error) =
+        tokio::time::timeout(HANG_GUARD, ServerConnection::connect(&address, &options))
+            .await
+            .expect("the client must not wait for an old server")
+    else {
+        panic!("an old server was accepted")
+    };
+    assert!(matches!(error, ServerError::Refused { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("speaks pool protocol version {old_version}")),
+        "{error}"
+    );
+    tokio::task::spawn_blocking(move || old_server.join().unwrap())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@
 //! | `H` | Hello     | magic, version (u16 LE), bincode [`Hello`]                |
 //! | `W` | Welcome   | magic, version (u16 LE), bincode [`Welcome`]              |
 //! | `X` | Refused   | magic, version (u16 LE), UTF-8 reason                     |
+//! | `C` | Challenge | a server's nonce ([`NONCE_BYTES`] raw bytes)              |
+//! | `P` | Proof     | a client's answer to it ([`PROOF_BYTES`] raw bytes)       |
 //! | `Q` | Request   | bincode [`Request`]                                       |
 //! | `R` | Reply     | bincode [`Reply`]                                         |
 //! | `D` | Data      | part id (u64 LE), raw bytes                               |
@@ -26,6 +28,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use crate::auth::{Nonce, Proof, NONCE_BYTES, PROOF_BYTES};
 use crate::jobs::DATA_CHUNK_BYTES;
 use crate::protocol::{Hello, Reply, Request, Welcome, MAGIC, PROTOCOL_VERSION};
 
@@ -54,6 +57,11 @@ pub enum Frame {
     Welcome(Welcome),
     /// The server's refusal of the handshake, with a reason for the user.
     Refused(String),
+    /// A server with a token asks the client to prove it knows it
+    /// ([`crate::auth`]).
+    Challenge(Nonce),
+    /// The client's answer to a [`Frame::Challenge`].
+    Proof(Proof),
     /// A client request.
     Request(Request),
     /// A server reply.
@@ -206,6 +214,14 @@ pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError>
         Frame::Hello(hello) => put_handshake(dst, b'H', &encode_message(hello)?),
         Frame::Welcome(welcome) => put_handshake(dst, b'W', &encode_message(welcome)?),
         Frame::Refused(reason) => put_handshake(dst, b'X', reason.as_bytes()),
+        Frame::Challenge(nonce) => {
+            dst.put_u8(b'C');
+            dst.put_slice(nonce);
+        }
+        Frame::Proof(proof) => {
+            dst.put_u8(b'P');
+            dst.put_slice(proof);
+        }
         Frame::Request(request) => {
             dst.put_u8(b'Q');
             dst.put_slice(&encode_message(request)?);
@@ -265,6 +281,8 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
             take_handshake_header(&mut body)?;
             Ok(Frame::Refused(String::from_utf8_lossy(&body).into_owned()))
         }
+        b'C' => Ok(Frame::Challenge(take_exactly::<NONCE_BYTES>(&body)?)),
+        b'P' => Ok(Frame::Proof(take_exactly::<PROOF_BYTES>(&body)?)),
         b'Q' => Ok(Frame::Request(decode_message(&body)?)),
         b'R' => Ok(Frame::Reply(decode_message(&body)?)),
         b'D' => {
@@ -326,6 +344,12 @@ pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, Fram
         }
     })?;
     decode_body(Bytes::from(body)).map(Some)
+}
+
+/// A body of exactly `N` raw bytes.
+fn take_exactly<const N: usize>(body: &[u8]) -> Result<[u8; N], FrameError> {
+    body.try_into()
+        .map_err(|_| FrameError::Decode(format!("{} bytes where {N} were expected", body.len())))
 }
 
 fn put_handshake(dst: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -425,10 +449,9 @@ mod tests {
     #[test]
     fn every_frame_round_trips() {
         let frames = [
-            Frame::Hello(Hello {
-                client: "c".into(),
-                token: Some("t".into()),
-            }),
+            Frame::Hello(Hello { client: "c".into() }),
+            Frame::Challenge([7; NONCE_BYTES]),
+            Frame::Proof([9; PROOF_BYTES]),
             Frame::Welcome(Welcome {
                 server: "s".into(),
                 workers: 3,
@@ -601,6 +624,9 @@ mod tests {
             b"HXXXX\x01\x00",
             b"Q\xff\xff\xff\xff\xff",
             b"D\x01",
+            b"C\x01\x02",
+            b"P",
+            &[b'P'; PROOF_BYTES + 2],
             b"Z",
         ] {
             assert!(

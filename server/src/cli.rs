@@ -52,8 +52,9 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = ServerConfig::default().idle_timeout.as_secs())]
     pub idle_timeout: u64,
 
-    /// A shared secret clients must send (job file key `token`, or POOL_TOKEN on the
-    /// client). Without it, anyone who can reach the port can use this machine's CPUs.
+    /// A shared secret clients must prove they know (job file key `token`, or
+    /// POOL_TOKEN on the client); it never goes on the wire. Without it, anyone who
+    /// can reach the port can use this machine's CPUs.
     #[arg(long, env = "POOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 

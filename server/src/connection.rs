@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use pool_common::auth;
 use pool_common::codec::{Frame, FrameCodec, FrameError};
 use pool_common::jobs::{compute_chunk, CancelFlag, JobInputs, PartTask};
 use pool_common::protocol::{
@@ -48,7 +49,7 @@ pub enum ConnectionError {
     /// The peer did not complete the handshake in time.
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
-    /// The peer presented no token, or the wrong one.
+    /// The peer did not prove it knows the server's token.
     #[error("refused: {0}")]
     BadToken(&'static str),
     /// The peer sent nothing (or read nothing) for too long while the server waited on it.
@@ -181,59 +182,86 @@ impl Connection {
         }
     }
 
+    /// Reads the Hello, challenges a client of a server with a token, and welcomes it;
+    /// all of it within the handshake timeout, so a peer that stops answering (or
+    /// reading) midway cannot hold the connection.
     async fn handshake(&mut self) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.handshake_timeout;
-        let first = tokio::time::timeout(timeout, self.reader.next())
+        tokio::time::timeout(timeout, self.shake_hands())
             .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?;
-        match first {
-            Some(Ok(Frame::Hello(hello))) => {
-                if let Some(expected) = &self.shared.config.token {
-                    let presented = hello.token.as_deref().unwrap_or("");
-                    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                        let reason = if hello.token.is_none() {
-                            "this server requires a token: set `token` in the job file or POOL_TOKEN"
-                        } else {
-                            "wrong token: check `token` in the job file or POOL_TOKEN"
-                        };
-                        let _ = self.writer.send(Frame::Refused(reason.into())).await;
-                        return Err(ConnectionError::BadToken(reason));
-                    }
-                }
-                debug!(client = %hello.client, "handshake");
-                let welcome = Welcome {
-                    server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
-                    workers: self.shared.executor.workers() as u32,
-                };
-                self.writer.send(Frame::Welcome(welcome)).await?;
-                self.reader.handshake_done();
-                Ok(())
-            }
+            .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?
+    }
+
+    async fn shake_hands(&mut self) -> Result<(), ConnectionError> {
+        let hello = match self.reader.next().await {
+            Some(Ok(Frame::Hello(hello))) => hello,
             Some(Err(FrameError::VersionMismatch { peer })) => {
                 let reason = format!(
                     "this server speaks pool protocol version {PROTOCOL_VERSION}, the client version {peer}: \
                      run the same pool release on both sides"
                 );
-                let _ = self.writer.send(Frame::Refused(reason)).await;
-                Err(ConnectionError::Frame(FrameError::VersionMismatch { peer }))
+                return self
+                    .refuse(reason, FrameError::VersionMismatch { peer }.into())
+                    .await;
             }
             Some(Err(FrameError::TooLong { len, max })) => {
                 let reason = format!(
                     "a first frame of {len} bytes, where a pool handshake takes at most {max}: \
                      is this a pool client of the same release?"
                 );
-                let _ = self.writer.send(Frame::Refused(reason)).await;
-                Err(ConnectionError::Frame(FrameError::TooLong { len, max }))
+                return self
+                    .refuse(reason, FrameError::TooLong { len, max }.into())
+                    .await;
             }
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok(other)) => Err(ConnectionError::Protocol(format!(
-                "expected a handshake, got {}",
-                frame_name(&other)
-            ))),
-            None => Err(ConnectionError::Protocol(
-                "closed before the handshake".into(),
-            )),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(other)) => return Err(unexpected("a handshake", &other)),
+            None => {
+                return Err(ConnectionError::Protocol(
+                    "closed before the handshake".into(),
+                ))
+            }
+        };
+        debug!(client = %hello.client, "handshake");
+        let shared = Arc::clone(&self.shared);
+        if let Some(token) = &shared.config.token {
+            let nonce = auth::nonce();
+            self.writer.send(Frame::Challenge(nonce)).await?;
+            match self.reader.next().await {
+                Some(Ok(Frame::Proof(proof))) if auth::verify(token, &nonce, &proof) => {}
+                Some(Ok(Frame::Proof(_))) => {
+                    let reason = "wrong token: check `token` in the job file or POOL_TOKEN";
+                    return self
+                        .refuse(reason.into(), ConnectionError::BadToken(reason))
+                        .await;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(other)) => {
+                    return Err(unexpected("the answer to the token challenge", &other))
+                }
+                None => {
+                    return Err(ConnectionError::BadToken(
+                        "closed without answering the token challenge (a client without the token)",
+                    ))
+                }
+            }
         }
+        let welcome = Welcome {
+            server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+            workers: self.shared.executor.workers() as u32,
+        };
+        self.writer.send(Frame::Welcome(welcome)).await?;
+        self.reader.handshake_done();
+        Ok(())
+    }
+
+    /// Refuses the handshake, telling the peer `reason`, and ends with `error`.
+    async fn refuse(
+        &mut self,
+        reason: String,
+        error: ConnectionError,
+    ) -> Result<(), ConnectionError> {
+        let _ = self.writer.send(Frame::Refused(reason)).await;
+        Err(error)
     }
 
     async fn on_frame(&mut self, frame: Frame, shutting_down: bool) -> Result<(), ConnectionError> {
@@ -428,17 +456,6 @@ impl Drop for Connection {
     }
 }
 
-/// Compares two secrets in time that depends on their lengths only, not on where they
-/// first differ, so the token cannot be guessed byte by byte from response times.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let length_differs = a.len() != b.len();
-    let mut difference = 0u8;
-    for (i, expected) in b.iter().enumerate() {
-        difference |= expected ^ a.get(i).copied().unwrap_or(!expected);
-    }
-    !length_differs && difference == 0
-}
-
 /// Waits for the budget to grant `claim`; never resolves without one.
 async fn granted(claim: &mut Option<Claim>) -> Charge {
     match claim {
@@ -447,27 +464,20 @@ async fn granted(claim: &mut Option<Claim>) -> Charge {
     }
 }
 
+/// The error for a handshake that went on with `frame` where `expected` was due.
+fn unexpected(expected: &str, frame: &Frame) -> ConnectionError {
+    ConnectionError::Protocol(format!("expected {expected}, got {}", frame_name(frame)))
+}
+
 fn frame_name(frame: &Frame) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
         Frame::Welcome(_) => "Welcome",
         Frame::Refused(_) => "Refused",
+        Frame::Challenge(_) => "Challenge",
+        Frame::Proof(_) => "Proof",
         Frame::Request(_) => "Request",
         Frame::Reply(_) => "Reply",
         Frame::Data { .. } => "Data",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret1", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
     }
 }

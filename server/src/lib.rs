@@ -50,7 +50,7 @@ pub struct ServerConfig {
     /// yet computed, and the jobs' shared inputs (see [`budget`]). At least
     /// [`MIN_BUFFER_MEMORY`].
     pub max_buffer_memory: u64,
-    /// The shared secret clients must present, if any.
+    /// The shared secret clients must prove they know, if any.
     pub token: Option<String>,
     /// Which of the users' programs the server runs (`--allow-commands`).
     pub commands: commands::CommandPolicy,
