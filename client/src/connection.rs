@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
+use pool_common::auth;
 use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask};
@@ -90,7 +91,8 @@ pub enum ServerError {
 }
 
 /// What a connection needs besides the address: how long to wait for each step, and
-/// the token to present. The default is the job file's defaults.
+/// the token whose knowledge the client proves when a server challenges it. The
+/// default is the job file's defaults.
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// For the TCP connection to be made.
@@ -100,7 +102,7 @@ pub struct ConnectOptions {
     /// For a part's result, from the start of sending it; `None` derives it from the
     /// work queued on the connection (see [`ServerConnection::run_part`]).
     pub part_timeout: Option<Duration>,
-    /// The shared secret for servers started with `--token`.
+    /// The shared secret for servers started with `--token`; it never goes on the wire.
     pub token: Option<String>,
 }
 
@@ -619,27 +621,44 @@ pub async fn open(
             reason: e.to_string(),
         })?;
     let _ = socket.set_nodelay(true);
-    let mut framed = Framed::new(socket, FrameCodec::new());
+    let mut framed = Framed::new(socket, FrameCodec::handshake());
     let protocol = |e: FrameError| ServerError::Protocol {
         address: address.to_string(),
         source: Arc::new(e),
     };
     let hello = Hello {
         client: format!("pool-client {}{purpose}", env!("CARGO_PKG_VERSION")),
-        token: options.token.clone(),
     };
     let answer = tokio::time::timeout(options.handshake_timeout, async {
         framed.send(Frame::Hello(hello)).await?;
-        framed.next().await.transpose()
+        let answer = framed.next().await.transpose()?;
+        match (answer, &options.token) {
+            // The token proves itself without travelling (see pool_common::auth).
+            (Some(Frame::Challenge(nonce)), Some(token)) => {
+                framed
+                    .send(Frame::Proof(auth::prove(token, &nonce)))
+                    .await?;
+                framed.next().await.transpose()
+            }
+            (answer, _) => Ok(answer),
+        }
     })
     .await
     .map_err(|_| timeout("handshake", options.handshake_timeout))?
     .map_err(protocol)?;
     match answer {
-        Some(Frame::Welcome(welcome)) => Ok((framed, welcome)),
+        Some(Frame::Welcome(welcome)) => {
+            framed.codec_mut().handshake_done();
+            Ok((framed, welcome))
+        }
         Some(Frame::Refused(reason)) => Err(ServerError::Refused {
             address: address.to_string(),
             reason,
+        }),
+        Some(Frame::Challenge(_)) => Err(ServerError::Refused {
+            address: address.to_string(),
+            reason: "this server requires a token: set `token` in the job file or POOL_TOKEN"
+                .into(),
         }),
         Some(_) => Err(protocol(FrameError::Decode(
             "expected a handshake answer".into(),
@@ -741,7 +760,12 @@ fn route(shared: &Shared, frame: Frame) -> Result<(), ServerError> {
         }
         Frame::Reply(reply @ Reply::PartDone { part_id, .. })
         | Frame::Reply(reply @ Reply::PartFailed { part_id, .. }) => (part_id, reply),
-        Frame::Hello(_) | Frame::Welcome(_) | Frame::Refused(_) | Frame::Request(_) => {
+        Frame::Hello(_)
+        | Frame::Welcome(_)
+        | Frame::Refused(_)
+        | Frame::Challenge(_)
+        | Frame::Proof(_)
+        | Frame::Request(_) => {
             return Err(protocol("an unexpected frame".into()));
         }
     };

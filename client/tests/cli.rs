@@ -252,7 +252,6 @@ async fn a_client_of_another_protocol_version_is_told_so() {
         encode_frame(
             &Frame::Hello(Hello {
                 client: "future".into(),
-                token: None,
             }),
             &mut frame,
         )

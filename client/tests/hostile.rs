@@ -1,22 +1,29 @@
 //! A server survives bad clients: garbage, wrong magic or version, oversized or
 //! truncated frames, undecodable messages, silence, disconnects mid-part, requests over
 //! its limits, wrong tokens and a thousand connections, while a normal job on the same
-//! server still gets the right result.
+//! server still gets the right result. Its memory stays bounded, as the server process's
+//! own resident set shows: under 400 connections that announce 4 MiB frames without
+//! shaking hands, and under many clients shipping matrices at once.
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
 use pool_client::report::Mode;
-use pool_common::codec::{encode_frame, Frame};
+use pool_common::auth;
+use pool_common::codec::{
+    encode_frame, encode_message, read_frame_blocking, write_frame_blocking, Frame,
+};
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::matmul::{MatmulPart, B_INPUT};
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask, SharedInput};
-use pool_common::protocol::{Hello, Request, PROTOCOL_VERSION};
+use pool_common::protocol::{Hello, Request, Welcome, MAGIC, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
-use support::{job_file, options, reference_result, ServerProcess};
+use support::{job_file, options, pool_only, reference_result, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -32,7 +39,6 @@ fn frame(frame: &Frame) -> Vec<u8> {
 fn hello() -> Vec<u8> {
     frame(&Frame::Hello(Hello {
         client: "test".into(),
-        token: None,
     }))
 }
 
@@ -177,6 +183,10 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             "a matrix product's chunk that cuts a row",
             [hello(), request(matmul_task(4)), data(1, 3)].concat(),
         ),
+        (
+            "a first frame longer than a Hello",
+            [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
+        ),
         ("nothing at all", Vec::new()),
         ("handshake then silence", hello()),
     ];
@@ -193,6 +203,14 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
     .await;
     let said = String::from_utf8_lossy(&answer);
     assert!(said.contains("leaves the job's work folder"), "{said}");
+    // A first frame longer than any handshake is refused from its length alone.
+    let answer = send_and_read_to_close(
+        address,
+        [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
+    )
+    .await;
+    let said = String::from_utf8_lossy(&answer);
+    assert!(said.contains("a first frame of 4194304 bytes"), "{said}");
 
     let report = tokio::time::timeout(HANG_GUARD, running)
         .await
@@ -367,6 +385,145 @@ async fn a_token_is_required_when_set() {
     server.shutdown().await;
 }
 
+/// Reads a stream, keeping a copy of every byte read.
+struct Recording<R> {
+    inner: R,
+    bytes: Vec<u8>,
+}
+
+impl<R: std::io::Read> std::io::Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_goes_on_the_wire() {
+    const TOKEN: &str = "correct horse battery staple";
+    // A fake server that challenges the client, welcomes its answer, takes a status
+    // request, and records every byte the client sent until it closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        let mut writer = socket.try_clone().unwrap();
+        let mut client = Recording {
+            inner: socket,
+            bytes: Vec::new(),
+        };
+        let hello = read_frame_blocking(&mut client).unwrap();
+        assert!(matches!(hello, Some(Frame::Hello(_))), "{hello:?}");
+        let nonce = auth::nonce();
+        write_frame_blocking(&mut writer, &Frame::Challenge(nonce)).unwrap();
+        let Some(Frame::Proof(proof)) = read_frame_blocking(&mut client).unwrap() else {
+            panic!("no answer to the challenge")
+        };
+        let welcome = Welcome {
+            server: "fake".into(),
+            workers: 1,
+        };
+        write_frame_blocking(&mut writer, &Frame::Welcome(welcome)).unwrap();
+        let request = read_frame_blocking(&mut client).unwrap();
+        assert_eq!(request, Some(Frame::Request(Request::Status)));
+        // The client closes; read what else it sent, to its end.
+        while let Ok(Some(_)) = read_frame_blocking(&mut client) {}
+        (auth::verify(TOKEN, &nonce, &proof), client.bytes)
+    });
+    let options = ConnectOptions {
+        token: Some(TOKEN.into()),
+        handshake_timeout: Duration::from_millis(200),
+        ..ConnectOptions::default()
+    };
+    let connection = ServerConnection::connect(&address, &options).await.unwrap();
+    // The fake server never answers the status request: the client gives up on it.
+    assert!(connection.status().await.is_err());
+    drop(connection);
+    let (proved, sent) = tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+    assert!(proved, "the client's answer proves the token");
+    assert!(sent.len() > 20, "{} bytes recorded", sent.len());
+    let token = TOKEN.as_bytes();
+    assert!(
+        !sent.windows(token.len()).any(|window| window == token),
+        "the token is in the client's bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_the_previous_protocol_version_are_told_so_at_once() {
+    // The Hello of revision 5: its header, then the client's name and its token.
+    let old_version = PROTOCOL_VERSION - 100;
+    let mut old_hello = BytesMut::new();
+    old_hello.put_u8(b'H');
+    old_hello.put_slice(&MAGIC);
+    old_hello.put_u16_le(old_version);
+    old_hello.put_slice(&encode_message(&("pool-client 0.1.0", Some("s3cret"))).unwrap());
+
+    // An old client meets a new server, with a token: refused by version, not by
+    // token, and not left waiting for an answer to a challenge.
+    let config = ServerConfig {
+        workers: 1,
+        token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let answer = send_and_read_to_close(server.local_addr(), raw_frame(&old_hello)).await;
+    let Ok(Some(Frame::Refused(reason))) = read_frame_blocking(&mut &answer[..]) else {
+        panic!("expected a refusal, got {answer:?}")
+    };
+    assert!(
+        reason.contains(&format!("speaks pool protocol version {PROTOCOL_VERSION}"))
+            && reason.contains(&format!("the client version {old_version}")),
+        "{reason}"
+    );
+    server.shutdown().await;
+
+    // A new client meets an old server, which refuses the new Hello as every release
+    // refuses another version: a refusal in its own version's header.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let old_server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        // A Hello of this build's version, which the old server does not speak.
+        let hello = read_frame_blocking(&mut socket);
+        assert!(matches!(hello, Ok(Some(Frame::Hello(_)))), "{hello:?}");
+        let reason = format!(
+            "this server speaks pool protocol version {old_version}, the client version \
+             {PROTOCOL_VERSION}: run the same pool release on both sides"
+        );
+        let mut refusal = BytesMut::new();
+        refusal.put_u8(b'X');
+        refusal.put_slice(&MAGIC);
+        refusal.put_u16_le(old_version);
+        refusal.put_slice(reason.as_bytes());
+        std::io::Write::write_all(&mut socket, &raw_frame(&refusal)).unwrap();
+    });
+    let options = ConnectOptions {
+        token: Some("s3cret".into()),
+        ..ConnectOptions::default()
+    };
+    let Err(error) =
+        tokio::time::timeout(HANG_GUARD, ServerConnection::connect(&address, &options))
+            .await
+            .expect("the client must not wait for an old server")
+    else {
+        panic!("an old server was accepted")
+    };
+    assert!(matches!(error, ServerError::Refused { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("speaks pool protocol version {old_version}")),
+        "{error}"
+    );
+    tokio::task::spawn_blocking(move || old_server.join().unwrap())
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
     let server = ServerProcess::start(&["--workers", "2"]);
@@ -412,4 +569,107 @@ async fn a_thousand_connections_keep_the_server_up_and_its_memory_bounded() {
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
     assert!(per_idle < 64.0, "{per_idle} KiB per idle connection");
     drop(idle);
+}
+
+/// The buffer budget of the matrix test's server: small beside what its clients ship.
+const TEST_BUFFER_BUDGET_MIB: u64 = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_4_mib_frames_on_400_connections_keep_the_server_small() {
+    let mut server = ServerProcess::start(&["--workers", "2", "--token", "s3cret"]);
+    let (_, rss_start) = server.memory_kib();
+    // Each connection announces a 4 MiB frame and sends 4 MiB of junk: no Hello, so
+    // no token is needed to do it.
+    const FRAME: usize = 4 << 20;
+    let mut attack = (FRAME as u32).to_be_bytes().to_vec();
+    attack.resize(4 + FRAME, 0x5a);
+    let attack = bytes::Bytes::from(attack);
+    let written = Arc::new(AtomicUsize::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut attackers = Vec::new();
+    for _ in 0..400 {
+        let address = server.address.clone();
+        let attack = attack.clone();
+        let written = Arc::clone(&written);
+        let mut stopped = stopped.clone();
+        attackers.push(tokio::spawn(async move {
+            let mut socket = TcpStream::connect(&address).await.unwrap();
+            // The server may close at once: a failed write is what it should do.
+            let _ = socket.write_all(&attack).await;
+            written.fetch_add(1, Ordering::SeqCst);
+            // Held open until the server's memory was read.
+            let _ = stopped.changed().await;
+        }));
+    }
+    for _ in 0..3000 {
+        if written.load(Ordering::SeqCst) == attackers.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (peak, rss) = server.memory_kib();
+    println!(
+        "pre-handshake attack, 400 x 4 MiB: server RSS {rss_start} KiB at start, {rss} KiB with the connections open, peak {peak} KiB"
+    );
+    stop.send(true).unwrap();
+    for attacker in attackers {
+        tokio::time::timeout(HANG_GUARD, attacker)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    // The server still serves a client that knows the token.
+    let options = ConnectOptions {
+        token: Some("s3cret".into()),
+        ..ConnectOptions::default()
+    };
+    let connection = ServerConnection::connect(&server.address, &options)
+        .await
+        .unwrap();
+    let reply = connection.run_part(&loop_part(0, 0, 1000)).await.unwrap();
+    assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
+    server.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_jobs_shipping_at_once_stay_within_the_buffer_budget() {
+    let budget = (TEST_BUFFER_BUDGET_MIB << 20).to_string();
+    let server = ServerProcess::start(&[
+        "--workers",
+        "2",
+        "--token",
+        "s3cret",
+        "--max-buffer-memory",
+        &budget,
+    ]);
+    let (_, rss_start) = server.memory_kib();
+    // Ten jobs of 32 MiB each, shipping to the one server at the same time.
+    let jobs: Vec<_> = (0..10)
+        .map(|seed| {
+            job_file(&format!(
+                "parts = 4\ntoken = \"s3cret\"\n[job]\nkind = \"matrix-sum\"\nrows = 2048\ncols = 2048\nseed = {seed}\n"
+            ))
+        })
+        .collect();
+    let expected: Vec<_> = jobs.iter().map(reference_result).collect();
+    let runs = futures::future::join_all(jobs.iter().map(|job| {
+        let options = pool_only(vec![server.address.clone()]);
+        async move { pool_client::run(job, &options).await }
+    }));
+    let reports = tokio::time::timeout(HANG_GUARD * 5, runs)
+        .await
+        .expect("the jobs finished");
+    let (peak, rss) = server.memory_kib();
+    println!(
+        "10 matrix jobs of 32 MiB at once, buffer budget {TEST_BUFFER_BUDGET_MIB} MiB: server RSS {rss_start} KiB at start, {rss} KiB after, peak {peak} KiB"
+    );
+    for (report, expected) in reports.into_iter().zip(expected) {
+        assert_eq!(report.unwrap().runs[0].result, expected);
+    }
+    // The constant: the server's own start-up memory (6 MiB here) and its read-ahead.
+    assert!(
+        peak < (TEST_BUFFER_BUDGET_MIB + 16) * 1024,
+        "peak RSS {peak} KiB over the budget of {TEST_BUFFER_BUDGET_MIB} MiB and 16 MiB"
+    );
 }

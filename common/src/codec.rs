@@ -1,14 +1,20 @@
 //! Framing: how [`Frame`]s travel on a byte stream.
 //!
 //! Every frame is a 4-byte big-endian length followed by that many bytes (the layout of
-//! tokio-util's [`LengthDelimitedCodec`], which does the reading and refuses a length
-//! above [`MAX_FRAME_BYTES`] before allocating). The first byte of a frame is a tag:
+//! tokio-util's [`LengthDelimitedCodec`], which does the reading). A length above the
+//! reader's limit is refused as soon as its prefix arrives, before anything is
+//! allocated for the body: [`MAX_FRAME_BYTES`] once a connection's handshake is done,
+//! [`MAX_HANDSHAKE_FRAME_BYTES`] until then, so a peer that has not shown it speaks
+//! the protocol cannot make the other side buffer more than a Hello. The first byte of
+//! a frame is a tag:
 //!
 //! | tag | frame     | body                                                      |
 //! |-----|-----------|-----------------------------------------------------------|
 //! | `H` | Hello     | magic, version (u16 LE), bincode [`Hello`]                |
 //! | `W` | Welcome   | magic, version (u16 LE), bincode [`Welcome`]              |
 //! | `X` | Refused   | magic, version (u16 LE), UTF-8 reason                     |
+//! | `C` | Challenge | a server's nonce ([`NONCE_BYTES`] raw bytes)              |
+//! | `P` | Proof     | a client's answer to it ([`PROOF_BYTES`] raw bytes)       |
 //! | `Q` | Request   | bincode [`Request`]                                       |
 //! | `R` | Reply     | bincode [`Reply`]                                         |
 //! | `D` | Data      | part id (u64 LE), raw bytes                               |
@@ -22,12 +28,25 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use crate::auth::{Nonce, Proof, NONCE_BYTES, PROOF_BYTES};
 use crate::jobs::DATA_CHUNK_BYTES;
 use crate::protocol::{Hello, Reply, Request, Welcome, MAGIC, PROTOCOL_VERSION};
 
 /// The largest frame either side accepts: a full data chunk plus its header, with room
 /// to spare. A length prefix above this is rejected before anything is allocated.
 pub const MAX_FRAME_BYTES: usize = DATA_CHUNK_BYTES + 4096;
+
+/// The largest frame either side accepts before the handshake is done: room for any
+/// Hello, Welcome or refusal, far below a data chunk.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 4096;
+
+/// Checks a frame length announced by a prefix against `max`, the reader's limit.
+pub fn check_frame_len(len: usize, max: usize) -> Result<(), FrameError> {
+    if len > max {
+        return Err(FrameError::TooLong { len, max });
+    }
+    Ok(())
+}
 
 /// One unit on the wire.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +57,11 @@ pub enum Frame {
     Welcome(Welcome),
     /// The server's refusal of the handshake, with a reason for the user.
     Refused(String),
+    /// A server with a token asks the client to prove it knows it
+    /// ([`crate::auth`]).
+    Challenge(Nonce),
+    /// The client's answer to a [`Frame::Challenge`].
+    Proof(Proof),
     /// A client request.
     Request(Request),
     /// A server reply.
@@ -54,9 +78,18 @@ pub enum Frame {
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The stream failed, or announced a frame longer than [`MAX_FRAME_BYTES`].
+    /// The stream failed.
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// A length prefix announced a frame longer than the reader accepts (see
+    /// [`check_frame_len`]).
+    #[error("a frame of {len} bytes, over the limit of {max}")]
+    TooLong {
+        /// The length the prefix announced.
+        len: usize,
+        /// The reader's limit.
+        max: usize,
+    },
     /// A frame with no bytes at all.
     #[error("empty frame")]
     Empty,
@@ -97,12 +130,27 @@ pub struct FrameCodec {
 impl FrameCodec {
     /// A codec accepting frames up to [`MAX_FRAME_BYTES`].
     pub fn new() -> Self {
+        Self::with_limit(MAX_FRAME_BYTES)
+    }
+
+    /// A codec for a connection whose handshake is not done yet: frames up to
+    /// [`MAX_HANDSHAKE_FRAME_BYTES`], until [`FrameCodec::handshake_done`].
+    pub fn handshake() -> Self {
+        Self::with_limit(MAX_HANDSHAKE_FRAME_BYTES)
+    }
+
+    fn with_limit(max: usize) -> Self {
         FrameCodec {
             lengths: LengthDelimitedCodec::builder()
-                .max_frame_length(MAX_FRAME_BYTES)
+                .max_frame_length(max)
                 .new_codec(),
             in_frame: false,
         }
+    }
+
+    /// Raises the limit to [`MAX_FRAME_BYTES`]: the peer has completed the handshake.
+    pub fn handshake_done(&mut self) {
+        self.lengths.set_max_frame_length(MAX_FRAME_BYTES);
     }
 }
 
@@ -117,6 +165,13 @@ impl Decoder for FrameCodec {
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if let (false, Some(prefix)) = (self.in_frame, src.first_chunk::<4>()) {
+            // Checked here rather than by `lengths`, whose error does not say the length.
+            check_frame_len(
+                u32::from_be_bytes(*prefix) as usize,
+                self.lengths.max_frame_length(),
+            )?;
+        }
         let before = src.len();
         match self.lengths.decode(src)? {
             Some(body) => {
@@ -159,6 +214,14 @@ pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError>
         Frame::Hello(hello) => put_handshake(dst, b'H', &encode_message(hello)?),
         Frame::Welcome(welcome) => put_handshake(dst, b'W', &encode_message(welcome)?),
         Frame::Refused(reason) => put_handshake(dst, b'X', reason.as_bytes()),
+        Frame::Challenge(nonce) => {
+            dst.put_u8(b'C');
+            dst.put_slice(nonce);
+        }
+        Frame::Proof(proof) => {
+            dst.put_u8(b'P');
+            dst.put_slice(proof);
+        }
         Frame::Request(request) => {
             dst.put_u8(b'Q');
             dst.put_slice(&encode_message(request)?);
@@ -218,6 +281,8 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, FrameError> {
             take_handshake_header(&mut body)?;
             Ok(Frame::Refused(String::from_utf8_lossy(&body).into_owned()))
         }
+        b'C' => Ok(Frame::Challenge(take_exactly::<NONCE_BYTES>(&body)?)),
+        b'P' => Ok(Frame::Proof(take_exactly::<PROOF_BYTES>(&body)?)),
         b'Q' => Ok(Frame::Request(decode_message(&body)?)),
         b'R' => Ok(Frame::Reply(decode_message(&body)?)),
         b'D' => {
@@ -269,12 +334,7 @@ pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, Fram
         }
     }
     let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {MAX_FRAME_BYTES}"),
-        )));
-    }
+    check_frame_len(len, MAX_FRAME_BYTES)?;
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -284,6 +344,12 @@ pub fn read_frame_blocking(reader: &mut impl Read) -> Result<Option<Frame>, Fram
         }
     })?;
     decode_body(Bytes::from(body)).map(Some)
+}
+
+/// A body of exactly `N` raw bytes.
+fn take_exactly<const N: usize>(body: &[u8]) -> Result<[u8; N], FrameError> {
+    body.try_into()
+        .map_err(|_| FrameError::Decode(format!("{} bytes where {N} were expected", body.len())))
 }
 
 fn put_handshake(dst: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -383,10 +449,9 @@ mod tests {
     #[test]
     fn every_frame_round_trips() {
         let frames = [
-            Frame::Hello(Hello {
-                client: "c".into(),
-                token: Some("t".into()),
-            }),
+            Frame::Hello(Hello { client: "c".into() }),
+            Frame::Challenge([7; NONCE_BYTES]),
+            Frame::Proof([9; PROOF_BYTES]),
             Frame::Welcome(Welcome {
                 server: "s".into(),
                 workers: 3,
@@ -460,9 +525,36 @@ mod tests {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, b'Q'][..]);
         assert!(matches!(
             FrameCodec::new().decode(&mut buf),
-            Err(FrameError::Io(_))
+            Err(FrameError::TooLong {
+                len: 0xffff_ffff,
+                max: MAX_FRAME_BYTES
+            })
         ));
-        assert!(read_frame_blocking(&mut &[0xffu8, 0xff, 0xff, 0xff][..]).is_err());
+        assert!(matches!(
+            read_frame_blocking(&mut &[0xffu8, 0xff, 0xff, 0xff][..]),
+            Err(FrameError::TooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn before_the_handshake_a_frame_longer_than_a_hello_is_refused_from_its_prefix() {
+        let mut codec = FrameCodec::handshake();
+        let announced = (4u32 << 20).to_be_bytes();
+        let mut buf = BytesMut::from(&announced[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(FrameError::TooLong { len, max: MAX_HANDSHAKE_FRAME_BYTES }) if len == 4 << 20
+        ));
+        // Once the handshake is done, the same frame is read.
+        let mut codec = FrameCodec::handshake();
+        codec.handshake_done();
+        let mut buf = BytesMut::new();
+        let data = Frame::Data {
+            part_id: 1,
+            bytes: Bytes::from(vec![7u8; 1 << 20]),
+        };
+        encode_frame(&data, &mut buf).unwrap();
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(data));
     }
 
     #[test]
@@ -532,6 +624,9 @@ mod tests {
             b"HXXXX\x01\x00",
             b"Q\xff\xff\xff\xff\xff",
             b"D\x01",
+            b"C\x01\x02",
+            b"P",
+            &[b'P'; PROOF_BYTES + 2],
             b"Z",
         ] {
             assert!(

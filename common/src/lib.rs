@@ -1,6 +1,7 @@
 //! Everything `pool-client` and `pool-server` must agree on.
 //!
 //! * [`protocol`]: the messages exchanged over a connection and the protocol version.
+//! * [`auth`]: the challenge and answer that prove a client knows the server's token.
 //! * [`codec`]: how those messages are framed on a byte stream (TCP or a pipe).
 //! * [`wire`]: which frames carry a part out and its result back, and the checks on
 //!   what arrives.
@@ -12,9 +13,10 @@
 //!   split.
 //!
 //! The modules depend on each other in one direction only: `jobs`, `splitmix` and
-//! `exact_sum` need none of the others, `protocol` names the jobs' types, `codec` frames the
+//! `exact_sum` need none of the others (nor does `auth`), `protocol` names the jobs' types, `codec` frames the
 //! protocol, `wire` sequences frames, and `jobfile` reads the kinds' parameters.
 
+pub mod auth;
 pub mod codec;
 pub mod exact_sum;
 pub mod jobfile;

@@ -1,9 +1,16 @@
 //! The messages of the pool protocol.
 //!
 //! A connection starts with a handshake: the client sends [`Frame::Hello`], the server
-//! answers [`Frame::Welcome`] or [`Frame::Refused`]. Both carry [`MAGIC`] and
+//! answers [`Frame::Welcome`] or [`Frame::Refused`]. All three carry [`MAGIC`] and
 //! [`PROTOCOL_VERSION`] in a fixed layout that never changes between versions, so a
-//! version mismatch is always reported as such rather than as garbage.
+//! version mismatch is always reported as such rather than as garbage. The client
+//! speaks first, so a server of another version refuses it by name instead of both
+//! waiting.
+//!
+//! A server started with a token answers the Hello with [`Frame::Challenge`] instead:
+//! a random nonce, to which the client answers with [`Frame::Proof`], an HMAC of the
+//! nonce keyed with the token ([`crate::auth`]). Then comes the Welcome, or a refusal
+//! for a wrong answer. The token itself never travels.
 //!
 //! After the handshake the client sends [`Request`]s and [`Frame::Data`] chunks, and the
 //! server answers each part with exactly one [`Reply`]: [`Reply::PartDone`],
@@ -16,6 +23,8 @@
 //! [`Frame::Hello`]: crate::codec::Frame::Hello
 //! [`Frame::Welcome`]: crate::codec::Frame::Welcome
 //! [`Frame::Refused`]: crate::codec::Frame::Refused
+//! [`Frame::Challenge`]: crate::codec::Frame::Challenge
+//! [`Frame::Proof`]: crate::codec::Frame::Proof
 //! [`Frame::Data`]: crate::codec::Frame::Data
 
 use serde::{Deserialize, Serialize};
@@ -33,8 +42,9 @@ pub const MAGIC: [u8; 4] = *b"POOL";
 /// `parts_in_flight`. 3: `ServerStatus` reports cores, load, memory and speed.
 /// 4: matrix parts carry their element type, and matrix results are integers or
 /// exact float sums. 5: `Request::Share` (a job's shared inputs, shipped once per
-/// connection) and `ErrorCode::NotPermitted`.
-pub const MESSAGES_REVISION: u16 = 5;
+/// connection) and `ErrorCode::NotPermitted`. 6: challenge-response authentication
+/// (`Hello` carries no token; the challenge and proof frames).
+pub const MESSAGES_REVISION: u16 = 6;
 
 /// The version both sides announce in the handshake: [`MESSAGES_REVISION`] times 100
 /// plus the number of job kinds. A new kind is appended to the list (its index is its
@@ -47,23 +57,13 @@ pub const PROTOCOL_VERSION: u16 = MESSAGES_REVISION * 100 + KIND_NAMES.len() as 
 /// ([`Reply::PartDoneLarge`]) instead of inside it.
 pub const INLINE_RESULT_BYTES: usize = 64 << 10;
 
-/// What the client says after the magic and version when it connects.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the client says after the magic and version when it connects. It carries no
+/// secret: a server with a token challenges the client instead (see the module
+/// documentation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The client program and its version, for the server's log.
     pub client: String,
-    /// The shared secret, for servers started with `--token`.
-    pub token: Option<String>,
-}
-
-impl fmt::Debug for Hello {
-    /// Never shows the token, so it cannot end up in a log.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hello")
-            .field("client", &self.client)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
 }
 
 /// The server's acceptance of a handshake.

@@ -37,6 +37,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = ServerConfig::default().max_part_bytes)]
     pub max_part_bytes: u64,
 
+    /// Bytes of the clients' input the server buffers at once, all connections
+    /// together: data not yet computed and the jobs' shared inputs. When it is reached,
+    /// the connections holding the most are not read until memory frees up.
+    #[arg(long, default_value_t = ServerConfig::default().max_buffer_memory)]
+    pub max_buffer_memory: u64,
+
     /// Work items one part may declare (loop iterations, matrix elements); the
     /// default is about half an hour of loop on one core.
     #[arg(long, default_value_t = ServerConfig::default().max_part_work)]
@@ -46,8 +52,9 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = ServerConfig::default().idle_timeout.as_secs())]
     pub idle_timeout: u64,
 
-    /// A shared secret clients must send (job file key `token`, or POOL_TOKEN on the
-    /// client). Without it, anyone who can reach the port can use this machine's CPUs.
+    /// A shared secret clients must prove they know (job file key `token`, or
+    /// POOL_TOKEN on the client); it never goes on the wire. Without it, anyone who
+    /// can reach the port can use this machine's CPUs.
     #[arg(long, env = "POOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
@@ -95,6 +102,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_parts_per_connection: args.max_parts_per_connection.max(1),
         max_part_bytes: args.max_part_bytes,
         max_part_work: args.max_part_work,
+        max_buffer_memory: args.max_buffer_memory,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         token: args.token.filter(|t| !t.is_empty()),
         commands: CommandPolicy {

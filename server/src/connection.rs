@@ -7,6 +7,12 @@
 //! state machine without I/O; this loop only carries out what it asks (hand a chunk to
 //! the executor, send a reply). When the client goes away, every part still running is
 //! cancelled, so the worker threads are free again within about 100 ms.
+//!
+//! What the connection buffers of its client's input is charged to the server's
+//! [`BufferBudget`](crate::budget::BufferBudget): its frames by the [`FrameReader`],
+//! and the job's shared inputs here, claimed when announced and held while the
+//! connection lives. While a claim waits, the connection reads nothing more but goes on
+//! answering the parts it has.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,19 +21,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
+use pool_common::auth;
 use pool_common::codec::{Frame, FrameCodec, FrameError};
 use pool_common::jobs::{compute_chunk, CancelFlag, Chunk, JobInputs, PartTask};
 use pool_common::protocol::{
     ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
 };
 use pool_common::wire::result_frames;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
+use crate::budget::{Account, Charge, Claim};
 use crate::executor::WorkLost;
 use crate::parts::{Action, ChunkOutcome, PartLimits, PartTable, Violation};
+use crate::reader::FrameReader;
 use crate::Shared;
 
 /// Why a connection ended early; logged by the listener.
@@ -39,7 +49,7 @@ pub enum ConnectionError {
     /// The peer did not complete the handshake in time.
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
-    /// The peer presented no token, or the wrong one.
+    /// The peer did not prove it knows the server's token.
     #[error("refused: {0}")]
     BadToken(&'static str),
     /// The peer sent nothing (or read nothing) for too long while the server waited on it.
@@ -63,10 +73,18 @@ struct Computed {
 /// Serves one accepted connection until the client leaves, the server shuts down, or the
 /// client breaks the protocol.
 pub struct Connection {
-    framed: Framed<TcpStream, FrameCodec>,
+    reader: FrameReader,
+    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     parts: PartTable,
+    /// This connection's share of the server's buffer budget (the reader's too).
+    account: Account,
+    /// A shared input announced and kept, whose memory the budget has not granted yet:
+    /// its data is not read before.
+    share_claim: Option<Claim>,
+    /// The memory of the shared inputs kept, for the connection's life.
+    share_charges: Vec<Charge>,
     /// Parts this connection counts in `shared.parts_in_flight`.
     counted_in_flight: usize,
     computations: FuturesUnordered<futures::future::BoxFuture<'static, Computed>>,
@@ -81,11 +99,18 @@ impl Connection {
             max_part_bytes: config.max_part_bytes,
             max_part_work: config.max_part_work,
             max_parts: config.max_parts_per_connection,
+            max_buffer_memory: config.max_buffer_memory,
         };
+        let (read_half, write_half) = socket.into_split();
+        let account = shared.buffers.account();
         Connection {
-            framed: Framed::new(socket, FrameCodec::new()),
+            reader: FrameReader::new(read_half, account.clone()),
+            writer: FramedWrite::new(write_half, FrameCodec::new()),
             shutdown,
             parts: PartTable::new(limits),
+            account,
+            share_claim: None,
+            share_charges: Vec::new(),
             counted_in_flight: 0,
             computations: FuturesUnordered::new(),
             parts_served: 0,
@@ -111,16 +136,24 @@ impl Connection {
             // waits on TCP, and this connection's memory stays bounded. Parts without
             // data hold no buffer (their number is bounded by the parts limit), so they
             // do not count: reading them ahead keeps the executor from idling between
-            // small parts.
-            let can_read = self.parts.data_chunks_computing() < max_pending_chunks;
-            // With nothing computing, the server is waiting on the client (for a request,
-            // or for the rest of a part's data); silence then must not last forever.
-            let idle = self.computations.is_empty();
+            // small parts. A shared input's data waits until the budget has room for it.
+            let can_read = self.parts.data_chunks_computing() < max_pending_chunks
+                && self.share_claim.is_none();
+            // With nothing computing, and nothing waiting for the budget, the server is
+            // waiting on the client (for a request, or for the rest of a part's data);
+            // silence then must not last forever.
+            let idle = self.computations.is_empty()
+                && !self.reader.is_claiming()
+                && self.share_claim.is_none();
             tokio::select! {
-                frame = self.framed.next(), if can_read => match frame {
+                frame = self.reader.next(), if can_read => match frame {
                     None => return Ok(()),
                     Some(frame) => self.on_frame(frame?, shutting_down).await?,
                 },
+                charge = granted(&mut self.share_claim) => {
+                    self.share_claim = None;
+                    self.share_charges.push(charge);
+                }
                 Some(done) = self.computations.next() => self.on_computed(done).await?,
                 () = self.shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
@@ -138,8 +171,8 @@ impl Connection {
             while let Some(Some(done)) = self.computations.next().now_or_never() {
                 self.on_computed(done).await?;
             }
-            if !self.framed.write_buffer().is_empty() {
-                tokio::time::timeout(idle_timeout, self.framed.flush())
+            if !self.writer.write_buffer().is_empty() {
+                tokio::time::timeout(idle_timeout, self.writer.flush())
                     .await
                     .map_err(|_| ConnectionError::Idle(idle_timeout))??;
             }
@@ -149,50 +182,86 @@ impl Connection {
         }
     }
 
+    /// Reads the Hello, challenges a client of a server with a token, and welcomes it;
+    /// all of it within the handshake timeout, so a peer that stops answering (or
+    /// reading) midway cannot hold the connection.
     async fn handshake(&mut self) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.handshake_timeout;
-        let first = tokio::time::timeout(timeout, self.framed.next())
+        tokio::time::timeout(timeout, self.shake_hands())
             .await
-            .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?;
-        match first {
-            Some(Ok(Frame::Hello(hello))) => {
-                if let Some(expected) = &self.shared.config.token {
-                    let presented = hello.token.as_deref().unwrap_or("");
-                    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                        let reason = if hello.token.is_none() {
-                            "this server requires a token: set `token` in the job file or POOL_TOKEN"
-                        } else {
-                            "wrong token: check `token` in the job file or POOL_TOKEN"
-                        };
-                        let _ = self.framed.send(Frame::Refused(reason.into())).await;
-                        return Err(ConnectionError::BadToken(reason));
-                    }
-                }
-                debug!(client = %hello.client, "handshake");
-                let welcome = Welcome {
-                    server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
-                    workers: self.shared.executor.workers() as u32,
-                };
-                self.framed.send(Frame::Welcome(welcome)).await?;
-                Ok(())
-            }
+            .map_err(|_| ConnectionError::HandshakeTimeout(timeout))?
+    }
+
+    async fn shake_hands(&mut self) -> Result<(), ConnectionError> {
+        let hello = match self.reader.next().await {
+            Some(Ok(Frame::Hello(hello))) => hello,
             Some(Err(FrameError::VersionMismatch { peer })) => {
                 let reason = format!(
                     "this server speaks pool protocol version {PROTOCOL_VERSION}, the client version {peer}: \
                      run the same pool release on both sides"
                 );
-                let _ = self.framed.send(Frame::Refused(reason)).await;
-                Err(ConnectionError::Frame(FrameError::VersionMismatch { peer }))
+                return self
+                    .refuse(reason, FrameError::VersionMismatch { peer }.into())
+                    .await;
             }
-            Some(Err(e)) => Err(e.into()),
-            Some(Ok(other)) => Err(ConnectionError::Protocol(format!(
-                "expected a handshake, got {}",
-                frame_name(&other)
-            ))),
-            None => Err(ConnectionError::Protocol(
-                "closed before the handshake".into(),
-            )),
+            Some(Err(FrameError::TooLong { len, max })) => {
+                let reason = format!(
+                    "a first frame of {len} bytes, where a pool handshake takes at most {max}: \
+                     is this a pool client of the same release?"
+                );
+                return self
+                    .refuse(reason, FrameError::TooLong { len, max }.into())
+                    .await;
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(other)) => return Err(unexpected("a handshake", &other)),
+            None => {
+                return Err(ConnectionError::Protocol(
+                    "closed before the handshake".into(),
+                ))
+            }
+        };
+        debug!(client = %hello.client, "handshake");
+        let shared = Arc::clone(&self.shared);
+        if let Some(token) = &shared.config.token {
+            let nonce = auth::nonce();
+            self.writer.send(Frame::Challenge(nonce)).await?;
+            match self.reader.next().await {
+                Some(Ok(Frame::Proof(proof))) if auth::verify(token, &nonce, &proof) => {}
+                Some(Ok(Frame::Proof(_))) => {
+                    let reason = "wrong token: check `token` in the job file or POOL_TOKEN";
+                    return self
+                        .refuse(reason.into(), ConnectionError::BadToken(reason))
+                        .await;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(other)) => {
+                    return Err(unexpected("the answer to the token challenge", &other))
+                }
+                None => {
+                    return Err(ConnectionError::BadToken(
+                        "closed without answering the token challenge (a client without the token)",
+                    ))
+                }
+            }
         }
+        let welcome = Welcome {
+            server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+            workers: self.shared.executor.workers() as u32,
+        };
+        self.writer.send(Frame::Welcome(welcome)).await?;
+        self.reader.handshake_done();
+        Ok(())
+    }
+
+    /// Refuses the handshake, telling the peer `reason`, and ends with `error`.
+    async fn refuse(
+        &mut self,
+        reason: String,
+        error: ConnectionError,
+    ) -> Result<(), ConnectionError> {
+        let _ = self.writer.send(Frame::Refused(reason)).await;
+        Err(error)
     }
 
     async fn on_frame(&mut self, frame: Frame, shutting_down: bool) -> Result<(), ConnectionError> {
@@ -219,7 +288,14 @@ impl Connection {
                 debug!(input_id, %name, bytes, "shared input announced");
                 self.parts
                     .share(input_id, name, bytes, executable)
-                    .map(|()| Vec::new())
+                    .map(|kept| {
+                        if kept && bytes > 0 {
+                            // At most the budget (the table refuses more), so it can be
+                            // granted once other connections give memory back.
+                            self.share_claim = Some(self.account.claim(bytes as usize));
+                        }
+                        Vec::new()
+                    })
             }
             Frame::Data { part_id, bytes } => self.parts.data(part_id, bytes),
             Frame::Request(Request::Cancel { part_id }) => {
@@ -358,7 +434,7 @@ impl Connection {
     /// (ending the connection) if the client does not read its replies in time.
     async fn send(&mut self, frame: Frame) -> Result<(), ConnectionError> {
         let timeout = self.shared.config.idle_timeout;
-        tokio::time::timeout(timeout, self.framed.feed(frame))
+        tokio::time::timeout(timeout, self.writer.feed(frame))
             .await
             .map_err(|_| ConnectionError::Idle(timeout))??;
         Ok(())
@@ -367,7 +443,7 @@ impl Connection {
     /// Tells the client why the connection ends, then ends it.
     async fn close_with(&mut self, reason: String) -> Result<(), ConnectionError> {
         let error = RemoteError::new(ErrorCode::BadRequest, reason.clone());
-        let closing = self.framed.send(Frame::Reply(Reply::Closing { error }));
+        let closing = self.writer.send(Frame::Reply(Reply::Closing { error }));
         // A client that reads nothing must not hold the connection open.
         let _ = tokio::time::timeout(self.shared.config.idle_timeout, closing).await;
         Err(ConnectionError::Protocol(reason))
@@ -385,15 +461,17 @@ impl Drop for Connection {
     }
 }
 
-/// Compares two secrets in time that depends on their lengths only, not on where they
-/// first differ, so the token cannot be guessed byte by byte from response times.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let length_differs = a.len() != b.len();
-    let mut difference = 0u8;
-    for (i, expected) in b.iter().enumerate() {
-        difference |= expected ^ a.get(i).copied().unwrap_or(!expected);
+/// Waits for the budget to grant `claim`; never resolves without one.
+async fn granted(claim: &mut Option<Claim>) -> Charge {
+    match claim {
+        Some(claim) => claim.await,
+        None => std::future::pending().await,
     }
-    !length_differs && difference == 0
+}
+
+/// The error for a handshake that went on with `frame` where `expected` was due.
+fn unexpected(expected: &str, frame: &Frame) -> ConnectionError {
+    ConnectionError::Protocol(format!("expected {expected}, got {}", frame_name(frame)))
 }
 
 fn frame_name(frame: &Frame) -> &'static str {
@@ -401,22 +479,10 @@ fn frame_name(frame: &Frame) -> &'static str {
         Frame::Hello(_) => "Hello",
         Frame::Welcome(_) => "Welcome",
         Frame::Refused(_) => "Refused",
+        Frame::Challenge(_) => "Challenge",
+        Frame::Proof(_) => "Proof",
         Frame::Request(_) => "Request",
         Frame::Reply(_) => "Reply",
         Frame::Data { .. } => "Data",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_compare_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret1", b"secret"));
-        assert!(!constant_time_eq(b"secre", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * [`listener`]: the accept loop, the connection limit and graceful shutdown.
 //! * [`connection`]: one connection's life, from handshake to the last reply.
+//! * [`reader`]: reading a connection's frames, each claimed from the [`budget`] for
+//!   buffered input before its body is read.
 //! * [`parts`]: the rules for a connection's parts, as a state machine without I/O.
 //! * [`executor`]: the bounded pool of OS threads where kernels run.
 //! * [`load`]: the machine's load and the server's speed, for status replies.
@@ -10,6 +12,7 @@
 //!
 //! To embed a server (tests do), call [`start`] inside a tokio runtime.
 
+pub mod budget;
 pub mod cli;
 pub mod commands;
 pub mod connection;
@@ -17,6 +20,7 @@ pub mod executor;
 pub mod listener;
 pub mod load;
 pub mod parts;
+pub mod reader;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -42,7 +46,11 @@ pub struct ServerConfig {
     pub max_part_bytes: u64,
     /// Work items one part may declare (loop iterations, matrix elements).
     pub max_part_work: u64,
-    /// The shared secret clients must present, if any.
+    /// Bytes of the clients' input the whole server buffers at once: data frames not
+    /// yet computed, and the jobs' shared inputs (see [`budget`]). At least
+    /// [`MIN_BUFFER_MEMORY`].
+    pub max_buffer_memory: u64,
+    /// The shared secret clients must prove they know, if any.
     pub token: Option<String>,
     /// Which of the users' programs the server runs (`--allow-commands`).
     pub commands: commands::CommandPolicy,
@@ -63,6 +71,7 @@ impl Default for ServerConfig {
             max_parts_per_connection: 1024,
             max_part_bytes: 1 << 30,
             max_part_work: 1_000_000_000_000,
+            max_buffer_memory: 512 << 20,
             token: None,
             commands: commands::CommandPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
@@ -72,12 +81,18 @@ impl Default for ServerConfig {
     }
 }
 
+/// The least `max_buffer_memory` a server starts with: two data frames, so one
+/// connection's next chunk can be read while its previous one is computed.
+pub const MIN_BUFFER_MEMORY: u64 = 2 * pool_common::codec::MAX_FRAME_BYTES as u64;
+
 /// State shared by every connection of one server.
 pub struct Shared {
     /// The configuration the server was started with.
     pub config: ServerConfig,
     /// Where kernels run.
     pub executor: Executor,
+    /// The memory the server's buffered input may take.
+    pub buffers: Arc<budget::BufferBudget>,
     /// Parts answered with a result since start.
     pub parts_served: AtomicU64,
     /// Parts accepted and not yet answered, on every connection.
@@ -118,12 +133,23 @@ impl ServerHandle {
 }
 
 /// Binds `addr` and serves on the current tokio runtime until shut down. Refuses to
-/// run users' programs for anyone who reaches a port beyond loopback without a token
-/// (an error of kind `InvalidInput`, whose message says what to add).
+/// run users' programs for anyone who reaches a port beyond loopback without a token,
+/// and a buffer budget below [`MIN_BUFFER_MEMORY`] (errors of kind `InvalidInput`,
+/// whose message says what to change).
 pub async fn start(
     addr: impl ToSocketAddrs,
     config: ServerConfig,
 ) -> std::io::Result<ServerHandle> {
+    if config.max_buffer_memory < MIN_BUFFER_MEMORY {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--max-buffer-memory {} is below the least a server needs, {MIN_BUFFER_MEMORY} \
+                 bytes (two data frames)",
+                config.max_buffer_memory
+            ),
+        ));
+    }
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     if config.commands.runs_programs() && config.token.is_none() && !local_addr.ip().is_loopback() {
@@ -139,6 +165,9 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let shared = Arc::new(Shared {
         executor: Executor::new(config.workers),
+        buffers: budget::BufferBudget::new(
+            usize::try_from(config.max_buffer_memory).unwrap_or(usize::MAX),
+        ),
         config,
         parts_served: AtomicU64::new(0),
         parts_in_flight: AtomicUsize::new(0),

@@ -42,6 +42,9 @@ pub struct PartLimits {
     pub max_part_work: u64,
     /// Parts in the table at once (`--max-parts-per-connection`).
     pub max_parts: usize,
+    /// Input the whole server buffers at once (`--max-buffer-memory`): the job's shared
+    /// inputs, which a connection keeps for its life, must fit in it.
+    pub max_buffer_memory: u64,
 }
 
 /// What the connection must do after an event.
@@ -204,14 +207,16 @@ impl PartTable {
         self.data_chunks_computing
     }
 
-    /// One of the job's shared inputs was announced; its data follows.
+    /// One of the job's shared inputs was announced; its data follows. Returns whether
+    /// its content is kept (`bytes` of memory for the connection's life) rather than
+    /// drained because the job's shared inputs are refused.
     pub fn share(
         &mut self,
         input_id: u64,
         name: String,
         bytes: u64,
         executable: bool,
-    ) -> Result<(), Violation> {
+    ) -> Result<bool, Violation> {
         let Shares::Arriving {
             complete,
             arriving,
@@ -230,30 +235,38 @@ impl PartTable {
         }
         check_input_name(&name).map_err(|e| Violation(format!("shared input: {e}")))?;
         *total_bytes = total_bytes.saturating_add(bytes);
-        if *total_bytes > self.limits.max_part_bytes && refusal.is_none() {
-            *refusal = Some(RemoteError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "the job's shared inputs ship {total_bytes} bytes or more, over this                      server's limit of {} (raise pool-server --max-part-bytes)",
-                    self.limits.max_part_bytes
-                ),
-            ));
+        let limits = [
+            (self.limits.max_part_bytes, "--max-part-bytes"),
+            (self.limits.max_buffer_memory, "--max-buffer-memory"),
+        ];
+        if refusal.is_none() {
+            *refusal = limits
+                .into_iter()
+                .find(|&(limit, _)| *total_bytes > limit)
+                .map(|(limit, flag)| {
+                    RemoteError::new(
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the job's shared inputs ship {total_bytes} bytes or more, over \
+                             this server's limit of {limit} (raise pool-server {flag})"
+                        ),
+                    )
+                });
         }
+        let kept = refusal.is_none();
         let share = ArrivingShare {
             input_id,
             name,
             executable,
             remaining: bytes,
-            content: refusal
-                .is_none()
-                .then(|| BytesMut::with_capacity(bytes as usize)),
+            content: kept.then(|| BytesMut::with_capacity(bytes as usize)),
         };
         if bytes == 0 {
             complete.extend(share.finish());
         } else {
             *arriving = Some(share);
         }
-        Ok(())
+        Ok(kept)
     }
 
     /// The job's shared inputs, fixed by the first part: those received, or the reason
@@ -562,6 +575,7 @@ mod tests {
             max_part_bytes: 1 << 20,
             max_part_work: u64::MAX,
             max_parts: 4,
+            max_buffer_memory: 1 << 30,
         })
     }
 
@@ -865,7 +879,10 @@ mod tests {
     fn shares_over_the_limit_are_drained_and_every_part_refused() {
         let mut table = table();
         let big = (1 << 20) + 1;
-        table.share(1, "big".into(), big, false).unwrap();
+        assert!(
+            !table.share(1, "big".into(), big, false).unwrap(),
+            "drained"
+        );
         let chunk = Bytes::from(vec![0u8; 1 << 20]);
         table.data(1, chunk).unwrap();
         table.data(1, Bytes::from_static(b"x")).unwrap();
@@ -877,5 +894,24 @@ mod tests {
                     && error.message.contains("--max-part-bytes")
             ));
         }
+    }
+
+    #[test]
+    fn shares_that_the_buffer_budget_cannot_hold_are_refused_naming_its_flag() {
+        let mut table = PartTable::new(PartLimits {
+            max_buffer_memory: 100,
+            ..table().limits
+        });
+        assert!(table.share(1, "a".into(), 60, false).unwrap(), "kept");
+        table.data(1, Bytes::from(vec![1u8; 60])).unwrap();
+        assert!(!table.share(2, "b".into(), 60, false).unwrap(), "drained");
+        table.data(2, Bytes::from(vec![1u8; 60])).unwrap();
+        let refused = table.run_part(3, loop_part(1), None).unwrap();
+        assert!(matches!(
+            refused.as_slice(),
+            [Action::Failed { error, .. }] if error.code == ErrorCode::LimitExceeded
+                && error.message.contains("120 bytes or more")
+                && error.message.contains("--max-buffer-memory")
+        ));
     }
 }
