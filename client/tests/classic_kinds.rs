@@ -113,7 +113,6 @@ async fn mandelbrot_on_1_2_and_3_servers_with_results_over_64_kib() {
             server.shutdown().await;
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +238,6 @@ async fn matmul_on_1_2_and_3_servers_ships_b_once_per_server() {
             server.shutdown().await;
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,5 +273,4 @@ async fn a_matmul_part_of_several_chunks_keeps_its_rows_in_order() {
     for server in servers {
         server.shutdown().await;
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -119,7 +119,6 @@ fn a_malformed_csv_names_row_and_column_and_exits_2() {
         message.contains("job.toml: csv: cannot read") && message.contains("bad.csv"),
         "{message}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -138,7 +137,6 @@ fn an_npy_file_of_another_dtype_is_named_and_exits_2() {
         message.contains("m.npy: dtype \"<f4\"; pool reads 2-D '<i8' (int64) and '<f8' (float64)"),
         "{message}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -178,7 +176,6 @@ fn a_bad_job_file_names_the_line_and_exits_2() {
         "{}",
         stderr(&output)
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -210,7 +207,6 @@ fn a_bad_picture_is_refused_before_the_run_and_exits_2() {
         "{}",
         stderr(&output)
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -148,8 +148,7 @@ async fn a_float_matrix_sums_to_the_same_bits_for_every_split_and_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npy_files_of_both_dtypes_in_every_mode_and_split() {
-    let dir = std::env::temp_dir().join(format!("pool-e2e-npy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::temp_dir("e2e-npy");
     let handles = start_servers(2, 1).await;
     let servers = addresses(&handles);
     let tiny = f64::from_bits(1); // 2^-1074, the smallest subnormal
@@ -208,7 +207,6 @@ async fn npy_files_of_both_dtypes_in_every_mode_and_split() {
     for server in handles {
         server.shutdown().await;
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,7 +139,6 @@ fn loop_and_matrix_jobs_in_every_mode_across_three_hosts() {
             "{sent} bytes sent"
         );
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -157,7 +156,6 @@ fn a_server_killed_mid_job_loses_no_part() {
     wait_until_holding(&lab, &list[0], &mut client);
     servers[0].kill9();
     let report = report(&client.wait_with_output().unwrap());
-    std::fs::remove_dir_all(dir).unwrap();
     assert_exact(&report, text);
     let failed: Vec<&Value> = attempts_on(&report, &list[0])
         .filter(|a| a["outcome"] == "failed")
@@ -195,7 +193,6 @@ fn data_shipped_at_the_links_pace_gets_no_copies() {
     let output = start_pool_job(&lab, &job, &list)
         .wait_with_output()
         .unwrap();
-    std::fs::remove_dir_all(dir).unwrap();
     let report = report(&output);
     assert_exact(&report, text);
     let copies = pool_parts(&report)
@@ -223,7 +220,6 @@ fn survive_a_cut(test: &str, text: &str) {
     wait_until_holding(&lab, &list[1], &mut client);
     lab.cut(victim).unwrap();
     let report = report(&client.wait_with_output().unwrap());
-    std::fs::remove_dir_all(dir).unwrap();
     assert_exact(&report, text);
     let cut_off: Vec<&Value> = attempts_on(&report, &list[1]).collect();
     assert!(!cut_off.is_empty(), "{report:#}");

@@ -318,7 +318,6 @@ async fn output_that_is_not_a_terminal_has_no_progress_bars() {
             stderr(&output)
         );
     }
-    std::fs::remove_dir_all(dir).unwrap();
     for server in servers {
         server.shutdown().await;
     }

@@ -249,8 +249,7 @@ async fn policies_place_parts_as_documented() {
 
 #[test]
 fn the_timeline_draws_one_bar_per_attempt_in_its_servers_row() {
-    let dir = std::env::temp_dir().join(format!("pool-timeline-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = support::temp_dir("timeline");
     let job = dir.join("job.toml");
     std::fs::write(
         &job,
@@ -287,7 +286,6 @@ fn the_timeline_draws_one_bar_per_attempt_in_its_servers_row() {
         assert!(texts.contains(&part.to_string().as_str()), "{texts:?}");
     }
     assert!(texts.iter().any(|t| t.contains("dynamic schedule")));
-    std::fs::remove_dir_all(&dir).unwrap();
 
     let example = support::examples_dir().join("loop.toml");
     let refused = support::run_client(&[

@@ -22,12 +22,38 @@ pub fn client_exe() -> PathBuf {
 }
 
 /// An empty folder for one test's files, `pool-test-NAME-PID` in the system's
-/// temporary folder (emptied if a previous run left it).
-pub fn temp_dir(name: &str) -> PathBuf {
+/// temporary folder (emptied if a previous run left it), removed when dropped, so a
+/// passing test leaves nothing behind (a failing one may: its files help).
+pub fn temp_dir(name: &str) -> TestDir {
     let dir = std::env::temp_dir().join(format!("pool-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TestDir(dir)
+}
+
+/// A test's folder from [`temp_dir`]: a path, removed with its content on drop.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The workspace's examples folder.
