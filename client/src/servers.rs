@@ -66,12 +66,22 @@ impl LocalServers {
     }
 }
 
+/// How long stopped servers get to exit by themselves (and remove what their jobs left
+/// on disk, a command job's work folder) before they are killed.
+const LOCAL_SERVER_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 impl Drop for LocalServers {
     fn drop(&mut self) {
+        // Closing their standard input asks them to stop, as Ctrl-C would.
         for child in &mut self.children {
-            let _ = child.kill();
+            drop(child.stdin.take());
         }
+        let deadline = std::time::Instant::now() + LOCAL_SERVER_EXIT_GRACE;
         for child in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
     }

@@ -410,3 +410,23 @@ fn a_server_that_stops_leaves_no_process_behind() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+#[test]
+fn local_servers_remove_their_work_folders_when_the_run_ends() {
+    // The command example on servers the client starts (`local = 2`), each writing
+    // the job's files into a work folder under TMPDIR: they are stopped gently, so
+    // they remove those folders before they exit, as does the client for its own.
+    let tmp = support::temp_dir("local-work-folders");
+    let output = std::process::Command::new(support::client_exe())
+        .arg(support::examples_dir().join("command.toml"))
+        .env("TMPDIR", &*tmp)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", support::stderr(&output));
+    let left: Vec<_> = std::fs::read_dir(&*tmp)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
