@@ -184,6 +184,10 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
             [hello(), request(matmul_task(4)), data(1, 3)].concat(),
         ),
         (
+            "a matrix product of an impossible size",
+            [hello(), request(matmul_task(u64::MAX))].concat(),
+        ),
+        (
             "a first frame longer than a Hello",
             [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
         ),

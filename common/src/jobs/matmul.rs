@@ -130,9 +130,10 @@ impl MatmulJob {
 }
 
 impl MatmulPart {
-    /// Bytes a row of A takes on the wire.
+    /// Bytes a row of A takes on the wire (saturating: a task from the network is sized
+    /// before it is validated).
     fn row_bytes(&self) -> u64 {
-        self.n * ELEMENT_BYTES
+        self.n.saturating_mul(ELEMENT_BYTES)
     }
 
     /// The largest value the sum of the block's rows of C can take: each element is at
@@ -498,6 +499,14 @@ mod tests {
             }])
             .unwrap()
         };
+        // A hostile size is refused, and sizing it first does not overflow.
+        let huge = MatmulPart {
+            n: u64::MAX,
+            ..task
+        };
+        assert_eq!(Matmul::input_bytes(&huge), None);
+        assert!(Matmul::check_chunk(&huge, 40).is_err());
+        assert!(Matmul::validate(&huge).is_err());
         assert!(Matmul::check_inputs(&task, &b(200)).is_ok());
         let wrong = Matmul::check_inputs(&task, &b(199)).unwrap_err();
         assert!(wrong.contains("199 bytes"), "{wrong}");
