@@ -17,7 +17,7 @@ use pool_common::auth;
 use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask};
-use pool_common::protocol::{Hello, RemoteError, Reply, Request, ServerStatus, Welcome};
+use pool_common::protocol::{ErrorCode, Hello, RemoteError, Reply, Request, ServerStatus, Welcome};
 use pool_common::wire::{frames_len, part_frames, share_frames, IncomingResult};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -88,6 +88,14 @@ pub enum ServerError {
         /// Why, if known.
         reason: String,
     },
+}
+
+impl ServerError {
+    /// The server said it is shutting down (SIGTERM or Ctrl-C): it finishes what it
+    /// holds but takes nothing new, so it is no place for another part.
+    pub fn is_shutting_down(&self) -> bool {
+        matches!(self, ServerError::Remote { error, .. } if error.code == ErrorCode::ShuttingDown)
+    }
 }
 
 /// What a connection needs besides the address: how long to wait for each step, and

@@ -50,6 +50,7 @@ use rand::SeedableRng;
 use tokio::sync::oneshot;
 
 use crate::connection::{ConnectOptions, PartReply, ServerConnection, ServerError};
+use crate::membership::ServerUpdates;
 use crate::placement::{Choice, Placer};
 use crate::progress::{NoProgress, PoolObserver};
 
@@ -286,6 +287,11 @@ pub struct ServerRecord {
     pub status: Option<ServerStatus>,
     /// The job's shared inputs shipped to it, if the job has any and it was connected.
     pub shared: Option<ShareRecord>,
+    /// When it joined the server list, from the start of the run, if it joined during
+    /// the run.
+    pub joined: Option<Duration>,
+    /// When it left the server list, from the start of the run, if it did.
+    pub left: Option<Duration>,
 }
 
 /// The job's shared inputs shipped to one server: once per connection, before its
@@ -400,6 +406,7 @@ pub async fn run_pool(
     run_pool_observed(
         parts,
         servers,
+        None,
         scheduling,
         rng,
         options,
@@ -410,9 +417,14 @@ pub async fn run_pool(
 }
 
 /// [`run_pool`], telling `observer` where parts go and when each is sent and done.
+/// With `updates`, servers that join the list during the run get parts (under the
+/// dynamic schedule) and servers that leave it get no new ones; `servers` is then the
+/// list as it was when the run began.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_pool_observed(
     parts: &[Part],
     servers: &[ServerEntry],
+    updates: Option<ServerUpdates>,
     scheduling: &Scheduling,
     rng: &mut StdRng,
     options: &ConnectOptions,
@@ -422,7 +434,6 @@ pub async fn run_pool_observed(
     assert!(!servers.is_empty(), "no servers to run parts on");
     let started = Instant::now();
     let pool = Pool {
-        slots: servers.iter().map(Slot::new).collect(),
         options,
         started,
         observer,
@@ -440,6 +451,8 @@ pub async fn run_pool_observed(
         max_attempts: policy.max_attempts.max(1),
         rng,
         placer,
+        slots: servers.iter().map(|s| Arc::new(Slot::new(s))).collect(),
+        updates,
         servers: (0..servers.len()).map(|_| ServerState::default()).collect(),
         states: (0..parts.len()).map(|_| PartState::default()).collect(),
         pending: VecDeque::new(),
@@ -451,7 +464,10 @@ pub async fn run_pool_observed(
     };
     run.run().await;
     let Scheduler {
-        states, servers, ..
+        states,
+        servers,
+        slots,
+        ..
     } = run;
 
     let mut records = Vec::with_capacity(parts.len());
@@ -469,8 +485,7 @@ pub async fn run_pool_observed(
         if policy.fallback != Fallback::Local {
             return Err(PoolError {
                 failed_parts: failed.iter().map(|(part, _)| part.index).collect(),
-                servers: pool
-                    .slots
+                servers: slots
                     .iter()
                     .filter(|s| s.was_tried())
                     .map(|s| (s.address.clone(), s.failure()))
@@ -504,14 +519,24 @@ pub async fn run_pool_observed(
         elapsed,
         scheduling: *scheduling,
         parts: records,
-        servers: pool
-            .slots
+        servers: slots
             .iter()
             .zip(&servers)
             .filter(|(slot, _)| slot.was_tried())
             .map(|(slot, state)| slot.record(state))
             .collect(),
     })
+}
+
+/// The next list of servers from `updates`, if there are updates; pending for ever
+/// if there are none or their sender is gone.
+async fn next_list(updates: &mut Option<ServerUpdates>) -> Option<Vec<ServerEntry>> {
+    if let Some(receiver) = updates {
+        if receiver.changed().await.is_ok() {
+            return Some(receiver.borrow_and_update().clone());
+        }
+    }
+    std::future::pending().await
 }
 
 /// Computes parts on this machine, one thread each, timed like a server would.
@@ -596,6 +621,12 @@ impl Slot {
             .max(1)
     }
 
+    /// The server's connection if it is open and nobody is opening it right now.
+    fn open_connection(&self) -> Option<Arc<ServerConnection>> {
+        let connection = self.connection.try_lock().ok()?;
+        connection.as_ref().filter(|c| !c.is_broken()).cloned()
+    }
+
     fn record(&self, state: &ServerState) -> ServerRecord {
         ServerRecord {
             address: self.address.clone(),
@@ -606,13 +637,14 @@ impl Slot {
             failure: self.failure(),
             suspected: state.suspected,
             status: state.status.clone(),
+            joined: state.joined,
+            left: state.left,
         }
     }
 }
 
-/// What the attempts in flight share: the servers and how to reach them.
+/// What the attempts in flight share: how to reach the servers.
 struct Pool<'a> {
-    slots: Vec<Slot>,
     options: &'a ConnectOptions,
     /// When the pool run started, for each attempt's start and end.
     started: Instant,
@@ -622,8 +654,8 @@ struct Pool<'a> {
 }
 
 impl Pool<'_> {
-    async fn attempt(&self, part: &Part, server: usize) -> Result<PartReply, ServerError> {
-        let connection = self.connection(server).await?;
+    async fn attempt(&self, part: &Part, slot: &Slot) -> Result<PartReply, ServerError> {
+        let connection = self.connection(slot).await?;
         let bytes = part.task.input_bytes().unwrap_or(0);
         connection
             .run_part_with(part, || {
@@ -632,16 +664,9 @@ impl Pool<'_> {
             .await
     }
 
-    /// The server's connection if it is open and nobody is opening it right now.
-    fn open_connection(&self, server: usize) -> Option<Arc<ServerConnection>> {
-        let connection = self.slots[server].connection.try_lock().ok()?;
-        connection.as_ref().filter(|c| !c.is_broken()).cloned()
-    }
-
     /// The server's connection, opened (or reopened, if it broke) on demand. Parts
     /// asking at the same time share one connection attempt.
-    async fn connection(&self, server: usize) -> Result<Arc<ServerConnection>, ServerError> {
-        let slot = &self.slots[server];
+    async fn connection(&self, slot: &Slot) -> Result<Arc<ServerConnection>, ServerError> {
         slot.tried.store(true, Ordering::Relaxed);
         let mut connection = slot.connection.lock().await;
         if let Some(open) = connection.as_ref().filter(|c| !c.is_broken()) {
@@ -722,6 +747,13 @@ struct ServerState {
     suspected: bool,
     /// When it last ended an attempt (answered or failed).
     last_answer: Option<Instant>,
+    /// When it joined the list, from the start of the run, if it was not there then.
+    joined: Option<Duration>,
+    /// When it left the list, from the start of the run, if it has (it then gets no
+    /// new parts; those it holds may finish), or said it was shutting down.
+    left: Option<Duration>,
+    /// It said it was shutting down: it stays gone, whatever the list says.
+    shutting_down: bool,
 }
 
 impl ServerState {
@@ -798,6 +830,10 @@ struct Scheduler<'a> {
     max_attempts: u32,
     rng: StdRng,
     placer: Placer,
+    /// The servers, in the order they were listed or joined.
+    slots: Vec<Arc<Slot>>,
+    /// Servers joining and leaving during the run, if the list can change.
+    updates: Option<ServerUpdates>,
     servers: Vec<ServerState>,
     states: Vec<PartState>,
     /// Parts waiting for their first attempt or a retry, in order.
@@ -819,18 +855,13 @@ impl<'a> Scheduler<'a> {
                     .extend((0..self.parts.len()).map(|p| (p, AttemptKind::First)));
                 self.pool.observer.placed(
                     &self
-                        .pool
                         .slots
                         .iter()
                         .map(|s| (s.address.clone(), None))
                         .collect::<Vec<_>>(),
                 );
-                for server in 0..self.pool.slots.len() {
-                    self.servers[server].connecting = true;
-                    let pool = self.pool;
-                    self.connects.push(
-                        async move { (server, pool.connection(server).await.map(|_| ())) }.boxed(),
-                    );
+                for server in 0..self.slots.len() {
+                    self.connect(server);
                 }
             }
         }
@@ -850,11 +881,14 @@ impl<'a> Scheduler<'a> {
                     state.connecting = false;
                     match result {
                         Ok(()) => state.connected = true,
-                        Err(error) => self.pool.slots[server].set_failure(Some(error.to_string())),
+                        Err(error) => self.slots[server].set_failure(Some(error.to_string())),
                     }
                 }
                 Some((server, answer)) = self.probes.next(), if !self.probes.is_empty() => {
                     self.probed(server, answer);
+                }
+                Some(servers) = next_list(&mut self.updates) => {
+                    self.servers_changed(servers);
                 }
                 _ = tick.tick() => {
                     if self.scheduling.schedule == Schedule::Dynamic {
@@ -868,10 +902,55 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Opens the connection to `server`, which takes parts once it is open (the
+    /// dynamic schedule).
+    fn connect(&mut self, server: usize) {
+        self.servers[server].connecting = true;
+        let (pool, slot) = (self.pool, Arc::clone(&self.slots[server]));
+        self.connects
+            .push(async move { (server, pool.connection(&slot).await.map(|_| ())) }.boxed());
+    }
+
+    /// Takes in the servers' list as it now is: a server new to it joins (under the
+    /// dynamic schedule it is connected to and gets parts like the others; under the
+    /// static one, only retries), and one no longer in it leaves: it gets no new part,
+    /// and the parts it holds may finish there.
+    fn servers_changed(&mut self, listed: Vec<ServerEntry>) {
+        let now = self.pool.started.elapsed();
+        for (server, slot) in self.slots.iter().enumerate() {
+            let state = &mut self.servers[server];
+            let listed = listed.iter().any(|e| e.address == slot.address);
+            if !listed && state.left.is_none() {
+                tracing::info!(server = %slot.address, "left the server list: no new parts");
+                state.left = Some(now);
+            } else if listed && state.left.is_some() && !state.shutting_down {
+                tracing::info!(server = %slot.address, "back in the server list");
+                state.left = None;
+            }
+        }
+        for entry in listed {
+            if self.slots.iter().any(|s| s.address == entry.address) {
+                continue;
+            }
+            tracing::info!(server = %entry.address, "joined the server list");
+            let server = self.slots.len();
+            self.slots.push(Arc::new(Slot::new(&entry)));
+            self.servers.push(ServerState {
+                joined: Some(now),
+                ..ServerState::default()
+            });
+            self.placer.add_server(server);
+            if self.scheduling.schedule == Schedule::Dynamic {
+                self.pool.observer.placed(&[(entry.address, None)]);
+                self.connect(server);
+            }
+        }
+    }
+
     /// The static schedule: every part's first attempt goes out now, to the server the
     /// policy dealt it.
     fn deal(&mut self) {
-        let slots: Vec<u32> = self.pool.slots.iter().map(Slot::slots).collect();
+        let slots: Vec<u32> = self.slots.iter().map(|s| s.slots()).collect();
         let dealt = self.placer.deal(self.parts.len(), &slots, &mut self.rng);
         let mut counts = vec![0usize; slots.len()];
         for choice in &dealt {
@@ -879,7 +958,6 @@ impl<'a> Scheduler<'a> {
         }
         self.pool.observer.placed(
             &self
-                .pool
                 .slots
                 .iter()
                 .zip(counts)
@@ -938,7 +1016,7 @@ impl<'a> Scheduler<'a> {
                     !self.states[part]
                         .finished
                         .iter()
-                        .any(|a| a.server == self.pool.slots[s].address)
+                        .any(|a| a.server == self.slots[s].address)
                 })
                 .collect();
             if !fresh.is_empty() {
@@ -958,15 +1036,16 @@ impl<'a> Scheduler<'a> {
     /// When no healthy server is left, the failed ones are tried again (an attempt on
     /// a server that cannot be reached fails at once).
     fn candidates(&self) -> Vec<usize> {
-        let any_healthy = (0..self.servers.len()).any(|s| {
-            self.pool.slots[s].is_healthy()
-                && (self.servers[s].connected || self.servers[s].connecting)
+        let listed = |s: &usize| self.servers[*s].left.is_none();
+        let any_healthy = (0..self.servers.len()).filter(listed).any(|s| {
+            self.slots[s].is_healthy() && (self.servers[s].connected || self.servers[s].connecting)
         });
         let usable: Vec<usize> = (0..self.servers.len())
+            .filter(listed)
             .filter(|&s| !self.servers[s].suspect)
             .filter(|&s| {
                 if any_healthy {
-                    self.servers[s].connected && self.pool.slots[s].is_healthy()
+                    self.servers[s].connected && self.slots[s].is_healthy()
                 } else {
                     !self.servers[s].connecting
                 }
@@ -976,9 +1055,7 @@ impl<'a> Scheduler<'a> {
             usable
                 .iter()
                 .copied()
-                .filter(|&s| {
-                    self.servers[s].running() < self.pool.slots[s].slots() as usize + extra
-                })
+                .filter(|&s| self.servers[s].running() < self.slots[s].slots() as usize + extra)
                 .collect()
         };
         let workers_free = with_room(0);
@@ -1005,12 +1082,14 @@ impl<'a> Scheduler<'a> {
             .iter()
             .map(|a| a.server.as_str())
             .collect();
-        let untried = |s: &usize| !tried.contains(&self.pool.slots[*s].address.as_str());
-        let all: Vec<usize> = (0..self.pool.slots.len()).collect();
+        let untried = |s: &usize| {
+            !tried.contains(&self.slots[*s].address.as_str()) && self.servers[*s].left.is_none()
+        };
+        let all: Vec<usize> = (0..self.slots.len()).collect();
         let healthy: Vec<usize> = all
             .iter()
             .copied()
-            .filter(|s| untried(s) && self.pool.slots[*s].is_healthy())
+            .filter(|s| untried(s) && self.slots[*s].is_healthy())
             .collect();
         let others: Vec<usize> = all.iter().copied().filter(untried).collect();
         let server = healthy
@@ -1030,7 +1109,7 @@ impl<'a> Scheduler<'a> {
         let id = self.next_attempt;
         self.next_attempt += 1;
         let server = choice.server;
-        tracing::debug!(part, server = %self.pool.slots[server].address, kind = kind.name(), reason = %choice.reason, "part sent");
+        tracing::debug!(part, server = %self.slots[server].address, kind = kind.name(), reason = %choice.reason, "part sent");
         let items = self.parts[part].task.work_items();
         self.servers[server]
             .in_flight
@@ -1043,12 +1122,12 @@ impl<'a> Scheduler<'a> {
             start: self.pool.started.elapsed(),
             cancel,
         });
-        let pool = self.pool;
+        let (pool, slot) = (self.pool, Arc::clone(&self.slots[server]));
         let job_part = &self.parts[part];
         self.attempts.push(
             async move {
                 let outcome = tokio::select! {
-                    outcome = pool.attempt(job_part, server) => Some(outcome),
+                    outcome = pool.attempt(job_part, &slot) => Some(outcome),
                     _ = cancelled => None,
                 };
                 Ended { part, id, outcome }
@@ -1069,7 +1148,7 @@ impl<'a> Scheduler<'a> {
         let running = self.states[part].running.remove(index);
         self.servers[running.server].in_flight.remove(&id);
         self.servers[running.server].last_answer = Some(Instant::now());
-        let slot = &self.pool.slots[running.server];
+        let slot = &self.slots[running.server];
         let end = self.pool.started.elapsed();
         match outcome {
             Ok(reply) => {
@@ -1086,7 +1165,7 @@ impl<'a> Scheduler<'a> {
                 state.record = Some(record);
                 // The other copy is no longer wanted.
                 for other in std::mem::take(&mut state.running) {
-                    let address = &self.pool.slots[other.server].address;
+                    let address = &self.slots[other.server].address;
                     state.file(other.record(address, end, AttemptOutcome::Lost));
                     self.servers[other.server].in_flight.remove(&other.id);
                     let _ = other.cancel.send(());
@@ -1095,6 +1174,13 @@ impl<'a> Scheduler<'a> {
             Err(error) => {
                 tracing::info!(part, server = %slot.address, %error, "attempt failed");
                 slot.set_failure(Some(error.to_string()));
+                // A server that is shutting down is gone for this job, even if the
+                // parts it still holds answer and make it look healthy again.
+                if error.is_shutting_down() {
+                    let state = &mut self.servers[running.server];
+                    state.shutting_down = true;
+                    state.left.get_or_insert(end);
+                }
                 let state = &mut self.states[part];
                 let failed = AttemptOutcome::Failed(error.to_string());
                 state.file(running.record(&slot.address, end, failed));
@@ -1121,7 +1207,7 @@ impl<'a> Scheduler<'a> {
         let received = result_frames(id, reply.result.clone(), compute_nanos).unwrap_or_default();
         PartRecord {
             part: job_part.index,
-            computed_by: ComputedBy::Server(self.pool.slots[running.server].address.clone()),
+            computed_by: ComputedBy::Server(self.slots[running.server].address.clone()),
             // Filled in from the part's attempts when the run is over.
             attempts: Vec::new(),
             start: running.start,
@@ -1140,7 +1226,7 @@ impl<'a> Scheduler<'a> {
         let others = state.status.as_ref().map_or(0.0, |s| {
             (s.parts_in_flight as usize).saturating_sub(state.running()) as f64 * items
         });
-        let slots = f64::from(self.pool.slots[server].slots());
+        let slots = f64::from(self.slots[server].slots());
         (ours + others + items) * self.nanos_per_item(server) / slots / 1e9
     }
 
@@ -1186,7 +1272,7 @@ impl<'a> Scheduler<'a> {
             {
                 continue;
             }
-            let Some(connection) = self.pool.open_connection(server) else {
+            let Some(connection) = self.slots[server].open_connection() else {
                 continue;
             };
             state.probing = true;
@@ -1203,14 +1289,14 @@ impl<'a> Scheduler<'a> {
         match answer {
             Ok(Some(status)) => {
                 if state.suspect {
-                    tracing::info!(server = %self.pool.slots[server].address, "answering again");
+                    tracing::info!(server = %self.slots[server].address, "answering again");
                 }
                 state.suspect = false;
                 state.status = Some(status);
             }
             Ok(None) if state.running() > 0 && !state.suspect => {
                 tracing::warn!(
-                    server = %self.pool.slots[server].address,
+                    server = %self.slots[server].address,
                     timeout = ?self.scheduling.liveness_timeout,
                     "no answer to a status request: its parts get copies elsewhere"
                 );
@@ -1258,7 +1344,8 @@ impl<'a> Scheduler<'a> {
                 state.connected
                     && state.running() == 0
                     && !state.suspect
-                    && self.pool.slots[s].is_healthy()
+                    && state.left.is_none()
+                    && self.slots[s].is_healthy()
             })
             .collect();
         if idle.is_empty() {

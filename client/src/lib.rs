@@ -18,6 +18,7 @@ pub mod connection;
 pub mod dispatch;
 pub mod environment;
 pub mod local;
+pub mod membership;
 pub mod netlab;
 pub mod placement;
 pub mod progress;
@@ -40,6 +41,7 @@ use rand::SeedableRng;
 use connection::ConnectOptions;
 use dispatch::{FaultPolicy, Scheduling};
 use environment::Environment;
+use membership::Membership;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
 use servers::LocalServers;
@@ -137,8 +139,14 @@ pub async fn run_with_progress(
         job_file.local_servers
     });
     let mut local_servers = None;
-    let servers: Vec<String> = if !modes.contains(&Mode::Pool) {
-        Vec::new()
+    let parse_all = |entries: &[String]| {
+        entries
+            .iter()
+            .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let membership = if !modes.contains(&Mode::Pool) {
+        Membership::new(Vec::new(), None)
     } else if let Some(count) = local_count {
         let exe = options.exe.clone();
         let started =
@@ -146,11 +154,13 @@ pub async fn run_with_progress(
                 .await??;
         let addresses = started.addresses().to_vec();
         local_servers = Some(started);
-        addresses
+        Membership::new(parse_all(&addresses)?, None)
     } else if let Some(servers) = &options.servers {
-        servers.clone()
+        Membership::new(parse_all(servers)?, None)
+    } else if let Some(file) = &job_file.servers_file {
+        Membership::new(Vec::new(), Some(file.clone()))
     } else if !job_file.servers.is_empty() {
-        job_file.servers.clone()
+        Membership::new(parse_all(&job_file.servers)?, None)
     } else {
         return Err(pool_common::jobfile::JobFileError {
             path: job_file.path.display().to_string(),
@@ -161,6 +171,9 @@ pub async fn run_with_progress(
         }
         .into());
     };
+    let changing = membership.can_change();
+    let updates = membership.watch().await?;
+    let servers: Vec<String> = updates.borrow().iter().map(|s| s.address.clone()).collect();
 
     // Without a seed, draw one and record it: the JSON then says how to replay the
     // same placement.
@@ -175,10 +188,6 @@ pub async fn run_with_progress(
         connect.token = Some(token.to_string());
     }
     let scheduling = Scheduling::from_job_file(job_file);
-    let server_entries = servers
-        .iter()
-        .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let input_bytes: u64 = parts
         .iter()
@@ -205,9 +214,12 @@ pub async fn run_with_progress(
             let bars = progress.mode(&label, parts.len() as u64, shipped);
             let (elapsed, result) = match mode {
                 Mode::Pool => {
+                    let mut run_updates = updates.clone();
+                    let servers_now = run_updates.borrow_and_update().clone();
                     let pool_run = dispatch::run_pool_observed(
                         &parts,
-                        &server_entries,
+                        &servers_now,
+                        changing.then_some(run_updates),
                         &scheduling,
                         &mut rng,
                         &connect,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pool_client::connection::ConnectOptions;
+use pool_client::membership::Membership;
 use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
 use pool_client::{chart, environment, local, run_with_progress, status, timeline, RunOptions};
@@ -172,12 +173,18 @@ fn run_job(args: RunArgs) -> ExitCode {
     if job_file.client.token.is_none() {
         job_file.client.token = std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty());
     }
-    for server in args.servers.iter().flatten() {
-        if let Err(message) = jobfile::ServerEntry::parse(server) {
+    let servers = match args
+        .servers
+        .as_deref()
+        .map(jobfile::command_line_servers)
+        .transpose()
+    {
+        Ok(servers) => servers,
+        Err(message) => {
             eprintln!("error: --servers: {message}");
             return ExitCode::from(EXIT_USAGE);
         }
-    }
+    };
     for (flag, path) in [("--chart", &args.chart), ("--timeline", &args.timeline)] {
         if let Some(path) = path {
             if path.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -219,7 +226,7 @@ fn run_job(args: RunArgs) -> ExitCode {
     }
     let options = RunOptions {
         modes: args.modes,
-        servers: args.servers,
+        servers,
         local_servers: args.local.map(usize::from),
         seed: args.seed,
         repeat: args.repeat as usize,
@@ -295,7 +302,13 @@ fn run_job(args: RunArgs) -> ExitCode {
 
 fn run_status(args: StatusArgs) -> ExitCode {
     let servers = match (&args.servers, &args.job) {
-        (Some(servers), _) => servers.clone(),
+        (Some(servers), _) => match jobfile::command_line_servers(servers) {
+            Ok(servers) => servers,
+            Err(message) => {
+                eprintln!("error: --servers: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
         (None, Some(path)) => match jobfile::read(path) {
             Ok(job_file) if !job_file.servers.is_empty() => job_file.servers,
             Ok(_) => {
@@ -315,17 +328,10 @@ fn run_status(args: StatusArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let mut addresses = Vec::with_capacity(servers.len());
-    for server in &servers {
-        match jobfile::ServerEntry::parse(server) {
-            Ok(entry) => addresses.push(entry.address),
-            Err(message) => {
-                eprintln!("error: --servers: {message}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        }
-    }
-    let servers = addresses;
+    let entries = servers
+        .iter()
+        .map(|s| jobfile::ServerEntry::parse(s).expect("checked when read"))
+        .collect();
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_USAGE);
@@ -339,6 +345,10 @@ fn run_status(args: StatusArgs) -> ExitCode {
     };
     let runtime = match tokio_runtime() {
         Ok(runtime) => runtime,
+        Err(e) => return exit_on_error(Err(e)),
+    };
+    let servers = match runtime.block_on(Membership::new(entries, None).resolve()) {
+        Ok(servers) => servers.into_iter().map(|s| s.address).collect::<Vec<_>>(),
         Err(e) => return exit_on_error(Err(e)),
     };
     let states = runtime.block_on(status::query_all(&servers, &options));

@@ -38,7 +38,7 @@ use std::ffi::OsStr;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -262,17 +262,39 @@ impl NetLab {
         exe: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<(Child, String)> {
+        self.spawn_server_at(index, 0, exe, extra_args)
+    }
+
+    /// [`NetLab::spawn_server`] on port `port` (0: an OS-chosen one): each host has
+    /// ports of its own, so servers on several hosts can share one, as a cluster's do.
+    pub fn spawn_server_at(
+        &self,
+        index: usize,
+        port: u16,
+        exe: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Child, String)> {
         let host = self
             .servers
             .get(index)
             .with_context(|| format!("the lab has no server {index}"))?;
         crate::servers::spawn_server_in(
             Some(&host.namespace),
-            host.address.into(),
+            (host.address, port).into(),
             exe,
             extra_args,
             &[("POOL_TOKEN", &self.token)],
         )
+    }
+
+    /// Gives the client host its own `/etc/hosts` (one `address name...` per line):
+    /// `ip netns exec` puts `/etc/netns/NAMESPACE/hosts` over `/etc/hosts` for what
+    /// runs there, so names resolve in the lab and nowhere else. Removed with the lab.
+    pub fn set_client_hosts(&self, hosts: &str) -> anyhow::Result<()> {
+        let dir = netns_etc(&self.client.namespace);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("hosts"), hosts))
+            .with_context(|| format!("cannot write {}/hosts", dir.display()))
     }
 
     /// Every namespace of the lab: the switch, the servers, the client.
@@ -431,7 +453,13 @@ fn remove_abandoned_labs() {
 /// Kills what runs in `namespace` (the lab's own servers and clients, started by the
 /// process that made it; never this process) and deletes it. The kernel frees the
 /// namespace, with its interfaces and qdiscs, once its last process is gone.
+/// Where `ip netns exec` finds the files it puts over `/etc` in `namespace`.
+fn netns_etc(namespace: &str) -> PathBuf {
+    Path::new("/etc/netns").join(namespace)
+}
+
 fn remove_namespace(namespace: &str) {
+    let _ = std::fs::remove_dir_all(netns_etc(namespace));
     if let Ok(pids) = run(&["ip", "netns", "pids", namespace]) {
         let me = std::process::id().to_string();
         for pid in pids.split_whitespace().filter(|pid| *pid != me) {

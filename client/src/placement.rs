@@ -41,6 +41,12 @@ impl Placer {
         }
     }
 
+    /// Takes in a server that joined the list during the run, index `server`: its
+    /// turn comes at the end of the current order.
+    pub fn add_server(&mut self, server: usize) {
+        self.order.push(server);
+    }
+
     /// Chooses among `candidates` (server indices, each with a free slot). `finish`
     /// estimates when a part sent to a server now would be done there (in seconds from
     /// now, any consistent unit), for `least-loaded` and `two-choices`.

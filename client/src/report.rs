@@ -140,6 +140,10 @@ pub struct ServerBreakdown {
     pub failure: Option<String>,
     /// The job's shared inputs shipped to it, if any.
     pub shared: Option<ShareRecord>,
+    /// When it joined the server list during the run, if it did.
+    pub joined: Option<Duration>,
+    /// When it left the server list during the run, if it did.
+    pub left: Option<Duration>,
 }
 
 /// Per-server breakdown of one pool run, in the order of its server list.
@@ -183,6 +187,8 @@ pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
                     .count(),
                 failure: server.failure.clone(),
                 shared: server.shared,
+                joined: server.joined,
+                left: server.left,
             }
         })
         .collect()
@@ -433,6 +439,18 @@ impl Report {
                     server.lost_attempts
                 );
             }
+            for server in breakdown(pool) {
+                for (what, at) in [("joined", server.joined), ("left", server.left)] {
+                    if let Some(at) = at {
+                        let _ = writeln!(
+                            out,
+                            "{} {what} the server list at {}",
+                            server.address,
+                            seconds(at)
+                        );
+                    }
+                }
+            }
         }
         let _ = writeln!(out, "\nresult: {}", self.reference());
         for path in &self.saved {
@@ -483,6 +501,8 @@ impl Report {
                     "failed_attempts": s.failed_attempts,
                     "lost_attempts": s.lost_attempts,
                     "failure": s.failure,
+                    "joined_at_s": s.joined.map(|at| at.as_secs_f64()),
+                    "left_at_s": s.left.map(|at| at.as_secs_f64()),
                 })).collect::<Vec<_>>(),
                 "schedule": pool.scheduling.schedule.name(),
                 "placement": pool.scheduling.placement.name(),

@@ -3,7 +3,7 @@
 //! [`netlab`](crate::netlab)) and read the address it listens on.
 
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -48,7 +48,7 @@ impl LocalServers {
         }
         for _ in 0..count {
             let (child, address) =
-                spawn_server_in(None, Ipv4Addr::LOCALHOST.into(), exe, &args, &env)?;
+                spawn_server_in(None, (Ipv4Addr::LOCALHOST, 0).into(), exe, &args, &env)?;
             servers.children.push(child);
             servers.addresses.push(address);
         }
@@ -93,23 +93,30 @@ impl Drop for LocalServers {
 /// The server exits when its standard input closes, that is when the returned `Child`
 /// is dropped or this process dies, so it cannot outlive its parent.
 pub fn spawn_server(exe: &Path, extra_args: &[&str]) -> anyhow::Result<(Child, String)> {
-    spawn_server_in(None, Ipv4Addr::LOCALHOST.into(), exe, extra_args, &[])
+    spawn_server_in(None, (Ipv4Addr::LOCALHOST, 0).into(), exe, extra_args, &[])
 }
 
 /// [`spawn_server`], said in full: the server runs in the network namespace
 /// `namespace` if one is given (through `ip netns exec`, as
-/// [`netlab`](crate::netlab)'s hosts do), listens on `bind` with an OS-chosen port,
-/// and gets `env` added to its environment (a token, say, which a command line would
+/// [`netlab`](crate::netlab)'s hosts do), listens on `listen` (port 0: an OS-chosen
+/// port), and gets `env` added to its environment (a token, say, which a command line would
 /// show to every user of the machine).
 pub fn spawn_server_in(
     namespace: Option<&str>,
-    bind: IpAddr,
+    listen: SocketAddr,
     exe: &Path,
     extra_args: &[&str],
     env: &[(&str, &str)],
 ) -> anyhow::Result<(Child, String)> {
-    let bind = bind.to_string();
-    let mut args = vec!["serve", "--bind", &bind, "--port", "0", "--exit-with-stdin"];
+    let (bind, port) = (listen.ip().to_string(), listen.port().to_string());
+    let mut args = vec![
+        "serve",
+        "--bind",
+        &bind,
+        "--port",
+        &port,
+        "--exit-with-stdin",
+    ];
     args.extend_from_slice(extra_args);
     spawn_listening_in(namespace, exe, &args, env).with_context(|| match namespace {
         Some(namespace) => format!("starting a server in the network namespace {namespace}"),

@@ -18,6 +18,7 @@ use std::process::{Child, Output};
 
 use pool_client::netlab::{LabConfig, NetLab};
 use serde_json::Value;
+use support::netns::client_command;
 use support::netns::{
     lab_or_skip, one_worker_servers, run_client_in, spawn_client_in, status_in, wait_until_holding,
 };
@@ -257,4 +258,245 @@ fn a_link_cut_while_data_ships_is_survived() {
         "parts = 3\nseed = 4\npart_timeout = 60\nliveness_timeout = 0.5\n\
          [job]\nkind = \"matrix-sum\"\nrows = 6000\ncols = 2000\nseed = 9\n",
     );
+}
+
+/// A port every server of a lab listens on, as a cluster's servers share one: each
+/// host has ports of its own.
+const SHARED_PORT: u16 = 7000;
+
+/// One one-worker server on [`SHARED_PORT`] in each of the lab's server namespaces.
+fn servers_on_shared_port(lab: &NetLab) -> Vec<ServerProcess> {
+    (0..lab.servers().len())
+        .map(|i| ServerProcess::start_in_at(lab, i, SHARED_PORT, &["--workers", "1"]))
+        .collect()
+}
+
+/// The servers `report`'s pool computed parts on.
+fn servers_used(report: &Value) -> BTreeSet<String> {
+    pool_parts(report)
+        .iter()
+        .map(|p| p["server"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The per-server object of `server` in `report`'s pool.
+fn server_row<'a>(report: &'a Value, server: &str) -> &'a Value {
+    report["pool"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == server)
+        .unwrap_or_else(|| panic!("no row for {server}: {report:#}"))
+}
+
+#[test]
+fn a_dns_name_stands_for_every_server_behind_it_and_is_looked_up_again() {
+    let test = "a_dns_name_stands_for_every_server_behind_it_and_is_looked_up_again";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let servers = servers_on_shared_port(&lab);
+    let list = addresses(&servers);
+    let hosts = |count: usize| -> String {
+        lab.servers()[..count]
+            .iter()
+            .map(|h| format!("{} pool.lab\n", h.address))
+            .collect()
+    };
+    // The name first stands for two servers, as a headless Service with two pods.
+    lab.set_client_hosts(&hosts(2)).unwrap();
+    let name = format!("dns:pool.lab:{SHARED_PORT}");
+    let status = run_client_in(&lab, &["status", "--servers", &name, "--format", "json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let asked: BTreeSet<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        asked,
+        list[..2].iter().map(String::as_str).collect(),
+        "{status:#}"
+    );
+
+    let dir = temp_dir(test);
+    // Parts of about a tenth of a second each (4 s of one server's time): the job
+    // outlasts the name's next lookups.
+    let text = "parts = 32\nseed = 6\n[job]\nkind = \"loop\"\niterations = 8_000_000_000\n";
+    let job = write_job(&dir, "job.toml", text);
+    let mut client = spawn_client_in(
+        &lab,
+        &[
+            &job,
+            "--servers",
+            &name,
+            "--modes",
+            "pool",
+            "--format",
+            "json",
+            "-q",
+        ],
+    );
+    wait_until_holding(&lab, &list[0], &mut client);
+    // A third pod appears behind the name: it joins the job.
+    lab.set_client_hosts(&hosts(3)).unwrap();
+    wait_until_holding(&lab, &list[2], &mut client);
+    let report = report(&client.wait_with_output().unwrap());
+    assert_exact(&report, text);
+    assert_eq!(
+        servers_used(&report),
+        list.iter().cloned().collect(),
+        "{report:#}"
+    );
+    assert!(
+        server_row(&report, &list[2])["joined_at_s"].is_f64(),
+        "{report:#}"
+    );
+    assert!(server_row(&report, &list[0])["joined_at_s"].is_null());
+}
+
+#[test]
+fn slurm_s_node_list_names_the_servers() {
+    let test = "slurm_s_node_list_names_the_servers";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let _servers = servers_on_shared_port(&lab);
+    let names = ["node01", "node02", "gpu3"];
+    let hosts: String = lab
+        .servers()
+        .iter()
+        .zip(names)
+        .map(|(h, name)| format!("{} {name}\n", h.address))
+        .collect();
+    lab.set_client_hosts(&hosts).unwrap();
+    let dir = temp_dir(test);
+    let text = format!(
+        "parts = 6\nseed = 7\nservers = \"slurm\"\nport = {SHARED_PORT}\n\
+         [job]\nkind = \"loop\"\niterations = 60_000_000\n"
+    );
+    let job = write_job(&dir, "job.toml", &text);
+    // The same job without its servers, for the reference result.
+    let reference = text.replace("servers = \"slurm\"\nport = 7000\n", "");
+    let with_nodelist = |args: &[&str]| {
+        client_command(&lab, args)
+            .env("SLURM_JOB_NODELIST", "node[01-02],gpu3")
+            .output()
+            .unwrap()
+    };
+    let from_file = report(&with_nodelist(&[
+        &job, "--modes", "pool", "--format", "json", "-q",
+    ]));
+    assert_exact(&from_file, &reference);
+    let expected: Vec<String> = names.iter().map(|n| format!("{n}:{SHARED_PORT}")).collect();
+    assert_eq!(
+        from_file["settings"]["servers"],
+        serde_json::json!(expected)
+    );
+    assert_eq!(servers_used(&from_file).len(), 3, "{from_file:#}");
+    // The same from the command line, with the port written there.
+    let flag = format!("slurm:{SHARED_PORT}");
+    let from_flag = report(&with_nodelist(&[
+        &job,
+        "--servers",
+        &flag,
+        "--modes",
+        "pool",
+        "--format",
+        "json",
+        "-q",
+    ]));
+    assert_exact(&from_flag, &reference);
+    // Outside an allocation the job file says what it needs.
+    let output = run_client_in(&lab, &[&job, "--modes", "pool"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("job.toml:3:11: servers = \"slurm\" needs SLURM_JOB_NODELIST"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn servers_join_and_leave_through_the_servers_file_mid_job() {
+    let test = "servers_join_and_leave_through_the_servers_file_mid_job";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let servers = one_worker_servers(&lab);
+    let list = addresses(&servers);
+    let dir = temp_dir(test);
+    let servers_file = dir.join("servers.txt");
+    let write_servers = |which: &[usize]| {
+        let text: String = which.iter().map(|&i| format!("{}\n", list[i])).collect();
+        std::fs::write(&servers_file, text).unwrap();
+    };
+    write_servers(&[0]);
+    // Parts of about a tenth of a second each, 6 s of one server's time: the file is
+    // read again each second, and the job outlasts two changes.
+    let text = "parts = 48\nseed = 8\nservers_file = \"servers.txt\"\n\
+                [job]\nkind = \"loop\"\niterations = 12_000_000_000\n";
+    let job = write_job(&dir, "job.toml", text);
+    let mut client = spawn_client_in(&lab, &[&job, "--modes", "pool", "--format", "json", "-q"]);
+    wait_until_holding(&lab, &list[0], &mut client);
+    write_servers(&[0, 1]);
+    wait_until_holding(&lab, &list[1], &mut client);
+    // Server 0 leaves as server 2 joins.
+    write_servers(&[1, 2]);
+    wait_until_holding(&lab, &list[2], &mut client);
+    let report = report(&client.wait_with_output().unwrap());
+    assert_exact(&report, text);
+    assert_eq!(
+        servers_used(&report),
+        list.iter().cloned().collect(),
+        "{report:#}"
+    );
+    let left_at = server_row(&report, &list[0])["left_at_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("server 0 never left: {report:#}"));
+    for server in &list[1..] {
+        assert!(
+            server_row(&report, server)["joined_at_s"].is_f64(),
+            "{report:#}"
+        );
+    }
+    // Once it left the list, server 0 was sent nothing new.
+    for attempt in attempts_on(&report, &list[0]) {
+        assert!(attempt["start_s"].as_f64().unwrap() < left_at, "{report:#}");
+    }
+}
+
+#[test]
+fn a_draining_server_gets_no_new_parts() {
+    let test = "a_draining_server_gets_no_new_parts";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let mut servers = one_worker_servers(&lab);
+    let list = addresses(&servers);
+    let dir = temp_dir(test);
+    let text = "parts = 16\nseed = 9\n[job]\nkind = \"loop\"\niterations = 4_000_000_000\n";
+    let job = write_job(&dir, "job.toml", text);
+    let mut client = start_pool_job(&lab, &job, &list);
+    wait_until_holding(&lab, &list[0], &mut client);
+    // SIGTERM: the server finishes what it computes, refuses new parts and exits.
+    servers[0].signal("TERM");
+    let report = report(&client.wait_with_output().unwrap());
+    assert_exact(&report, text);
+    let exit = servers[0].wait_exit(std::time::Duration::from_secs(30));
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
+    // After its first refusal, nothing more was sent to it.
+    let on_drained: Vec<&Value> = attempts_on(&report, &list[0]).collect();
+    let first_refusal = on_drained
+        .iter()
+        .filter(|a| a["outcome"] != "won")
+        .map(|a| a["end_s"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    for attempt in &on_drained {
+        assert!(
+            attempt["start_s"].as_f64().unwrap() <= first_refusal,
+            "{report:#}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! parts = 6                        # how many parts to split the job into
-//! servers = ["10.0.0.5:7000"]      # or servers_file = "servers.txt", or local = 3
+//! servers = ["10.0.0.5:7000"]      # or servers_file = "servers.txt", "slurm", or local = 3
 //! seed = 42                        # optional: makes the choice of servers reproducible
 //! schedule = "dynamic"             # or "static": every part dealt up front
 //! placement = "least-loaded"       # or "random", "shuffle", "round-robin", "two-choices"
@@ -20,8 +20,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::IntoDeserializer;
-use serde::Deserialize;
+use serde::de::{IntoDeserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::jobs::{Job, JobSpec, KIND_NAMES};
@@ -34,8 +34,12 @@ pub const MAX_LOCAL_SERVERS: u64 = 64;
 pub struct JobFile {
     /// Where it was read from.
     pub path: PathBuf,
-    /// Server addresses (`host:port`) from `servers` or `servers_file`, in file order.
+    /// Server addresses (`host:port`, `N/host:port` or `dns:name:port`) from `servers`,
+    /// `servers_file` or Slurm's node list, in their order.
     pub servers: Vec<String>,
+    /// `servers_file`, resolved against the job file's folder: read again when it
+    /// changes during a job, so servers can join and leave.
+    pub servers_file: Option<PathBuf>,
     /// `local = N`: start N servers on this machine for the run.
     pub local_servers: Option<usize>,
     /// Number of parts.
@@ -117,17 +121,25 @@ impl Placement {
 }
 
 /// One entry of a server list: an address, and optionally how many parts it may hold
-/// at once, written GNU parallel's way (`4/host:port`).
+/// at once, written GNU parallel's way (`4/host:port`). `dns:name:port` stands for every
+/// address the name resolves to (as a Kubernetes headless Service's name does), looked
+/// up again during a job so that servers can join and leave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerEntry {
-    /// `host:port`.
+    /// `host:port` (`name:port` for a `dns:` entry).
     pub address: String,
     /// The slots given in the list, overriding the workers the server reports.
     pub slots: Option<u32>,
+    /// Written `dns:name:port`: the name stands for all of its addresses.
+    pub every_address: bool,
 }
 
+/// What marks an entry that stands for every address of a name.
+pub const DNS_PREFIX: &str = "dns:";
+
 impl ServerEntry {
-    /// Reads `host:port` or `N/host:port`, saying what to fix if it is neither.
+    /// Reads `host:port`, `N/host:port` or `[N/]dns:name:port`, saying what to fix if
+    /// it is none of them.
     pub fn parse(entry: &str) -> Result<ServerEntry, String> {
         let (slots, address) = match entry.split_once('/') {
             None => (None, entry),
@@ -140,11 +152,25 @@ impl ServerEntry {
                 }
             },
         };
+        let (every_address, address) = match address.strip_prefix(DNS_PREFIX) {
+            Some(name) => (true, name),
+            None => (false, address),
+        };
         check_address(address)?;
         Ok(ServerEntry {
             address: address.to_string(),
             slots,
+            every_address,
         })
+    }
+
+    /// The entry for one server at `address`, with this entry's slots.
+    pub fn at(&self, address: String) -> ServerEntry {
+        ServerEntry {
+            address,
+            slots: self.slots,
+            every_address: false,
+        }
     }
 }
 
@@ -231,8 +257,9 @@ impl fmt::Display for JobFileError {
 #[serde(deny_unknown_fields)]
 struct RawJobFile {
     parts: Spanned<u64>,
-    servers: Option<Vec<Spanned<String>>>,
+    servers: Option<Spanned<ServersKey>>,
     servers_file: Option<Spanned<String>>,
+    port: Option<Spanned<u16>>,
     local: Option<Spanned<u64>>,
     seed: Option<u64>,
     #[serde(default)]
@@ -251,6 +278,90 @@ struct RawJobFile {
     /// Only its `kind` and its place here; the kind reads its own keys (see
     /// [`parse_job`]).
     job: Spanned<RawJobKind>,
+}
+
+/// The `servers` key: a list of addresses, or a word saying where to find them.
+enum ServersKey {
+    List(Vec<Spanned<String>>),
+    Word(String),
+}
+
+impl<'de> Deserialize<'de> for ServersKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = ServersKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SERVERS_FORMS)
+            }
+            fn visit_str<E>(self, word: &str) -> Result<ServersKey, E> {
+                Ok(ServersKey::Word(word.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut list: A) -> Result<ServersKey, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = list.next_element()? {
+                    entries.push(entry);
+                }
+                Ok(ServersKey::List(entries))
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
+}
+
+/// What `servers` may be, for messages.
+const SERVERS_FORMS: &str =
+    "a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\"";
+
+/// The port servers listen on where the list gives none (Slurm's node names): the
+/// server's own default.
+pub const DEFAULT_PORT: u16 = 7000;
+
+/// The servers of the Slurm allocation this runs in: every node of
+/// `SLURM_JOB_NODELIST` (or the older `SLURM_NODELIST`), at `port`.
+pub fn slurm_servers(port: u16) -> Result<Vec<String>, String> {
+    let nodelist = std::env::var("SLURM_JOB_NODELIST")
+        .or_else(|_| std::env::var("SLURM_NODELIST"))
+        .map_err(|_| {
+            "servers = \"slurm\" needs SLURM_JOB_NODELIST, which Slurm sets inside an allocation: \
+             run under sbatch, salloc or srun"
+                .to_string()
+        })?;
+    nodes_at_port(&nodelist, port)
+}
+
+/// A list given on the command line (`--servers`): addresses (`[N/]host:port` or
+/// `[N/]dns:name:port`), each checked, or `slurm` (or `slurm:PORT`) alone for the
+/// nodes of the Slurm allocation this runs in.
+pub fn command_line_servers(list: &[String]) -> Result<Vec<String>, String> {
+    if let [word] = list {
+        if let Some(port) = word.strip_prefix("slurm") {
+            let port = match port.strip_prefix(':') {
+                None if port.is_empty() => DEFAULT_PORT,
+                Some(port) => port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("{word:?}: the port must be between 1 and 65535"))?,
+                None => return Err(format!("{word:?}: write slurm or slurm:PORT")),
+            };
+            return slurm_servers(port);
+        }
+    }
+    for entry in list {
+        ServerEntry::parse(entry)?;
+    }
+    Ok(list.to_vec())
+}
+
+/// Each host of a Slurm host-list expression, at `port`.
+fn nodes_at_port(nodelist: &str, port: u16) -> Result<Vec<String>, String> {
+    let hosts = crate::hostlist::expand(nodelist)
+        .map_err(|problem| format!("SLURM_JOB_NODELIST: {problem}"))?;
+    Ok(hosts
+        .into_iter()
+        .map(|host| format!("{host}:{port}"))
+        .collect())
 }
 
 /// The `[job]` table's `kind`, the other keys left to the kind.
@@ -305,13 +416,49 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
             "give either servers or servers_file, not both".into(),
         ));
     }
-    let mut servers = Vec::new();
-    for server in raw.servers.iter().flatten() {
-        ServerEntry::parse(server.get_ref()).map_err(|m| error_at(Some(server.span()), m))?;
-        servers.push(server.get_ref().clone());
+    let port = raw.port.as_ref().map(|p| (*p.get_ref(), p.span()));
+    if let Some((0, span)) = port {
+        return Err(error_at(
+            Some(span),
+            "port must be between 1 and 65535".into(),
+        ));
     }
-    if let Some(file) = &raw.servers_file {
-        servers = read_servers_file(&base.join(file.get_ref()))?;
+    let mut servers = Vec::new();
+    let mut takes_port = false;
+    match raw.servers.as_ref().map(|s| (s.get_ref(), s.span())) {
+        None => {}
+        Some((ServersKey::List(list), _)) => {
+            for server in list {
+                ServerEntry::parse(server.get_ref())
+                    .map_err(|m| error_at(Some(server.span()), m))?;
+                servers.push(server.get_ref().clone());
+            }
+        }
+        Some((ServersKey::Word(word), span)) if word == "slurm" => {
+            takes_port = true;
+            servers = slurm_servers(port.as_ref().map_or(DEFAULT_PORT, |(p, _)| *p))
+                .map_err(|m| error_at(Some(span), m))?;
+        }
+        Some((ServersKey::Word(word), span)) => {
+            return Err(error_at(
+                Some(span),
+                format!(
+                    "servers = {word:?} is not one of the forms servers takes: {SERVERS_FORMS}"
+                ),
+            ))
+        }
+    }
+    if let (Some((_, span)), false) = (&port, takes_port) {
+        return Err(error_at(
+            Some(span.clone()),
+            "port is for servers = \"slurm\" (the node names carry no port); \
+             give each address in servers as host:port"
+                .into(),
+        ));
+    }
+    let servers_file = raw.servers_file.as_ref().map(|f| base.join(f.get_ref()));
+    if let Some(file) = &servers_file {
+        servers = read_servers_file(file)?;
     }
     let local_servers = match &raw.local {
         None => None,
@@ -388,6 +535,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
     Ok(JobFile {
         path: path.to_path_buf(),
         servers,
+        servers_file,
         local_servers,
         parts: parts_usize,
         seed: raw.seed,
@@ -642,6 +790,41 @@ mod tests {
         assert_eq!(
             error("parts = 2\nservers = [\"nowhere\"]\n[job]\nkind = \"loop\"\niterations = 10\n"),
             "job.toml:2:12: \"nowhere\" is not a server address: write host:port, e.g. \"127.0.0.1:7000\""
+        );
+    }
+
+    #[test]
+    fn servers_take_a_list_or_slurm_and_port_goes_only_with_slurm() {
+        let loop_job = "[job]\nkind = \"loop\"\niterations = 10\n";
+        assert_eq!(
+            error(&format!("parts = 2\nservers = \"everywhere\"\n{loop_job}")),
+            "job.toml:2:11: servers = \"everywhere\" is not one of the forms servers takes: \
+             a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\""
+        );
+        assert_eq!(
+            error(&format!("parts = 2\nservers = 7000\n{loop_job}")),
+            "job.toml:2:11: invalid type: integer `7000`, expected a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\""
+        );
+        assert_eq!(
+            error(&format!(
+                "parts = 2\nservers = [\"a:1\"]\nport = 7001\n{loop_job}"
+            )),
+            "job.toml:3:8: port is for servers = \"slurm\" (the node names carry no port); \
+             give each address in servers as host:port"
+        );
+        assert_eq!(
+            error(&format!(
+                "parts = 2\nservers = \"slurm\"\nport = 0\n{loop_job}"
+            )),
+            "job.toml:3:8: port must be between 1 and 65535"
+        );
+        assert_eq!(
+            nodes_at_port("node[01-02],gpu3", 7001).unwrap(),
+            ["node01:7001", "node02:7001", "gpu3:7001"]
+        );
+        assert_eq!(
+            nodes_at_port("node[01-02", 7001).unwrap_err(),
+            "SLURM_JOB_NODELIST: \"node[01-02\": a `[` without its `]`"
         );
     }
 

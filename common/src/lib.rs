@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod codec;
 pub mod exact_sum;
+pub mod hostlist;
 pub mod jobfile;
 pub mod jobs;
 pub mod protocol;

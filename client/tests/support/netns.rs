@@ -21,8 +21,18 @@ impl ServerProcess {
     /// with these extra options. Killing it kills the server itself (`ip netns exec`
     /// replaces itself with the program).
     pub fn start_in(lab: &NetLab, index: usize, extra_args: &[&str]) -> ServerProcess {
+        Self::start_in_at(lab, index, 0, extra_args)
+    }
+
+    /// [`ServerProcess::start_in`], on port `port` (0: one the OS chooses).
+    pub fn start_in_at(
+        lab: &NetLab,
+        index: usize,
+        port: u16,
+        extra_args: &[&str],
+    ) -> ServerProcess {
         let (child, address) = lab
-            .spawn_server(index, &client_exe(), extra_args)
+            .spawn_server_at(index, port, &client_exe(), extra_args)
             .expect("start a server in its namespace");
         ServerProcess { child, address }
     }
@@ -41,7 +51,7 @@ pub fn one_worker_servers(lab: &NetLab) -> Vec<ServerProcess> {
 }
 
 /// The pool-client binary with `args`, in `lab`'s client namespace.
-fn client_command(lab: &NetLab, args: &[&str]) -> Command {
+pub fn client_command(lab: &NetLab, args: &[&str]) -> Command {
     let mut command = lab.command(lab.client(), client_exe());
     command.args(args).env("RUST_LOG", "warn");
     command
