@@ -15,6 +15,7 @@
 
 pub mod chart;
 pub mod connection;
+pub mod discovery;
 pub mod dispatch;
 pub mod environment;
 pub mod local;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pool_common::jobfile::{JobFile, ServerEntry};
+use pool_common::jobfile::{JobFile, ServerEntry, DEFAULT_DISCOVER_WINDOW, DISCOVER};
 use pool_common::jobs::{CancelFlag, Part, PartResult};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -155,8 +156,13 @@ pub async fn run_with_progress(
         let addresses = started.addresses().to_vec();
         local_servers = Some(started);
         Membership::new(parse_all(&addresses)?, None)
+    } else if options.servers.as_deref() == Some(&[DISCOVER.to_string()]) {
+        let window = job_file.discover.unwrap_or(DEFAULT_DISCOVER_WINDOW);
+        Membership::new(Vec::new(), None).with_discovery(window)?
     } else if let Some(servers) = &options.servers {
         Membership::new(parse_all(servers)?, None)
+    } else if let Some(window) = job_file.discover {
+        Membership::new(Vec::new(), None).with_discovery(window)?
     } else if let Some(file) = &job_file.servers_file {
         Membership::new(Vec::new(), Some(file.clone()))
     } else if !job_file.servers.is_empty() {
@@ -165,8 +171,8 @@ pub async fn run_with_progress(
         return Err(pool_common::jobfile::JobFileError {
             path: job_file.path.display().to_string(),
             location: None,
-            message: "no servers: add `servers = [\"host:port\", ...]`, `servers_file = \"servers.txt\"` or \
-                      `local = 3` to the job file, or pass --servers host:port,... or --local 3"
+            message: "no servers: add `servers = [\"host:port\", ...]`, `servers_file = \"servers.txt\"`, \
+                      `servers = \"discover\"` or `local = 3` to the job file, or pass --servers host:port,... or --local 3"
                 .into(),
         }
         .into());

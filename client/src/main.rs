@@ -120,6 +120,11 @@ struct StatusArgs {
     #[arg(long, value_delimiter = ',')]
     servers: Option<Vec<String>>,
 
+    /// Ask the servers announced on the local network (`pool-server --announce`) that
+    /// answer within SECONDS [default: 2].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "2", value_name = "SECONDS", conflicts_with_all = ["servers", "job"])]
+    discover: Option<f64>,
+
     /// Output: a table, or one JSON array with an object per server.
     #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
     format: StatusFormat,
@@ -301,16 +306,27 @@ fn run_job(args: RunArgs) -> ExitCode {
 }
 
 fn run_status(args: StatusArgs) -> ExitCode {
-    let servers = match (&args.servers, &args.job) {
-        (Some(servers), _) => match jobfile::command_line_servers(servers) {
-            Ok(servers) => servers,
+    let (servers, discover) = match (&args.servers, &args.job, args.discover) {
+        (_, _, Some(seconds)) => match Duration::try_from_secs_f64(seconds) {
+            Ok(window) if !window.is_zero() => (Vec::new(), Some(window)),
+            _ => {
+                eprintln!("error: --discover must be a positive number of seconds");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (Some(servers), _, _) => match jobfile::command_line_servers(servers) {
+            Ok(servers) if servers == [jobfile::DISCOVER] => {
+                (Vec::new(), Some(jobfile::DEFAULT_DISCOVER_WINDOW))
+            }
+            Ok(servers) => (servers, None),
             Err(message) => {
                 eprintln!("error: --servers: {message}");
                 return ExitCode::from(EXIT_USAGE);
             }
         },
-        (None, Some(path)) => match jobfile::read(path) {
-            Ok(job_file) if !job_file.servers.is_empty() => job_file.servers,
+        (None, Some(path), _) => match jobfile::read(path) {
+            Ok(job_file) if job_file.discover.is_some() => (Vec::new(), job_file.discover),
+            Ok(job_file) if !job_file.servers.is_empty() => (job_file.servers, None),
             Ok(_) => {
                 eprintln!(
                     "error: {} names no running servers (`local = N` servers live only during a run): \
@@ -321,9 +337,9 @@ fn run_status(args: StatusArgs) -> ExitCode {
             }
             Err(e) => return usage_error(&e),
         },
-        (None, None) => {
+        (None, None, None) => {
             eprintln!(
-                "error: give a job file or --servers host:port,... (see pool-client status --help)"
+                "error: give a job file, --servers host:port,... or --discover (see pool-client status --help)"
             );
             return ExitCode::from(EXIT_USAGE);
         }
@@ -347,7 +363,15 @@ fn run_status(args: StatusArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return exit_on_error(Err(e)),
     };
-    let servers = match runtime.block_on(Membership::new(entries, None).resolve()) {
+    let membership = async {
+        match discover {
+            Some(window) => Membership::new(entries, None).with_discovery(window),
+            None => Ok(Membership::new(entries, None)),
+        }?
+        .resolve()
+        .await
+    };
+    let servers = match runtime.block_on(membership) {
         Ok(servers) => servers.into_iter().map(|s| s.address).collect::<Vec<_>>(),
         Err(e) => return exit_on_error(Err(e)),
     };

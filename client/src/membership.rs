@@ -7,7 +7,9 @@
 //!   `--slf` file again, so a line added is a server that joins and a line removed
 //!   one that leaves;
 //! * a `dns:name:port` entry stands for every address the name resolves to, and is
-//!   looked up again, as a Kubernetes headless Service's name changes with its pods.
+//!   looked up again, as a Kubernetes headless Service's name changes with its pods;
+//! * `servers = "discover"` takes the servers announced on the local network
+//!   ([`Discovery`]), as they come and go.
 //!
 //! [`Membership::watch`] looks every [`MEMBERSHIP_CHECK`] and publishes the servers
 //! when they change; the scheduler gives parts to servers that join and no new part
@@ -20,16 +22,19 @@ use anyhow::Context;
 use pool_common::jobfile::{read_servers_file, ServerEntry};
 use tokio::sync::watch;
 
+use crate::discovery::Discovery;
+
 /// How often a servers file is read and `dns:` names looked up again during a job.
 pub const MEMBERSHIP_CHECK: Duration = Duration::from_secs(1);
 
 /// Where a job's servers come from.
-#[derive(Debug, Clone)]
 pub struct Membership {
     /// Entries given in a list (a servers file's are read on each look).
     listed: Vec<ServerEntry>,
     /// A servers file, read again on each look.
     file: Option<PathBuf>,
+    /// Servers announced on the local network.
+    discovery: Option<Discovery>,
 }
 
 /// The servers of a job as they change: the current list is
@@ -40,18 +45,37 @@ pub type ServerUpdates = watch::Receiver<Vec<ServerEntry>>;
 impl Membership {
     /// Servers from `listed` entries and, if given, a servers file.
     pub fn new(listed: Vec<ServerEntry>, file: Option<PathBuf>) -> Membership {
-        Membership { listed, file }
+        Membership {
+            listed,
+            file,
+            discovery: None,
+        }
     }
 
-    /// Whether the servers can change during a job: a servers file or a `dns:` name.
+    /// These servers and those announced on the local network: the ones that answer
+    /// within `window`, then any that come later. Needs a tokio runtime.
+    pub fn with_discovery(self, window: Duration) -> anyhow::Result<Membership> {
+        Ok(Membership {
+            discovery: Some(Discovery::start(window)?),
+            ..self
+        })
+    }
+
+    /// Whether the servers can change during a job: a servers file, a `dns:` name, or
+    /// discovery.
     pub fn can_change(&self) -> bool {
-        self.file.is_some() || self.listed.iter().any(|entry| entry.every_address)
+        self.file.is_some()
+            || self.discovery.is_some()
+            || self.listed.iter().any(|entry| entry.every_address)
     }
 
     /// The servers now: the file read, every `dns:` name resolved to its addresses, an
     /// address listed twice kept once (its first entry).
     pub async fn resolve(&self) -> anyhow::Result<Vec<ServerEntry>> {
         let mut entries = self.listed.clone();
+        if let Some(discovery) = &self.discovery {
+            entries.extend(discovery.servers().await?);
+        }
         if let Some(file) = &self.file {
             let lines = read_servers_file(file)?;
             for line in lines {

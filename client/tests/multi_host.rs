@@ -500,3 +500,60 @@ fn a_draining_server_gets_no_new_parts() {
         );
     }
 }
+
+#[test]
+fn servers_announced_on_the_lan_are_discovered_and_join_mid_job() {
+    let test = "servers_announced_on_the_lan_are_discovered_and_join_mid_job";
+    let Some(lab) = lab(test) else {
+        return;
+    };
+    let announced =
+        |index: usize| ServerProcess::start_in(&lab, index, &["--workers", "1", "--announce"]);
+    let mut servers = vec![announced(0), announced(1)];
+    let list = addresses(&servers);
+    // `status --discover` lists what answers on the lab's network, and nothing else.
+    let output = run_client_in(&lab, &["status", "--discover=2", "--format", "json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let found: BTreeSet<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        found,
+        list.iter().map(String::as_str).collect(),
+        "{status:#}"
+    );
+
+    let dir = temp_dir(test);
+    let text = "parts = 32\nseed = 10\nservers = \"discover\"\ndiscover_window = 2\n\
+                [job]\nkind = \"loop\"\niterations = 8_000_000_000\n";
+    let job = write_job(&dir, "job.toml", text);
+    let mut client = spawn_client_in(&lab, &[&job, "--modes", "pool", "--format", "json", "-q"]);
+    wait_until_holding(&lab, &list[0], &mut client);
+    // A third server is announced mid-job and joins; the first is stopped (SIGTERM),
+    // withdraws its announcement, and gets no new parts.
+    servers.push(announced(2));
+    let third = servers[2].address.clone();
+    wait_until_holding(&lab, &third, &mut client);
+    servers[0].signal("TERM");
+    let report = report(&client.wait_with_output().unwrap());
+    let reference = text.replace("servers = \"discover\"\ndiscover_window = 2\n", "");
+    assert_exact(&report, &reference);
+    assert!(
+        server_row(&report, &third)["joined_at_s"].is_f64(),
+        "{report:#}"
+    );
+    let left_at = server_row(&report, &list[0])["left_at_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the stopped server never left: {report:#}"));
+    for attempt in attempts_on(&report, &list[0]) {
+        assert!(attempt["start_s"].as_f64().unwrap() < left_at, "{report:#}");
+    }
+}

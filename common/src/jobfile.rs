@@ -40,6 +40,9 @@ pub struct JobFile {
     /// `servers_file`, resolved against the job file's folder: read again when it
     /// changes during a job, so servers can join and leave.
     pub servers_file: Option<PathBuf>,
+    /// `servers = "discover"`: the servers announced on the local network, the first
+    /// ones being those that answer within this window (`discover_window`).
+    pub discover: Option<Duration>,
     /// `local = N`: start N servers on this machine for the run.
     pub local_servers: Option<usize>,
     /// Number of parts.
@@ -260,6 +263,7 @@ struct RawJobFile {
     servers: Option<Spanned<ServersKey>>,
     servers_file: Option<Spanned<String>>,
     port: Option<Spanned<u16>>,
+    discover_window: Option<Spanned<f64>>,
     local: Option<Spanned<u64>>,
     seed: Option<u64>,
     #[serde(default)]
@@ -311,7 +315,15 @@ impl<'de> Deserialize<'de> for ServersKey {
 
 /// What `servers` may be, for messages.
 const SERVERS_FORMS: &str =
-    "a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\"";
+    "a list of \"host:port\" addresses (or \"dns:name:port\"), \"slurm\" or \"discover\"";
+
+/// `servers = "discover"`, or `--servers discover`: the servers announced on the local
+/// network.
+pub const DISCOVER: &str = "discover";
+
+/// How long, by default, a client looks for servers on the local network before the
+/// job starts (`discover_window`).
+pub const DEFAULT_DISCOVER_WINDOW: Duration = Duration::from_secs(2);
 
 /// The port servers listen on where the list gives none (Slurm's node names): the
 /// server's own default.
@@ -331,10 +343,13 @@ pub fn slurm_servers(port: u16) -> Result<Vec<String>, String> {
 }
 
 /// A list given on the command line (`--servers`): addresses (`[N/]host:port` or
-/// `[N/]dns:name:port`), each checked, or `slurm` (or `slurm:PORT`) alone for the
-/// nodes of the Slurm allocation this runs in.
+/// `[N/]dns:name:port`), each checked; `slurm` (or `slurm:PORT`) alone for the nodes
+/// of the Slurm allocation this runs in; or [`DISCOVER`] alone, kept as it is.
 pub fn command_line_servers(list: &[String]) -> Result<Vec<String>, String> {
     if let [word] = list {
+        if word == DISCOVER {
+            return Ok(list.to_vec());
+        }
         if let Some(port) = word.strip_prefix("slurm") {
             let port = match port.strip_prefix(':') {
                 None if port.is_empty() => DEFAULT_PORT,
@@ -425,6 +440,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
     }
     let mut servers = Vec::new();
     let mut takes_port = false;
+    let mut discover = None;
     match raw.servers.as_ref().map(|s| (s.get_ref(), s.span())) {
         None => {}
         Some((ServersKey::List(list), _)) => {
@@ -438,6 +454,9 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
             takes_port = true;
             servers = slurm_servers(port.as_ref().map_or(DEFAULT_PORT, |(p, _)| *p))
                 .map_err(|m| error_at(Some(span), m))?;
+        }
+        Some((ServersKey::Word(word), _)) if word == DISCOVER => {
+            discover = Some(DEFAULT_DISCOVER_WINDOW);
         }
         Some((ServersKey::Word(word), span)) => {
             return Err(error_at(
@@ -455,6 +474,27 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
              give each address in servers as host:port"
                 .into(),
         ));
+    }
+    if let Some(window) = &raw.discover_window {
+        let seconds = *window.get_ref();
+        let valid = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|w| !w.is_zero());
+        match (valid, discover) {
+            (Some(window), Some(_)) => discover = Some(window),
+            (None, _) => {
+                return Err(error_at(
+                    Some(window.span()),
+                    "discover_window must be a positive number of seconds".into(),
+                ))
+            }
+            (Some(_), None) => {
+                return Err(error_at(
+                    Some(window.span()),
+                    "discover_window is for servers = \"discover\"".into(),
+                ))
+            }
+        }
     }
     let servers_file = raw.servers_file.as_ref().map(|f| base.join(f.get_ref()));
     if let Some(file) = &servers_file {
@@ -536,6 +576,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         path: path.to_path_buf(),
         servers,
         servers_file,
+        discover,
         local_servers,
         parts: parts_usize,
         seed: raw.seed,
@@ -799,12 +840,31 @@ mod tests {
         assert_eq!(
             error(&format!("parts = 2\nservers = \"everywhere\"\n{loop_job}")),
             "job.toml:2:11: servers = \"everywhere\" is not one of the forms servers takes: \
-             a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\""
+             a list of \"host:port\" addresses (or \"dns:name:port\"), \"slurm\" or \"discover\""
         );
         assert_eq!(
             error(&format!("parts = 2\nservers = 7000\n{loop_job}")),
-            "job.toml:2:11: invalid type: integer `7000`, expected a list of \"host:port\" addresses (or \"dns:name:port\"), or \"slurm\""
+            "job.toml:2:11: invalid type: integer `7000`, expected a list of \"host:port\" addresses (or \"dns:name:port\"), \"slurm\" or \"discover\""
         );
+        assert_eq!(
+            error(&format!(
+                "parts = 2\nservers = [\"a:1\"]\ndiscover_window = 3\n{loop_job}"
+            )),
+            "job.toml:3:19: discover_window is for servers = \"discover\""
+        );
+        assert_eq!(
+            error(&format!(
+                "parts = 2\nservers = \"discover\"\ndiscover_window = 0\n{loop_job}"
+            )),
+            "job.toml:3:19: discover_window must be a positive number of seconds"
+        );
+        let found = parse(
+            &format!("parts = 2\nservers = \"discover\"\ndiscover_window = 0.5\n{loop_job}"),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(found.discover, Some(Duration::from_millis(500)));
+        assert!(found.servers.is_empty());
         assert_eq!(
             error(&format!(
                 "parts = 2\nservers = [\"a:1\"]\nport = 7001\n{loop_job}"

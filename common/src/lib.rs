@@ -3,6 +3,7 @@
 //! * [`protocol`]: the messages exchanged over a connection and the protocol version.
 //! * [`auth`]: the challenge and answer that prove a client knows the server's token.
 //! * [`codec`]: how those messages are framed on a byte stream (TCP or a pipe).
+//! * [`discovery`]: what servers announce on the local network, for clients to find them.
 //! * [`wire`]: which frames carry a part out and its result back, and the checks on
 //!   what arrives.
 //! * [`jobs`]: the job kinds: how a job splits into parts, the kernel that computes one
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod codec;
+pub mod discovery;
 pub mod exact_sum;
 pub mod hostlist;
 pub mod jobfile;

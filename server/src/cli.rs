@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::announce::Announcement;
 use crate::commands::{AllowedPrograms, CommandPolicy, DEFAULT_MAX_OUTPUT_BYTES};
 use crate::{start, ServerConfig};
 
@@ -72,6 +73,12 @@ pub struct ServerArgs {
     /// Seconds that parts in flight get to finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+
+    /// Announce the server on the local network (DNS-SD over multicast DNS, service
+    /// `_pool._tcp`), with its release, workers and whether it needs a token, so that
+    /// clients with `servers = "discover"` find it.
+    #[arg(long)]
+    pub announce: bool,
 
     /// Shut down when standard input closes: lets a parent process (pool-client's
     /// `local = N`) be sure its servers never outlive it.
@@ -146,6 +153,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
 
+    let announcement = if args.announce {
+        let announcement = Announcement::start(server.local_addr(), workers, !open_to_all)?;
+        info!(
+            service = announcement.fullname(),
+            "announced on the local network"
+        );
+        Some(announcement)
+    } else {
+        None
+    };
+
     let stop = server.shutdown_token();
     if args.exit_with_stdin {
         watch_stdin(stop.clone());
@@ -153,6 +171,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     tokio::select! {
         () = stop.cancelled() => info!("standard input closed; shutting down"),
         signal = shutdown_signal() => info!(signal, "shutting down; parts in flight may finish"),
+    }
+    if let Some(announcement) = announcement {
+        announcement.withdraw().await;
     }
     server.shutdown().await;
     Ok(())

@@ -9,9 +9,11 @@
 //! * [`load`]: the machine's load and the server's speed, for status replies.
 //! * [`commands`]: whether, and which, user programs the server runs.
 //! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
+//! * [`announce`]: `--announce`, the server advertised on the local network.
 //!
 //! To embed a server (tests do), call [`start`] inside a tokio runtime.
 
+pub mod announce;
 pub mod budget;
 pub mod cli;
 pub mod commands;
