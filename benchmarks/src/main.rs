@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             pool_server::cli::init_logging("warn");
             runtime().and_then(|rt| rt.block_on(pool_server::cli::run(args)))
         }
-        Some(HelperCommand::Part) => pool_client::local::worker_process_main(),
+        Some(HelperCommand::Part) => pool_client::local::worker_process_main(None),
         Some(HelperCommand::Echo) => runtime().and_then(|rt| rt.block_on(procs::echo_main())),
         Some(HelperCommand::Sink { bind }) => {
             runtime().and_then(|rt| rt.block_on(procs::sink_main(bind)))

@@ -906,6 +906,9 @@ impl<'a> Scheduler<'a> {
     /// dynamic schedule).
     fn connect(&mut self, server: usize) {
         self.servers[server].connecting = true;
+        // Tried from now on, whether or not its connection is polled before the last
+        // part is done (a busy run's first servers can finish everything first).
+        self.slots[server].tried.store(true, Ordering::Relaxed);
         let (pool, slot) = (self.pool, Arc::clone(&self.slots[server]));
         self.connects
             .push(async move { (server, pool.connection(&slot).await.map(|_| ())) }.boxed());

@@ -42,6 +42,7 @@ use rand::SeedableRng;
 use connection::ConnectOptions;
 use dispatch::{FaultPolicy, Scheduling};
 use environment::Environment;
+use local::{DataPath, SharedData};
 use membership::Membership;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
@@ -118,6 +119,21 @@ pub async fn run_with_progress(
     // A part that runs a program is a process of its own in every mode, so the
     // threaded mode would only be the multi-process mode again.
     let runs_programs = parts.iter().any(|part| part.task.program().is_some());
+    // Without data, sharing it is the multi-process mode again; asked for alone, it
+    // still runs.
+    let carries_data = parts.iter().any(|part| !part.input.is_empty());
+    if !carries_data && modes.len() > 1 {
+        modes.retain(|&mode| mode != Mode::SharedMemory);
+    }
+    // The shared-memory mode's data is placed once, before any run, as the data of
+    // every mode was loaded before it; every mode then reads the parts from there.
+    let (shared_data, parts) = if modes.contains(&Mode::SharedMemory) {
+        let (placed, parts) =
+            tokio::task::spawn_blocking(move || SharedData::place(&parts)).await??;
+        (Some(Arc::new(placed)), parts)
+    } else {
+        (None, parts)
+    };
     let mut not_run = Vec::new();
     if runs_programs && modes.contains(&Mode::Threaded) {
         modes.retain(|&mode| mode != Mode::Threaded);
@@ -252,8 +268,14 @@ pub async fn run_with_progress(
                     if local_mode == Mode::Sequential {
                         workers = 1;
                     }
-                    let (elapsed, result) =
-                        run_local(local_mode, &parts, options, bars.parts_bar()).await?;
+                    let (elapsed, result) = run_local(
+                        local_mode,
+                        &parts,
+                        shared_data.clone(),
+                        options,
+                        bars.parts_bar(),
+                    )
+                    .await?;
                     if let Some(error) = result.user_error() {
                         bail!(
                             "the job's program failed in the {} mode: {error}",
@@ -308,6 +330,7 @@ pub async fn run_with_progress(
 async fn run_local(
     mode: Mode,
     parts: &[Part],
+    shared_data: Option<Arc<SharedData>>,
     options: &RunOptions,
     bar: indicatif::ProgressBar,
 ) -> anyhow::Result<(Duration, PartResult)> {
@@ -324,7 +347,19 @@ async fn run_local(
                 local::sequential(&parts, &cancel, &on_part_done).map_err(interrupted)
             }
             Mode::Threaded => local::threaded(&parts, &cancel, &on_part_done).map_err(interrupted),
-            Mode::MultiProcess => local::multi_process(&parts, &exe, &cancel, &on_part_done),
+            Mode::MultiProcess => {
+                local::multi_process(&parts, &exe, DataPath::Pipe, &cancel, &on_part_done)
+            }
+            Mode::SharedMemory => {
+                let shared = shared_data.as_deref().expect("placed before the runs");
+                local::multi_process(
+                    &parts,
+                    &exe,
+                    DataPath::SharedMemory(shared),
+                    &cancel,
+                    &on_part_done,
+                )
+            }
             Mode::Pool => unreachable!("the pool is not a local mode"),
         }
     })

@@ -44,9 +44,20 @@ enum Command {
     Status(StatusArgs),
     /// Run a pool server: the same server as the pool-server program.
     Serve(ServerArgs),
-    /// Compute one part read from standard input (the multi-process mode's worker).
+    /// Compute one part read from standard input (the multi-process modes' worker).
     #[command(hide = true)]
-    Part,
+    Part(PartArgs),
+}
+
+/// Where a worker process finds its part's data, if not on standard input.
+#[derive(Args, Debug)]
+struct PartArgs {
+    /// An inherited memfd holding the part's data (the shared-memory mode).
+    #[arg(long, requires = "shared_at")]
+    shared_fd: Option<i32>,
+    /// Where the part's data starts in it.
+    #[arg(long, requires = "shared_fd")]
+    shared_at: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -154,7 +165,13 @@ fn main() -> ExitCode {
             pool_server::cli::init_logging("info");
             exit_on_error(tokio_runtime().and_then(|rt| rt.block_on(pool_server::cli::run(args))))
         }
-        Some(Command::Part) => exit_on_error(local::worker_process_main()),
+        Some(Command::Part(args)) => {
+            let shared = args
+                .shared_fd
+                .zip(args.shared_at)
+                .map(|(fd, offset)| local::SharedDataAt { fd, offset });
+            exit_on_error(local::worker_process_main(shared))
+        }
         Some(Command::Status(args)) => {
             pool_server::cli::init_logging("warn");
             run_status(args)

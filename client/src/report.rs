@@ -22,16 +22,20 @@ pub enum Mode {
     /// One child process per part.
     #[value(name = "processes", alias = "multi-process")]
     MultiProcess,
+    /// One child process per part, the data read in place from shared memory.
+    #[value(name = "shared-memory")]
+    SharedMemory,
     /// The parts sent to pool servers.
     Pool,
 }
 
 impl Mode {
     /// Every mode, in the order they run and are shown.
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 5] = [
         Mode::Sequential,
         Mode::Threaded,
         Mode::MultiProcess,
+        Mode::SharedMemory,
         Mode::Pool,
     ];
 
@@ -41,6 +45,7 @@ impl Mode {
             Mode::Sequential => "sequential",
             Mode::Threaded => "threaded",
             Mode::MultiProcess => "multi-process",
+            Mode::SharedMemory => "multi-process (shared memory)",
             Mode::Pool => "pool",
         }
     }
@@ -364,9 +369,16 @@ impl Report {
         }
         let repeated = self.settings.repeat > 1;
         let elapsed_header = if repeated { "median" } else { "elapsed" };
+        let width = self
+            .runs
+            .iter()
+            .map(|run| self.label(run).len())
+            .max()
+            .unwrap_or(0)
+            .max(18);
         let _ = write!(
             out,
-            "\n{:<18} {:>7} {:>6} {:>10}",
+            "\n{:<width$} {:>7} {:>6} {:>10}",
             "mode", "workers", "parts", elapsed_header
         );
         if repeated {
@@ -383,7 +395,7 @@ impl Report {
             let check = if self.matches(run) { "ok" } else { "MISMATCH" };
             let _ = write!(
                 out,
-                "{:<18} {:>7} {:>6} {:>10}",
+                "{:<width$} {:>7} {:>6} {:>10}",
                 self.label(run),
                 run.workers,
                 run.parts,
@@ -400,7 +412,22 @@ impl Report {
             let _ = writeln!(out, " {speedup:>8} {efficiency:>10}  {check}");
         }
         for (mode, reason) in &self.not_run {
-            let _ = writeln!(out, "{:<18} not run: {reason}", mode.name());
+            let _ = writeln!(out, "{:<width$} not run: {reason}", mode.name());
+        }
+        let data_path_modes = [Mode::MultiProcess, Mode::SharedMemory];
+        if self.settings.input_bytes > 0
+            && data_path_modes
+                .iter()
+                .all(|mode| self.runs.iter().any(|run| run.mode == *mode))
+        {
+            let _ = writeln!(
+                out,
+                "data copied per run: multi-process {} (the parts' {} into pipes, and out of them \
+                 into the children); shared memory none (placed once before the runs, each child \
+                 maps its block)",
+                mebibytes(2 * self.settings.input_bytes),
+                mebibytes(self.settings.input_bytes)
+            );
         }
         if let Some(pool) = &self.pool {
             let which = if repeated {
@@ -676,6 +703,11 @@ pub fn seconds(d: Duration) -> String {
     } else {
         format!("{:.0} µs", s * 1e6)
     }
+}
+
+/// A size in MiB, for the table.
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 #[cfg(test)]

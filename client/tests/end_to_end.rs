@@ -4,6 +4,7 @@
 
 mod support;
 
+use pool_client::report::Mode;
 use pool_common::jobs::matrix_sum::MatrixTotal;
 use pool_common::jobs::PartResult;
 use pool_common::splitmix::splitmix64;
@@ -26,7 +27,9 @@ async fn loop_job_on_1_2_and_3_servers() {
         let report = pool_client::run(&job, &options(addresses(&servers)))
             .await
             .unwrap();
+        // Every mode but shared memory: parts without data have nothing to share.
         assert_eq!(report.runs.len(), 4);
+        assert!(report.runs.iter().all(|run| run.mode != Mode::SharedMemory));
         for run in &report.runs {
             // The design's check value for [0, 2^20).
             assert_eq!(
@@ -61,6 +64,9 @@ async fn matrix_job_on_1_2_and_3_servers() {
             .await
             .unwrap();
         assert!(report.all_match());
+        // The pipes and the shared memory both reach the children with the same data.
+        let modes: Vec<Mode> = report.runs.iter().map(|run| run.mode).collect();
+        assert_eq!(modes, Mode::ALL);
         for run in &report.runs {
             assert_eq!(
                 run.result, expected,
@@ -118,7 +124,8 @@ async fn result_of_every_mode(job: &str, servers: &[String]) -> PartResult {
     let report = pool_client::run(&job_file(job), &options(servers.to_vec()))
         .await
         .unwrap();
-    assert_eq!(report.runs.len(), 4);
+    // Matrices carry data, so shared memory runs beside the pipes.
+    assert_eq!(report.runs.len(), Mode::ALL.len());
     assert!(report.all_match(), "{job}");
     report.runs[0].result.clone()
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use pool_client::local;
+use pool_client::local::{self, DataPath};
 use pool_common::jobs::CancelFlag;
 use pool_common::jobs::Job;
 
@@ -56,8 +56,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         .await?;
         check("threaded", thr.result, seq.result.clone())?;
         let (p, e) = (parts.clone(), exe.clone());
-        let mp =
-            blocking(move || local::multi_process(&p, &e, &CancelFlag::new(), &|| {})).await??;
+        let mp = blocking(move || {
+            local::multi_process(&p, &e, DataPath::Pipe, &CancelFlag::new(), &|| {})
+        })
+        .await??;
         check("multi-process", mp.result, seq.result.clone())?;
         let (pool, result) = pool_mode(&parts, &addrs).await?;
         check("pool", result, seq.result)?;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use pool_client::local;
+use pool_client::local::{self, DataPath};
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::{CancelFlag, Job, PartResult};
 
@@ -49,8 +49,10 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             .await?;
             check("threaded", thr.result, reference.clone())?;
             let (p, e) = (parts.clone(), exe.clone());
-            let mp = blocking(move || local::multi_process(&p, &e, &CancelFlag::new(), &|| {}))
-                .await??;
+            let mp = blocking(move || {
+                local::multi_process(&p, &e, DataPath::Pipe, &CancelFlag::new(), &|| {})
+            })
+            .await??;
             check("multi-process", mp.result, reference.clone())?;
             let (pool, result) = pool_mode(&parts, &addrs[..k]).await?;
             check("pool", result, reference.clone())?;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pool_client::local;
+use pool_client::local::{self, DataPath};
 use pool_common::jobs::CancelFlag;
 use pool_common::jobs::{Part, PartResult};
 
@@ -38,7 +38,13 @@ pub async fn run(s: &Settings) -> anyhow::Result<Vec<Figure>> {
             let processes = blocking(move || -> anyhow::Result<Duration> {
                 let started = Instant::now();
                 for batch in p.chunks(PROCESS_BATCH) {
-                    let run = local::multi_process(batch, &e, &CancelFlag::new(), &|| {})?;
+                    let run = local::multi_process(
+                        batch,
+                        &e,
+                        DataPath::Pipe,
+                        &CancelFlag::new(),
+                        &|| {},
+                    )?;
                     check("multi-process", run.result, PartResult::Loop(0))?;
                 }
                 Ok(started.elapsed())
