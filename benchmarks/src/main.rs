@@ -44,11 +44,11 @@ struct BenchArgs {
     json: bool,
 
     /// Repetitions of each scenario; figures are medians [default: 5, or 1 with --quick].
-    /// Scenarios 2, 4, 5, 6, 7, 9 and 10 take tens of seconds per repetition and use at most 3.
+    /// Scenarios 2, 4, 5, 6, 7, 9, 10 and 12 take tens of seconds per repetition and use at most 3.
     #[arg(long)]
     runs: Option<usize>,
 
-    /// Run only these scenarios (1-11), comma-separated.
+    /// Run only these scenarios (1-12), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
 
@@ -135,7 +135,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |n: u8| args.only.as_ref().is_none_or(|only| only.contains(&n));
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    for n in 1..=11u8 {
+    for n in 1..=12u8 {
         if !wanted(n) {
             continue;
         }
@@ -151,7 +151,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             8 => scenarios::float_sum::run(&settings).await,
             9 => scenarios::kernels::run(&settings).await,
             10 => scenarios::matmul::run(&settings).await,
-            _ => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
+            11 => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
+            _ => scenarios::peers::run(&settings).await,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

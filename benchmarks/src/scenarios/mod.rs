@@ -7,6 +7,7 @@ pub mod lan;
 pub mod matmul;
 pub mod overhead;
 pub mod paper;
+pub mod peers;
 pub mod scaling;
 pub mod shipping;
 pub mod skewed;
