@@ -281,6 +281,37 @@ fn servers_used(report: &Value) -> BTreeSet<String> {
         .collect()
 }
 
+/// Checks that `server` left the list during `report`'s pool run and was sent no part
+/// from then on.
+fn assert_nothing_sent_after_it_left(report: &Value, server: &str) {
+    let left_at = server_row(report, server)["left_at_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{server} never left: {report:#}"));
+    for attempt in attempts_on(report, server) {
+        assert!(attempt["start_s"].as_f64().unwrap() < left_at, "{report:#}");
+    }
+}
+
+/// The addresses `pool-client status` asks, given `which` servers, from the client
+/// namespace.
+fn status_addresses(lab: &NetLab, which: &[&str]) -> BTreeSet<String> {
+    let mut args = vec!["status", "--format", "json"];
+    args.extend_from_slice(which);
+    let output = run_client_in(lab, &args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The per-server object of `server` in `report`'s pool.
 fn server_row<'a>(report: &'a Value, server: &str) -> &'a Value {
     report["pool"]["servers"]
@@ -308,19 +339,8 @@ fn a_dns_name_stands_for_every_server_behind_it_and_is_looked_up_again() {
     // The name first stands for two servers, as a headless Service with two pods.
     lab.set_client_hosts(&hosts(2)).unwrap();
     let name = format!("dns:pool.lab:{SHARED_PORT}");
-    let status = run_client_in(&lab, &["status", "--servers", &name, "--format", "json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    let asked: BTreeSet<&str> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["address"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        asked,
-        list[..2].iter().map(String::as_str).collect(),
-        "{status:#}"
-    );
+    let asked = status_addresses(&lab, &["--servers", &name]);
+    assert_eq!(asked, list[..2].iter().cloned().collect());
 
     let dir = temp_dir(test);
     // Parts of about a tenth of a second each (4 s of one server's time): the job
@@ -454,19 +474,13 @@ fn servers_join_and_leave_through_the_servers_file_mid_job() {
         list.iter().cloned().collect(),
         "{report:#}"
     );
-    let left_at = server_row(&report, &list[0])["left_at_s"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("server 0 never left: {report:#}"));
     for server in &list[1..] {
         assert!(
             server_row(&report, server)["joined_at_s"].is_f64(),
             "{report:#}"
         );
     }
-    // Once it left the list, server 0 was sent nothing new.
-    for attempt in attempts_on(&report, &list[0]) {
-        assert!(attempt["start_s"].as_f64().unwrap() < left_at, "{report:#}");
-    }
+    assert_nothing_sent_after_it_left(&report, &list[0]);
 }
 
 #[test]
@@ -514,24 +528,8 @@ fn servers_announced_on_the_lan_are_discovered_and_join_mid_job() {
     let mut servers = vec![announced(0), announced(1)];
     let list = addresses(&servers);
     // `status --discover` lists what answers on the lab's network, and nothing else.
-    let output = run_client_in(&lab, &["status", "--discover=2", "--format", "json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let found: BTreeSet<&str> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["address"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        found,
-        list.iter().map(String::as_str).collect(),
-        "{status:#}"
-    );
+    let found = status_addresses(&lab, &["--discover=2"]);
+    assert_eq!(found, list.iter().cloned().collect());
 
     let dir = temp_dir(test);
     let text = "parts = 32\nseed = 10\nservers = \"discover\"\ndiscover_window = 2\n\
@@ -552,10 +550,5 @@ fn servers_announced_on_the_lan_are_discovered_and_join_mid_job() {
         server_row(&report, &third)["joined_at_s"].is_f64(),
         "{report:#}"
     );
-    let left_at = server_row(&report, &list[0])["left_at_s"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("the stopped server never left: {report:#}"));
-    for attempt in attempts_on(&report, &list[0]) {
-        assert!(attempt["start_s"].as_f64().unwrap() < left_at, "{report:#}");
-    }
+    assert_nothing_sent_after_it_left(&report, &list[0]);
 }
