@@ -10,6 +10,7 @@ use std::process::Child;
 
 use anyhow::{anyhow, Context};
 use pool_client::netlab::NetLab;
+use pool_common::tls::Fingerprint;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -29,6 +30,29 @@ impl Helper {
         let (child, addr) =
             pool_client::servers::spawn_server(&self_exe()?, &["--workers", &workers])?;
         Ok(Helper { child, addr })
+    }
+
+    /// A pool server with TLS, under a certificate made here for it, and that
+    /// certificate's fingerprint.
+    pub fn pool_server_tls(workers: usize) -> anyhow::Result<(Helper, Fingerprint)> {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.key_pair.serialize_pem())?;
+        let workers = workers.to_string();
+        let (child, addr) = pool_client::servers::spawn_server(
+            &self_exe()?,
+            &[
+                "--workers",
+                &workers,
+                "--tls-cert",
+                &cert.display().to_string(),
+                "--tls-key",
+                &key.display().to_string(),
+            ],
+        )?;
+        Ok((Helper { child, addr }, Fingerprint::of(made.cert.der())))
     }
 
     /// A pool server with `workers` workers on `lab`'s server host `index`, requiring

@@ -18,13 +18,15 @@ use pool_common::codec::{encode_data_header, Frame, FrameCodec, FrameError};
 use pool_common::jobfile::ClientSettings;
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask};
 use pool_common::protocol::{ErrorCode, Hello, RemoteError, Reply, Request, ServerStatus, Welcome};
+use pool_common::tls::{plain_halves, ReadHalf, WriteHalf};
 use pool_common::wire::{frames_len, part_frames, share_frames, IncomingResult};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Framed, FramedRead, FramedWrite};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::tls::ClientTls;
 
 /// What went wrong with a server. Every message names the server.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +48,15 @@ pub enum ServerError {
         what: &'static str,
         /// How long we waited.
         timeout: Duration,
+    },
+    /// The TLS handshake failed: the server's certificate is not the one trusted, or the
+    /// server does not speak TLS.
+    #[error("TLS with server {address} failed: {reason}")]
+    Tls {
+        /// The server.
+        address: String,
+        /// Why, and what to change.
+        reason: String,
     },
     /// The server refused the handshake (e.g. another protocol version).
     #[error("server {address} refused the connection: {reason}")]
@@ -98,9 +109,9 @@ impl ServerError {
     }
 }
 
-/// What a connection needs besides the address: how long to wait for each step, and
-/// the token whose knowledge the client proves when a server challenges it. The
-/// default is the job file's defaults.
+/// What a connection needs besides the address: how long to wait for each step, the
+/// token whose knowledge the client proves when a server challenges it, and whether to
+/// speak TLS. The default is the job file's defaults.
 #[derive(Clone)]
 pub struct ConnectOptions {
     /// For the TCP connection to be made.
@@ -112,23 +123,27 @@ pub struct ConnectOptions {
     pub part_timeout: Option<Duration>,
     /// The shared secret for servers started with `--token`; it never goes on the wire.
     pub token: Option<String>,
+    /// TLS for every connection (servers started with `--tls`); `None` for plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl ConnectOptions {
-    /// The options a job file asks for.
-    pub fn from_settings(settings: &ClientSettings) -> Self {
-        ConnectOptions {
+    /// The options a job file asks for. Fails only for a `tls_ca` file whose
+    /// certificates rustls cannot use (the message names it).
+    pub fn from_settings(settings: &ClientSettings) -> Result<Self, String> {
+        Ok(ConnectOptions {
             connect_timeout: settings.connect_timeout,
             handshake_timeout: settings.handshake_timeout,
             part_timeout: settings.part_timeout,
             token: settings.token.clone(),
-        }
+            tls: settings.tls.as_ref().map(ClientTls::new).transpose()?,
+        })
     }
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions::from_settings(&ClientSettings::default())
+        ConnectOptions::from_settings(&ClientSettings::default()).expect("no TLS to set up")
     }
 }
 
@@ -174,7 +189,7 @@ struct Waiting {
 /// The state a connection's reader and its parts share.
 struct Shared {
     address: String,
-    writer: tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, FrameCodec>>,
+    writer: tokio::sync::Mutex<FramedWrite<WriteHalf, FrameCodec>>,
     waiting: Mutex<Waiting>,
     reader: Mutex<Option<JoinHandle<()>>>,
 }
@@ -235,16 +250,10 @@ impl ServerConnection {
         address: &str,
         options: &ConnectOptions,
     ) -> Result<ServerConnection, ServerError> {
-        let (framed, welcome) = open(address, options, "").await?;
-        // Split the socket so replies are read while parts are written; bytes the
-        // handshake's reader already holds move along with it.
-        let parts = framed.into_parts();
-        let (read_half, write_half) = parts.io.into_split();
-        let mut reader = FramedRead::new(read_half, FrameCodec::new());
-        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        let ((reader, writer), welcome) = open(address, options, "").await?;
         let shared = Arc::new(Shared {
             address: address.to_string(),
-            writer: tokio::sync::Mutex::new(FramedWrite::new(write_half, FrameCodec::new())),
+            writer: tokio::sync::Mutex::new(writer),
             waiting: Mutex::new(Waiting::default()),
             reader: Mutex::new(None),
         });
@@ -487,7 +496,7 @@ impl ServerConnection {
 /// being sent.
 async fn write_frames(
     shared: &Shared,
-    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
+    writer: &mut FramedWrite<WriteHalf, FrameCodec>,
     frames: impl Iterator<Item = Frame>,
     what: &(dyn Fn() -> String + Sync),
 ) -> Result<(), ServerError> {
@@ -609,13 +618,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Connects to `address` and completes the handshake, within the options' timeouts.
-/// `purpose` is appended to the client's name in the server's log (e.g. " (status)").
+/// A connection's frames coming in, and its frames going out.
+pub type Frames = (
+    FramedRead<ReadHalf, FrameCodec>,
+    FramedWrite<WriteHalf, FrameCodec>,
+);
+
+/// Connects to `address` and completes the handshakes (TLS's, if the options ask for
+/// it, then pool's), each within the options' handshake timeout. Returns the
+/// connection's frames in and out, and the server's welcome. `purpose` is appended to
+/// the client's name in the server's log (e.g. " (status)").
 pub async fn open(
     address: &str,
     options: &ConnectOptions,
     purpose: &str,
-) -> Result<(Framed<TcpStream, FrameCodec>, Welcome), ServerError> {
+) -> Result<(Frames, Welcome), ServerError> {
     let timeout = |what, timeout| ServerError::Timeout {
         address: address.to_string(),
         what,
@@ -629,7 +646,14 @@ pub async fn open(
             reason: e.to_string(),
         })?;
     let _ = socket.set_nodelay(true);
-    let mut framed = Framed::new(socket, FrameCodec::handshake());
+    let (read_half, write_half) = match &options.tls {
+        None => plain_halves(socket),
+        Some(tls) => tokio::time::timeout(options.handshake_timeout, tls.connect(socket, address))
+            .await
+            .map_err(|_| timeout("TLS handshake", options.handshake_timeout))??,
+    };
+    let mut reader = FramedRead::new(read_half, FrameCodec::handshake());
+    let mut writer = FramedWrite::new(write_half, FrameCodec::new());
     let protocol = |e: FrameError| ServerError::Protocol {
         address: address.to_string(),
         source: Arc::new(e),
@@ -638,15 +662,15 @@ pub async fn open(
         client: format!("pool-client {}{purpose}", env!("CARGO_PKG_VERSION")),
     };
     let answer = tokio::time::timeout(options.handshake_timeout, async {
-        framed.send(Frame::Hello(hello)).await?;
-        let answer = framed.next().await.transpose()?;
+        writer.send(Frame::Hello(hello)).await?;
+        let answer = reader.next().await.transpose()?;
         match (answer, &options.token) {
             // The token proves itself without travelling (see pool_common::auth).
             (Some(Frame::Challenge(nonce)), Some(token)) => {
-                framed
+                writer
                     .send(Frame::Proof(auth::prove(token, &nonce)))
                     .await?;
-                framed.next().await.transpose()
+                reader.next().await.transpose()
             }
             (answer, _) => Ok(answer),
         }
@@ -656,8 +680,8 @@ pub async fn open(
     .map_err(protocol)?;
     match answer {
         Some(Frame::Welcome(welcome)) => {
-            framed.codec_mut().handshake_done();
-            Ok((framed, welcome))
+            reader.decoder_mut().handshake_done();
+            Ok(((reader, writer), welcome))
         }
         Some(Frame::Refused(reason)) => Err(ServerError::Refused {
             address: address.to_string(),
@@ -693,7 +717,7 @@ impl Drop for ServerConnection {
 }
 
 /// Reads replies until the connection ends, handing each to the part waiting for it.
-async fn route_replies(mut reader: FramedRead<OwnedReadHalf, FrameCodec>, shared: Arc<Shared>) {
+async fn route_replies(mut reader: FramedRead<ReadHalf, FrameCodec>, shared: Arc<Shared>) {
     let failure = loop {
         let frame = match reader.next().await {
             Some(Ok(frame)) => frame,

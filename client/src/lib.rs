@@ -2,6 +2,7 @@
 //! local runs of the same parts.
 //!
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
+//! * [`tls`]: whom the client trusts under TLS, and the TLS handshake.
 //! * [`servers`]: servers started locally for one run.
 //! * [`netlab`]: several hosts on one machine (network namespaces), for tests and
 //!   benchmarks.
@@ -28,6 +29,7 @@ pub mod servers;
 pub mod stats;
 pub mod status;
 pub mod timeline;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -205,9 +207,14 @@ pub async fn run_with_progress(
         max_attempts: job_file.client.max_attempts,
         fallback: job_file.client.fallback,
     };
-    let mut connect = ConnectOptions::from_settings(&job_file.client);
-    if let Some(token) = local_servers.as_ref().and_then(LocalServers::token) {
-        connect.token = Some(token.to_string());
+    let mut connect =
+        ConnectOptions::from_settings(&job_file.client).map_err(anyhow::Error::msg)?;
+    if let Some(local) = &local_servers {
+        // Servers started for the run listen on loopback, without TLS.
+        connect.tls = None;
+        if let Some(token) = local.token() {
+            connect.token = Some(token.to_string());
+        }
     }
     let scheduling = Scheduling::from_job_file(job_file);
 

@@ -12,8 +12,10 @@ use pool_client::connection::ConnectOptions;
 use pool_client::membership::Membership;
 use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
+use pool_client::tls::ClientTls;
 use pool_client::{chart, environment, local, run_with_progress, status, timeline, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
+use pool_common::tls::{read_certificates, Fingerprint, TlsTrust};
 use pool_server::cli::ServerArgs;
 
 /// Exit code for a bad job file or command line.
@@ -124,7 +126,8 @@ struct RunArgs {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    /// A job file whose servers to ask (its `servers` or `servers_file`).
+    /// A job file whose servers to ask (its `servers` or `servers_file`), with its
+    /// `token` and TLS settings.
     job: Option<PathBuf>,
 
     /// Servers to ask, as host:port,host:port... (instead of a job file's).
@@ -135,6 +138,22 @@ struct StatusArgs {
     /// answer within SECONDS [default: 2].
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "2", value_name = "SECONDS", conflicts_with_all = ["servers", "job"])]
     discover: Option<f64>,
+
+    /// Speak TLS, accepting only server certificates with these SHA-256 fingerprints
+    /// (as pool-server --tls prints them, comma-separated), instead of the job file's
+    /// TLS settings.
+    #[arg(
+        long,
+        value_name = "SHA256",
+        value_delimiter = ',',
+        conflicts_with = "tls_ca"
+    )]
+    tls_fingerprint: Option<Vec<String>>,
+
+    /// Speak TLS, accepting servers whose certificate this authority (PEM) signed,
+    /// instead of the job file's TLS settings.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 
     /// Output: a table, or one JSON array with an object per server.
     #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
@@ -323,7 +342,11 @@ fn run_job(args: RunArgs) -> ExitCode {
 }
 
 fn run_status(args: StatusArgs) -> ExitCode {
-    let (servers, discover) = match (&args.servers, &args.job, args.discover) {
+    let job_file = match args.job.as_deref().map(jobfile::read).transpose() {
+        Ok(job_file) => job_file,
+        Err(e) => return usage_error(&e),
+    };
+    let (servers, discover) = match (&args.servers, &job_file, args.discover) {
         (_, _, Some(seconds)) => match Duration::try_from_secs_f64(seconds) {
             Ok(window) if !window.is_zero() => (Vec::new(), Some(window)),
             _ => {
@@ -341,23 +364,47 @@ fn run_status(args: StatusArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         },
-        (None, Some(path), _) => match jobfile::read(path) {
-            Ok(job_file) if job_file.discover.is_some() => (Vec::new(), job_file.discover),
-            Ok(job_file) if !job_file.servers.is_empty() => (job_file.servers, None),
-            Ok(_) => {
-                eprintln!(
-                    "error: {} names no running servers (`local = N` servers live only during a run): \
-                     give --servers host:port,...",
-                    path.display()
-                );
-                return ExitCode::from(EXIT_USAGE);
-            }
-            Err(e) => return usage_error(&e),
-        },
+        (None, Some(job_file), _) if job_file.discover.is_some() => (Vec::new(), job_file.discover),
+        (None, Some(job_file), _) if !job_file.servers.is_empty() => {
+            (job_file.servers.clone(), None)
+        }
+        (None, Some(job_file), _) => {
+            eprintln!(
+                "error: {} names no running servers (`local = N` servers live only during a run): \
+                 give --servers host:port,...",
+                job_file.path.display()
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
         (None, None, None) => {
             eprintln!(
                 "error: give a job file, --servers host:port,... or --discover (see pool-client status --help)"
             );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let settings = job_file.map(|job_file| job_file.client).unwrap_or_default();
+    let trust = match (&args.tls_fingerprint, &args.tls_ca) {
+        (Some(fingerprints), _) => fingerprints
+            .iter()
+            .map(|text| Fingerprint::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|pinned| Some(TlsTrust::Pinned(pinned)))
+            .map_err(|e| format!("--tls-fingerprint: {e}")),
+        (None, Some(path)) => read_certificates(path)
+            .map(|certificates| {
+                Some(TlsTrust::Ca {
+                    path: path.clone(),
+                    certificates,
+                })
+            })
+            .map_err(|e| format!("--tls-ca: {e}")),
+        (None, None) => Ok(settings.tls),
+    };
+    let tls = match trust.and_then(|trust| trust.as_ref().map(ClientTls::new).transpose()) {
+        Ok(tls) => tls,
+        Err(message) => {
+            eprintln!("error: {message}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -374,7 +421,10 @@ fn run_status(args: StatusArgs) -> ExitCode {
         connect_timeout: wait,
         handshake_timeout: wait,
         part_timeout: None,
-        token: std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty()),
+        token: settings
+            .token
+            .or_else(|| std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty())),
+        tls,
     };
     let runtime = match tokio_runtime() {
         Ok(runtime) => runtime,

@@ -38,11 +38,11 @@ pub async fn query(
         address: address.to_string(),
         reason: reason.to_string(),
     };
-    let (mut framed, _welcome) = open(address, options, " (status)").await?;
+    let ((mut reader, mut writer), _welcome) = open(address, options, " (status)").await?;
     let started = Instant::now();
     let answer = tokio::time::timeout(options.handshake_timeout, async {
-        framed.send(Frame::Request(Request::Status)).await?;
-        framed.next().await.transpose()
+        writer.send(Frame::Request(Request::Status)).await?;
+        reader.next().await.transpose()
     })
     .await
     .map_err(|_| ServerError::Timeout {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::jobs::{Job, JobSpec, KIND_NAMES};
+use crate::tls::{read_certificates, Fingerprint, TlsTrust};
 
 /// The most servers `local = N` may start.
 pub const MAX_LOCAL_SERVERS: u64 = 64;
@@ -196,6 +197,9 @@ pub struct ClientSettings {
     /// How long a server holding parts may leave a status request unanswered before
     /// its parts get copies elsewhere (`liveness_timeout`).
     pub liveness_timeout: Duration,
+    /// With `tls = true`, whom the client trusts to be the servers (`tls_ca` or
+    /// `tls_fingerprint`); `None` talks plain TCP.
+    pub tls: Option<TlsTrust>,
 }
 
 impl Default for ClientSettings {
@@ -208,6 +212,7 @@ impl Default for ClientSettings {
             fallback: Fallback::None,
             token: None,
             liveness_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -279,6 +284,9 @@ struct RawJobFile {
     #[serde(default)]
     fallback: Fallback,
     token: Option<String>,
+    tls: Option<Spanned<bool>>,
+    tls_ca: Option<Spanned<String>>,
+    tls_fingerprint: Option<Spanned<OneOrMore>>,
     /// Only its `kind` and its place here; the kind reads its own keys (see
     /// [`parse_job`]).
     job: Spanned<RawJobKind>,
@@ -543,9 +551,10 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
             }
         },
         fallback: raw.fallback,
-        token: raw.token.filter(|t| !t.is_empty()),
+        token: raw.token.clone().filter(|t| !t.is_empty()),
         liveness_timeout: seconds(&raw.liveness_timeout, "liveness_timeout")?
             .unwrap_or(defaults.liveness_timeout),
+        tls: tls_trust(&raw, base, &error_at)?,
     };
     let speculate = match (&raw.speculate, raw.schedule) {
         (None, schedule) => schedule == Schedule::Dynamic,
@@ -587,6 +596,99 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         client,
         parts_location: location_of(text, raw.parts.span().start),
     })
+}
+
+/// Whom the client trusts under `tls = true`: the `tls_ca` file's authorities (read
+/// now, relative to the job file's folder) or the `tls_fingerprint`. Either key without
+/// `tls = true`, both at once, or neither with it, is an error at the key to fix.
+fn tls_trust(
+    raw: &RawJobFile,
+    base: &Path,
+    error_at: &dyn Fn(Option<Range<usize>>, String) -> JobFileError,
+) -> Result<Option<TlsTrust>, JobFileError> {
+    let on = raw.tls.as_ref().is_some_and(|on| *on.get_ref());
+    if !on {
+        let stray = [
+            ("tls_ca", raw.tls_ca.as_ref().map(Spanned::span)),
+            (
+                "tls_fingerprint",
+                raw.tls_fingerprint.as_ref().map(Spanned::span),
+            ),
+        ];
+        if let Some((key, span)) = stray.into_iter().find(|(_, span)| span.is_some()) {
+            return Err(error_at(
+                span,
+                format!("{key} applies only to TLS connections: add tls = true, or remove {key}"),
+            ));
+        }
+        return Ok(None);
+    }
+    match (&raw.tls_ca, &raw.tls_fingerprint) {
+        (Some(_), Some(fingerprint)) => Err(error_at(
+            Some(fingerprint.span()),
+            "give either tls_ca or tls_fingerprint, not both".into(),
+        )),
+        (Some(ca), None) => {
+            let path = base.join(ca.get_ref());
+            let certificates = read_certificates(&path)
+                .map_err(|message| error_at(Some(ca.span()), format!("tls_ca: {message}")))?;
+            Ok(Some(TlsTrust::Ca { path, certificates }))
+        }
+        (None, Some(fingerprints)) => fingerprints
+            .get_ref()
+            .0
+            .iter()
+            .map(|text| Fingerprint::parse(text))
+            .collect::<Result<Vec<_>, _>>()
+            .map(|pinned| Some(TlsTrust::Pinned(pinned)))
+            .map_err(|message| {
+                error_at(
+                    Some(fingerprints.span()),
+                    format!("tls_fingerprint: {message}"),
+                )
+            }),
+        (None, None) => Err(error_at(
+            raw.tls.as_ref().map(Spanned::span),
+            "tls = true needs tls_fingerprint = \"...\" (the line pool-server --tls printed at \
+             start) or tls_ca = \"ca.pem\" (the authority that signed the servers' certificates)"
+                .into(),
+        )),
+    }
+}
+
+/// A key that takes a string or a list of strings (`tls_fingerprint`).
+struct OneOrMore(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMore {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMore;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a non-empty list of strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<OneOrMore, E> {
+                Ok(OneOrMore(vec![text.to_string()]))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<OneOrMore, A::Error> {
+                let mut all = Vec::new();
+                while let Some(item) = items.next_element()? {
+                    all.push(item);
+                }
+                if all.is_empty() {
+                    return Err(serde::de::Error::invalid_length(0, &self));
+                }
+                Ok(OneOrMore(all))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Reads the `[job]` table as the kind it names asks: each kind parses its own keys
@@ -885,6 +987,72 @@ mod tests {
         assert_eq!(
             nodes_at_port("node[01-02", 7001).unwrap_err(),
             "SLURM_JOB_NODELIST: \"node[01-02\": a `[` without its `]`"
+        );
+    }
+
+    #[test]
+    fn tls_keys_are_checked_where_they_are_written() {
+        let job = "[job]\nkind = \"loop\"\niterations = 10\n";
+        let pin = "tls_fingerprint = \"BA:78:16:BF:8F:01:CF:EA:41:41:40:DE:5D:AE:22:23:B0:03:61:A3:96:17:7A:9C:B4:10:FF:61:F2:00:15:AD\"\n";
+        let file = parse(
+            &format!("parts = 1\ntls = true\n{pin}{job}"),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            file.client.tls,
+            Some(TlsTrust::Pinned(vec![Fingerprint::of(b"abc")]))
+        );
+        assert_eq!(
+            error(&format!("parts = 1\n{pin}{job}")),
+            "job.toml:2:19: tls_fingerprint applies only to TLS connections: add tls = true, or remove tls_fingerprint"
+        );
+        assert_eq!(
+            error(&format!("parts = 1\ntls = false\ntls_ca = \"ca.pem\"\n{job}")),
+            "job.toml:3:10: tls_ca applies only to TLS connections: add tls = true, or remove tls_ca"
+        );
+        assert_eq!(
+            error(&format!(
+                "parts = 1\ntls = true\ntls_ca = \"ca.pem\"\n{pin}{job}"
+            )),
+            format!("job.toml:4:19: give either tls_ca or tls_fingerprint, not both")
+        );
+        assert!(error(&format!("parts = 1\ntls = true\n{job}"))
+            .starts_with("job.toml:2:7: tls = true needs tls_fingerprint = \"...\""));
+        assert_eq!(
+            error(&format!("parts = 1\ntls = true\ntls_fingerprint = \"BA:78\"\n{job}")),
+            "job.toml:3:19: tls_fingerprint: 4 hex digits: a SHA-256 fingerprint is 64 hex digits, \
+             colons allowed, as in the `tls_fingerprint = \"...\"` line pool-server prints at start"
+        );
+        let two = format!(
+            "tls_fingerprint = [\"{}\", \"{}\"]\n",
+            Fingerprint::of(b"a"),
+            Fingerprint::of(b"b")
+        );
+        let file = parse(
+            &format!("parts = 1\ntls = true\n{two}{job}"),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            file.client.tls,
+            Some(TlsTrust::Pinned(vec![
+                Fingerprint::of(b"a"),
+                Fingerprint::of(b"b")
+            ]))
+        );
+        assert!(error(&format!(
+            "parts = 1\ntls = true\ntls_fingerprint = []\n{job}"
+        ))
+        .starts_with(
+            "job.toml:3:19: invalid length 0, expected a string or a non-empty list of strings"
+        ));
+        let ca = error(&format!(
+            "parts = 1\ntls = true\ntls_ca = \"none.pem\"\n{job}"
+        ));
+        assert!(
+            ca.starts_with("job.toml:3:10: tls_ca: cannot read none.pem: No such file"),
+            "{ca}"
         );
     }
 

@@ -2,6 +2,7 @@
 //!
 //! * [`protocol`]: the messages exchanged over a connection and the protocol version.
 //! * [`auth`]: the challenge and answer that prove a client knows the server's token.
+//! * [`tls`]: the fingerprint that pins a server's certificate, and reading PEM files.
 //! * [`codec`]: how those messages are framed on a byte stream (TCP or a pipe).
 //! * [`discovery`]: what servers announce on the local network, for clients to find them.
 //! * [`wire`]: which frames carry a part out and its result back, and the checks on
@@ -14,7 +15,7 @@
 //!   split.
 //!
 //! The modules depend on each other in one direction only: `jobs`, `splitmix` and
-//! `exact_sum` need none of the others (nor does `auth`), `protocol` names the jobs' types, `codec` frames the
+//! `exact_sum` need none of the others (nor do `auth` and `tls`), `protocol` names the jobs' types, `codec` frames the
 //! protocol, `wire` sequences frames, and `jobfile` reads the kinds' parameters.
 
 pub mod auth;
@@ -26,4 +27,5 @@ pub mod jobfile;
 pub mod jobs;
 pub mod protocol;
 pub mod splitmix;
+pub mod tls;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! The server's command line, shared by `pool-server` and `pool-client serve`.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -9,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::announce::Announcement;
 use crate::commands::{AllowedPrograms, CommandPolicy, DEFAULT_MAX_OUTPUT_BYTES};
+use crate::tls::ServerTls;
 use crate::{start, ServerConfig};
 
 /// Options of a pool server.
@@ -59,6 +61,20 @@ pub struct ServerArgs {
     #[arg(long, env = "POOL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// Encrypt connections with TLS under a certificate made at start-up (new at every
+    /// start); its fingerprint is printed as a job file line for clients to pin.
+    #[arg(long, value_enum, value_name = "MODE", conflicts_with = "tls_cert")]
+    pub tls: Option<TlsMode>,
+
+    /// Encrypt connections with TLS under this certificate (PEM: the server's own
+    /// first, then any intermediates); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Run the users' programs (`kind = "command"` jobs): `--allow-commands` for any
     /// program, `--allow-commands=python3,./sim` for only these (matched against the
     /// command's first word). Anyone who reaches the port can then run programs as
@@ -86,6 +102,13 @@ pub struct ServerArgs {
     pub exit_with_stdin: bool,
 }
 
+/// Where a server's TLS certificate comes from, besides files.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// A certificate and key made at start-up, kept in memory only.
+    SelfSigned,
+}
+
 /// Sends logs to standard error; the level comes from `RUST_LOG`, else `default_level`
 /// (`info` for servers, `warn` for the client).
 pub fn init_logging(default_level: &str) {
@@ -100,9 +123,17 @@ pub fn init_logging(default_level: &str) {
 
 /// Runs a server until Ctrl-C, SIGTERM (or the end of standard input, if asked), then
 /// shuts it down gracefully. Prints [`listening_line`] on standard output
-/// once it accepts connections.
+/// once it accepts connections, then, with TLS, the job file line that pins its
+/// certificate.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let defaults = ServerConfig::default();
+    let tls = match (&args.tls, &args.tls_cert, &args.tls_key) {
+        (Some(TlsMode::SelfSigned), _, _) => Some(ServerTls::self_signed()),
+        (None, Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)),
+        _ => None,
+    }
+    .transpose()
+    .map_err(anyhow::Error::msg)?;
     let config = ServerConfig {
         workers: args.workers.unwrap_or(defaults.workers).max(1),
         max_connections: args.max_connections.max(1),
@@ -112,6 +143,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         max_buffer_memory: args.max_buffer_memory,
         idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         token: args.token.filter(|t| !t.is_empty()),
+        tls,
         commands: CommandPolicy {
             allowed: args
                 .allow_commands
@@ -124,16 +156,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let workers = config.workers;
     let open_to_all = config.token.is_none();
+    let fingerprint = config.tls.as_ref().map(ServerTls::fingerprint);
     let commands = config.commands.allowed.clone();
     let server = start((args.bind.as_str(), args.port), config)
         .await
         .with_context(|| format!("cannot serve on {}:{}", args.bind, args.port))?;
-    let mut stdout = std::io::stdout();
-    writeln!(
-        stdout,
-        "{} with {workers} workers",
+    let mut lines = format!(
+        "{} with {workers} workers\n",
         listening_line("pool-server", server.local_addr())
-    )?;
+    );
+    if let Some(fingerprint) = fingerprint {
+        lines.push_str(&pin_line(&fingerprint));
+        lines.push('\n');
+    }
+    // One write, so a parent reading the first line finds the second beside it.
+    let mut stdout = std::io::stdout();
+    stdout.write_all(lines.as_bytes())?;
     stdout.flush()?;
     info!(addr = %server.local_addr(), workers, "listening");
     match &commands {
@@ -146,11 +184,20 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             info!(programs = %names.join(","), "running only these programs")
         }
     }
-    if open_to_all && !server.local_addr().ip().is_loopback() {
-        warn!(
-            "no --token set and listening on {}: anyone who can reach this port can use this machine's CPUs",
-            server.local_addr()
-        );
+    if !server.local_addr().ip().is_loopback() {
+        if open_to_all {
+            warn!(
+                "no --token set and listening on {}: anyone who can reach this port can use this machine's CPUs",
+                server.local_addr()
+            );
+        } else if fingerprint.is_none() {
+            warn!(
+                "listening on {} without TLS: the token stays secret, but anyone on the network path \
+                 can read the parts, their data and their results; add --tls self-signed (or \
+                 --tls-cert and --tls-key)",
+                server.local_addr()
+            );
+        }
     }
 
     let announcement = if args.announce {
@@ -184,6 +231,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
 /// started it reads the address back with [`parse_listening_line`].
 pub fn listening_line(program: &str, address: impl std::fmt::Display) -> String {
     format!("{program} listening on {address}")
+}
+
+/// The line a server with TLS prints after [`listening_line`]: the job file line that
+/// pins its certificate, to paste as it is.
+pub fn pin_line(fingerprint: &pool_common::tls::Fingerprint) -> String {
+    format!("tls_fingerprint = \"{fingerprint}\"")
 }
 
 /// The address in a line printed by [`listening_line`], if it is one.

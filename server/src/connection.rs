@@ -27,9 +27,8 @@ use pool_common::jobs::{compute_chunk, CancelFlag, Chunk, JobInputs, PartTask};
 use pool_common::protocol::{
     ErrorCode, RemoteError, Reply, Request, ServerStatus, Welcome, PROTOCOL_VERSION,
 };
+use pool_common::tls::{ReadHalf, WriteHalf};
 use pool_common::wire::result_frames;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
@@ -74,7 +73,7 @@ struct Computed {
 /// client breaks the protocol.
 pub struct Connection {
     reader: FrameReader,
-    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    writer: FramedWrite<WriteHalf, FrameCodec>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     parts: PartTable,
@@ -92,8 +91,13 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps an accepted socket.
-    pub fn new(socket: TcpStream, shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
+    /// Wraps an accepted connection's two directions (plain TCP, or TLS once its
+    /// handshake is done).
+    pub fn new(
+        (read_half, write_half): (ReadHalf, WriteHalf),
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+    ) -> Self {
         let config = &shared.config;
         let limits = PartLimits {
             max_part_bytes: config.max_part_bytes,
@@ -101,7 +105,6 @@ impl Connection {
             max_parts: config.max_parts_per_connection,
             max_buffer_memory: config.max_buffer_memory,
         };
-        let (read_half, write_half) = socket.into_split();
         let account = shared.buffers.account();
         Connection {
             reader: FrameReader::new(read_half, account.clone()),
@@ -202,6 +205,16 @@ impl Connection {
                 );
                 return self
                     .refuse(reason, FrameError::VersionMismatch { peer }.into())
+                    .await;
+            }
+            Some(Err(FrameError::TooLong { len, .. })) if crate::tls::is_tls_record(len) => {
+                // The client, expecting TLS, reads this as a corrupt record and stops at
+                // once; the reason is for the log.
+                let reason = "a TLS handshake, but this server was started without TLS: start \
+                              it with --tls self-signed (or --tls-cert and --tls-key), or remove \
+                              tls = true from the job file";
+                return self
+                    .refuse(reason.into(), ConnectionError::Protocol(reason.into()))
                     .await;
             }
             Some(Err(FrameError::TooLong { len, max })) => {

@@ -8,6 +8,7 @@
 //! * [`executor`]: the bounded pool of OS threads where kernels run.
 //! * [`load`]: the machine's load and the server's speed, for status replies.
 //! * [`commands`]: whether, and which, user programs the server runs.
+//! * [`tls`]: the server's certificate and the TLS handshake, when it has one.
 //! * [`cli`]: the command line, shared by `pool-server` and `pool-client serve`.
 //! * [`announce`]: `--announce`, the server advertised on the local network.
 //!
@@ -23,6 +24,7 @@ pub mod listener;
 pub mod load;
 pub mod parts;
 pub mod reader;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -54,9 +56,11 @@ pub struct ServerConfig {
     pub max_buffer_memory: u64,
     /// The shared secret clients must prove they know, if any.
     pub token: Option<String>,
+    /// The certificate for TLS connections; `None` serves plain TCP only.
+    pub tls: Option<tls::ServerTls>,
     /// Which of the users' programs the server runs (`--allow-commands`).
     pub commands: commands::CommandPolicy,
-    /// Time a new connection has to send its handshake.
+    /// Time a new connection has for its handshake (each: TLS's, then pool's).
     pub handshake_timeout: Duration,
     /// Time a connection may stay silent while the server waits on it (no part
     /// computing), and time a reply may take to be written.
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             max_part_work: 1_000_000_000_000,
             max_buffer_memory: 512 << 20,
             token: None,
+            tls: None,
             commands: commands::CommandPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),

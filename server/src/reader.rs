@@ -17,8 +17,8 @@ use bytes::Bytes;
 use pool_common::codec::{
     check_frame_len, decode_body, Frame, FrameError, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
 };
+use pool_common::tls::ReadHalf;
 use tokio::io::{AsyncReadExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
 
 use crate::budget::{Account, Claim, FrameBuffer};
 
@@ -32,7 +32,7 @@ const READ_AHEAD_BYTES: usize = 8 << 10;
 
 /// Reads one connection's frames, each claimed from the budget before its body is read.
 pub struct FrameReader {
-    socket: BufReader<OwnedReadHalf>,
+    socket: BufReader<ReadHalf>,
     account: Account,
     max_frame: usize,
     state: State,
@@ -79,9 +79,9 @@ impl AsRef<[u8]> for Granted {
 }
 
 impl FrameReader {
-    /// Reads `socket` for a connection that has not shaken hands yet, charging
-    /// `account`.
-    pub fn new(socket: OwnedReadHalf, account: Account) -> FrameReader {
+    /// Reads `socket` (plain TCP or TLS) for a connection that has not shaken hands
+    /// yet, charging `account`.
+    pub fn new(socket: ReadHalf, account: Account) -> FrameReader {
         FrameReader {
             socket: BufReader::with_capacity(READ_AHEAD_BYTES, socket),
             account,
