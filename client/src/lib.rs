@@ -3,6 +3,7 @@
 //!
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
 //! * [`servers`]: servers started locally for one run.
+//! * [`hostile`]: byte streams a server must refuse, for tests and the soak.
 //! * [`netlab`]: several hosts on one machine (network namespaces), for tests and
 //!   benchmarks.
 //! * [`placement`]: which server a part goes to.
@@ -17,6 +18,7 @@ pub mod chart;
 pub mod connection;
 pub mod dispatch;
 pub mod environment;
+pub mod hostile;
 pub mod local;
 pub mod netlab;
 pub mod placement;
