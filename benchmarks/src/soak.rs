@@ -232,11 +232,12 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let loaded = samples.clone();
 
     // The load is over and every connection of this side is closed: the server's
-    // descriptors come back to where they started, or they leaked.
+    // descriptors come back to where they started (as it notices each connection
+    // closed), or they leaked.
     let settle_until = Instant::now() + SETTLE;
     let last = loop {
         let now = take(&counters)?;
-        if now.fds <= first.fds + FD_MARGIN || Instant::now() >= settle_until {
+        if now.fds <= first.fds || Instant::now() >= settle_until {
             break now;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
