@@ -5,10 +5,15 @@
 //! `pool-bench serve`) and baselines (a raw TCP echo server and sink) on 127.0.0.1
 //! port 0, runs its scenarios several times, and prints one table: each figure is the
 //! median over the runs, beside its baseline and their ratio. See benchmarks/README.md.
+//!
+//! `pool-bench soak --minutes N` is another thing: it drives one server for N minutes
+//! with normal and hostile clients and records the server's memory, descriptors and
+//! threads over time (see [`soak`]).
 
 mod figures;
 mod procs;
 mod scenarios;
+mod soak;
 
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +32,7 @@ use scenarios::Settings;
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    helper: Option<HelperCommand>,
+    command: Option<Command>,
 
     #[command(flatten)]
     bench: BenchArgs,
@@ -59,7 +64,17 @@ struct BenchArgs {
 }
 
 #[derive(Subcommand, Debug)]
-enum HelperCommand {
+enum Command {
+    /// Drive one pool server for N minutes with a mix of normal jobs (results checked),
+    /// hostile connections, clients killed mid-part and stalled connections, sampling its
+    /// memory, file descriptors and threads.
+    Soak(soak::SoakArgs),
+    /// The soak's client process, killed mid-part: sends a long part to ADDRESS.
+    #[command(hide = true)]
+    SoakClient {
+        /// The server's `host:port`.
+        address: String,
+    },
     /// A pool server (the same as pool-server).
     #[command(hide = true)]
     Serve(ServerArgs),
@@ -80,14 +95,18 @@ enum HelperCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.helper {
-        Some(HelperCommand::Serve(args)) => {
+    let result = match cli.command {
+        Some(Command::Serve(args)) => {
             pool_server::cli::init_logging("warn");
             runtime().and_then(|rt| rt.block_on(pool_server::cli::run(args)))
         }
-        Some(HelperCommand::Part) => pool_client::local::worker_process_main(None),
-        Some(HelperCommand::Echo) => runtime().and_then(|rt| rt.block_on(procs::echo_main())),
-        Some(HelperCommand::Sink { bind }) => {
+        Some(Command::Soak(args)) => runtime().and_then(|rt| rt.block_on(soak::run(args))),
+        Some(Command::SoakClient { address }) => {
+            runtime().and_then(|rt| rt.block_on(soak::client_main(address)))
+        }
+        Some(Command::Part) => pool_client::local::worker_process_main(None),
+        Some(Command::Echo) => runtime().and_then(|rt| rt.block_on(procs::echo_main())),
+        Some(Command::Sink { bind }) => {
             runtime().and_then(|rt| rt.block_on(procs::sink_main(bind)))
         }
         None => runtime().and_then(|rt| rt.block_on(bench(cli.bench))),

@@ -26,9 +26,12 @@ pub struct Helper {
 impl Helper {
     /// A pool server (`pool-bench serve`, the very server of `pool-server`).
     pub fn pool_server(workers: usize) -> anyhow::Result<Helper> {
-        let workers = workers.to_string();
-        let (child, addr) =
-            pool_client::servers::spawn_server(&self_exe()?, &["--workers", &workers])?;
+        Helper::pool_server_with(&["--workers", &workers.to_string()])
+    }
+
+    /// A pool server started with these options (as `pool-server` takes them).
+    pub fn pool_server_with(args: &[&str]) -> anyhow::Result<Helper> {
+        let (child, addr) = pool_client::servers::spawn_server(&self_exe()?, args)?;
         Ok(Helper { child, addr })
     }
 

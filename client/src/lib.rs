@@ -4,6 +4,7 @@
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
 //! * [`tls`]: whom the client trusts under TLS, and the TLS handshake.
 //! * [`servers`]: servers started locally for one run.
+//! * [`hostile`]: byte streams a server must refuse, for tests and the soak.
 //! * [`netlab`]: several hosts on one machine (network namespaces), for tests and
 //!   benchmarks.
 //! * [`placement`]: which server a part goes to.
@@ -19,6 +20,7 @@ pub mod connection;
 pub mod discovery;
 pub mod dispatch;
 pub mod environment;
+pub mod hostile;
 pub mod local;
 pub mod membership;
 pub mod netlab;

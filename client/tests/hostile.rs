@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
+use pool_client::hostile::{self, data, hello, matmul_task, raw_frame, share};
 use pool_client::report::Mode;
 use pool_common::auth;
-use pool_common::codec::{
-    encode_frame, encode_message, read_frame_blocking, write_frame_blocking, Frame,
-};
+use pool_common::codec::{encode_message, read_frame_blocking, write_frame_blocking, Frame};
 use pool_common::jobs::loop_sum::LoopPart;
-use pool_common::jobs::matmul::{MatmulPart, B_INPUT};
+use pool_common::jobs::matmul::B_INPUT;
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask, SharedInput};
-use pool_common::protocol::{Hello, Request, Welcome, MAGIC, PROTOCOL_VERSION};
+use pool_common::protocol::{Request, Welcome, MAGIC, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{job_file, options, pool_only, reference_result, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,26 +28,6 @@ use tokio::net::TcpStream;
 
 /// A bound on every wait in these tests, so a bug shows as a failure, not a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-fn frame(frame: &Frame) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    encode_frame(frame, &mut buf).unwrap();
-    buf.to_vec()
-}
-
-fn hello() -> Vec<u8> {
-    frame(&Frame::Hello(Hello {
-        client: "test".into(),
-    }))
-}
-
-/// A length-prefixed frame with an arbitrary body.
-fn raw_frame(body: &[u8]) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    buf.put_u32(body.len() as u32);
-    buf.put_slice(body);
-    buf.to_vec()
-}
 
 /// Sends `bytes` and reads until the server closes the connection.
 async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
@@ -61,24 +40,6 @@ async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -
     })
     .await
     .expect("the server must close a hostile connection")
-}
-
-/// A `Request::Share` of `bytes` bytes as input 1.
-fn share(name: &str, bytes: u64) -> Vec<u8> {
-    frame(&Frame::Request(Request::Share {
-        input_id: 1,
-        name: name.into(),
-        bytes,
-        executable: true,
-    }))
-}
-
-/// `len` bytes of data for `id`.
-fn data(id: u64, len: usize) -> Vec<u8> {
-    frame(&Frame::Data {
-        part_id: id,
-        bytes: vec![b'x'; len].into(),
-    })
 }
 
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
@@ -110,91 +71,7 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
         async move { pool_client::run(&job, &normal).await }
     });
 
-    let mut wrong_magic = hello();
-    wrong_magic[5..9].copy_from_slice(b"LOOP");
-    let mut wrong_version = hello();
-    wrong_version[9..11].copy_from_slice(&(PROTOCOL_VERSION + 7).to_le_bytes());
-    let request = |task| frame(&Frame::Request(Request::RunPart { part_id: 1, task }));
-    let hostile: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: pool\r\n\r\n".to_vec()),
-        ("wrong magic", wrong_magic),
-        ("wrong version", wrong_version),
-        (
-            "oversized length prefix",
-            vec![0xff, 0xff, 0xff, 0xff, b'H'],
-        ),
-        ("truncated frame", {
-            let mut bytes = raw_frame(&[b'H'; 100]);
-            bytes.truncate(20);
-            bytes
-        }),
-        (
-            "undecodable message",
-            [
-                hello(),
-                raw_frame(&[b'Q', 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
-            ]
-            .concat(),
-        ),
-        ("unknown tag", [hello(), raw_frame(b"Zzz")].concat()),
-        (
-            "data for no part",
-            [
-                hello(),
-                frame(&Frame::Data {
-                    part_id: 9,
-                    bytes: vec![0; 16].into(),
-                }),
-            ]
-            .concat(),
-        ),
-        (
-            "reversed loop range",
-            [hello(), request(PartTask::Loop(LoopPart { lo: 10, hi: 1 }))].concat(),
-        ),
-        ("a second hello", [hello(), hello()].concat()),
-        (
-            "a shared file that leaves the work folder",
-            [hello(), share("../../tmp/pool-escaped", 4), data(1, 4)].concat(),
-        ),
-        (
-            "a shared file after a part",
-            [
-                hello(),
-                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
-                share("late", 0),
-            ]
-            .concat(),
-        ),
-        (
-            "a shared file longer than its data",
-            [hello(), share("a", 4), data(1, 8)].concat(),
-        ),
-        (
-            "a part before a shared file's data",
-            [
-                hello(),
-                share("a", 4),
-                request(PartTask::Loop(LoopPart { lo: 0, hi: 1 })),
-            ]
-            .concat(),
-        ),
-        (
-            "a matrix product's chunk that cuts a row",
-            [hello(), request(matmul_task(4)), data(1, 3)].concat(),
-        ),
-        (
-            "a matrix product of an impossible size",
-            [hello(), request(matmul_task(u64::MAX))].concat(),
-        ),
-        (
-            "a first frame longer than a Hello",
-            [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
-        ),
-        ("nothing at all", Vec::new()),
-        ("handshake then silence", hello()),
-    ];
-    for (name, bytes) in hostile {
+    for (name, bytes) in hostile::streams() {
         let answer = send_and_read_to_close(address, bytes).await;
         // Whatever the server said before closing, it was a proper frame or nothing.
         assert!(answer.len() < 4096, "{name}: {} bytes back", answer.len());
@@ -208,11 +85,7 @@ async fn hostile_input_is_closed_and_disturbs_no_other_client() {
     let said = String::from_utf8_lossy(&answer);
     assert!(said.contains("leaves the job's work folder"), "{said}");
     // A first frame longer than any handshake is refused from its length alone.
-    let answer = send_and_read_to_close(
-        address,
-        [&(4u32 << 20).to_be_bytes()[..], b"HPOOL"].concat(),
-    )
-    .await;
+    let answer = send_and_read_to_close(address, hostile::oversized_first_frame()).await;
     let said = String::from_utf8_lossy(&answer);
     assert!(said.contains("a first frame of 4194304 bytes"), "{said}");
 
@@ -258,16 +131,6 @@ async fn a_client_that_leaves_mid_part_frees_its_worker() {
         .unwrap();
     assert_eq!(reply.result, PartResult::Loop(4839925025133175650));
     server.shutdown().await;
-}
-
-/// Both rows of an `n` x `n` matrix product with n >= 2, without C.
-fn matmul_task(n: u64) -> PartTask {
-    PartTask::Matmul(MatmulPart {
-        n,
-        first_row: 0,
-        rows: 2,
-        keep_rows: false,
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
