@@ -89,7 +89,15 @@ fn a_kind_is_one_file_plus_one_line() {
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
         let lines = naming_lines(&text);
-        if !lines.is_empty() && !file.ends_with("common/src/jobs/sum_of_squares.rs") {
+        // The soak's job mix and the part-table fuzz target choose to exercise this
+        // kind by name, as they do every other: coverage a new kind may add later,
+        // not registration it needs.
+        let exercises_kinds = file.ends_with("benchmarks/src/soak.rs")
+            || file.ends_with("fuzz/fuzz_targets/part_table.rs");
+        if !lines.is_empty()
+            && !file.ends_with("common/src/jobs/sum_of_squares.rs")
+            && !exercises_kinds
+        {
             naming.push((
                 file.strip_prefix(&root).unwrap().display().to_string(),
                 lines,
