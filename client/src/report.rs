@@ -254,9 +254,35 @@ impl Report {
             .map(|s| s.as_secs_f64() / run.elapsed.as_secs_f64())
     }
 
-    /// Speedup per worker: 1.0 when every worker was fully used.
-    pub fn efficiency(&self, run: &ModeRun) -> Option<f64> {
-        self.speedup(run).map(|s| s / run.workers.max(1) as f64)
+    /// The best speedup the mode could reach: the parts that can compute at once.
+    /// Locally that is min(parts, cores); in the pool min(parts, the servers' workers),
+    /// and no more than this machine's cores when every server runs on it (loopback).
+    pub fn ideal_speedup(&self, run: &ModeRun) -> usize {
+        let cores = self.environment.cores.max(1);
+        let usable = match run.mode {
+            Mode::Sequential => 1,
+            Mode::Threaded | Mode::MultiProcess => cores,
+            Mode::Pool => {
+                let on_this_machine = self.pool.as_ref().is_some_and(|pool| {
+                    pool.servers
+                        .iter()
+                        .all(|server| is_loopback(&server.address))
+                });
+                if on_this_machine {
+                    run.workers.min(cores)
+                } else {
+                    run.workers
+                }
+            }
+        };
+        usable.min(run.parts).max(1)
+    }
+
+    /// The speedup over the ideal speedup: 1.0 when the mode got all the parallelism
+    /// it could use, whatever the workers it started.
+    pub fn of_ideal(&self, run: &ModeRun) -> Option<f64> {
+        self.speedup(run)
+            .map(|s| s / self.ideal_speedup(run) as f64)
     }
 
     /// The mode's name as the table, CSV and chart show it.
@@ -366,13 +392,18 @@ impl Report {
         if repeated {
             let _ = write!(out, " {:>21}", "min - max");
         }
-        let _ = writeln!(out, " {:>8} {:>10}  result", "speedup", "efficiency");
+        let _ = writeln!(
+            out,
+            " {:>8} {:>5} {:>8}  result",
+            "speedup", "ideal", "of ideal"
+        );
         for run in &self.runs {
             let speedup = self
                 .speedup(run)
                 .map_or("-".to_string(), |s| format!("{s:.2}x"));
-            let efficiency = self
-                .efficiency(run)
+            let ideal = format!("{}x", self.ideal_speedup(run));
+            let of_ideal = self
+                .of_ideal(run)
                 .map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0));
             let check = if self.matches(run) { "ok" } else { "MISMATCH" };
             let _ = write!(
@@ -391,7 +422,7 @@ impl Report {
                 );
                 let _ = write!(out, " {range:>21}");
             }
-            let _ = writeln!(out, " {speedup:>8} {efficiency:>10}  {check}");
+            let _ = writeln!(out, " {speedup:>8} {ideal:>5} {of_ideal:>8}  {check}");
         }
         for (mode, reason) in &self.not_run {
             let _ = writeln!(out, "{:<18} not run: {reason}", mode.name());
@@ -461,7 +492,8 @@ impl Report {
                     "mean_s": s.mean.as_secs_f64(),
                     "stddev_s": s.stddev.as_secs_f64(),
                     "speedup": self.speedup(run),
-                    "efficiency": self.efficiency(run),
+                    "ideal_speedup": self.ideal_speedup(run),
+                    "of_ideal": self.of_ideal(run),
                     "result": run.result.to_string(),
                     "ok": self.matches(run),
                 })
@@ -543,14 +575,14 @@ impl Report {
     /// The modes as CSV: a header line, then one line per mode. Times in seconds.
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,efficiency,result,ok\n",
+            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,ideal_speedup,of_ideal,result,ok\n",
         );
         let number = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         for run in &self.runs {
             let s = &run.summary;
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 run.mode.name(),
                 csv_field(&self.label(run)),
                 run.workers,
@@ -562,7 +594,8 @@ impl Report {
                 s.mean.as_secs_f64(),
                 s.stddev.as_secs_f64(),
                 number(self.speedup(run)),
-                number(self.efficiency(run)),
+                self.ideal_speedup(run),
+                number(self.of_ideal(run)),
                 run.result,
                 self.matches(run)
             );
@@ -636,6 +669,19 @@ impl Report {
     }
 }
 
+/// Whether a `host:port` names this machine: a server there shares its cores.
+fn is_loopback(address: &str) -> bool {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Quotes a CSV field if it holds a comma, a quote or a line break (RFC 4180).
 fn csv_field(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
@@ -661,6 +707,21 @@ pub fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_on_loopback_are_on_this_machine() {
+        for address in [
+            "127.0.0.1:7000",
+            "127.3.2.1:1",
+            "localhost:7000",
+            "[::1]:7000",
+        ] {
+            assert!(is_loopback(address), "{address}");
+        }
+        for address in ["10.0.0.2:7000", "lab1:7000", "[fe80::1]:7000"] {
+            assert!(!is_loopback(address), "{address}");
+        }
+    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {

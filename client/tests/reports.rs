@@ -53,6 +53,21 @@ async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
         assert_eq!(mode["median_s"], run.summary.median.as_secs_f64());
         assert_eq!(mode["stddev_s"], run.summary.stddev.as_secs_f64());
         assert_eq!(mode["speedup"], report.speedup(run).unwrap());
+        // The ideal is the parallelism the mode could use: 4 parts on this machine's
+        // cores, or on the workers of the servers (two with one each, unless one
+        // connected after the other had done every part), which share those cores.
+        let cores = report.environment.cores;
+        let ideal = match run.mode {
+            Mode::Sequential => 1,
+            Mode::Threaded | Mode::MultiProcess => cores.min(4),
+            Mode::Pool => {
+                assert!((1..=2).contains(&run.workers), "{}", run.workers);
+                cores.min(run.workers)
+            }
+        };
+        assert_eq!(mode["ideal_speedup"], ideal, "{}", run.mode.name());
+        let of_ideal = mode["of_ideal"].as_f64().unwrap();
+        assert!((of_ideal * ideal as f64 - report.speedup(run).unwrap()).abs() < 1e-9);
     }
     let pool = &json["pool"];
     assert_eq!(pool["parts"].as_array().unwrap().len(), 4);
