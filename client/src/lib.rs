@@ -10,6 +10,7 @@
 //!   results in.
 //! * [`local`]: the sequential, threaded and multi-process baselines.
 //! * [`report`]: the comparison table and JSON.
+//! * [`table`]: a table as text, Markdown or LaTeX.
 //!
 //! [`run`] ties them together as the `pool-client` binary does.
 
@@ -25,6 +26,7 @@ pub mod report;
 pub mod servers;
 pub mod stats;
 pub mod status;
+pub mod table;
 pub mod timeline;
 
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pool_common::jobfile::{JobFile, ServerEntry};
+use pool_common::jobfile::{merge_duplicate_servers, JobFile, ServerEntry};
 use pool_common::jobs::{CancelFlag, Part, PartResult};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -175,10 +177,19 @@ pub async fn run_with_progress(
         connect.token = Some(token.to_string());
     }
     let scheduling = Scheduling::from_job_file(job_file);
-    let server_entries = servers
+    let (server_entries, warnings) = merge_duplicate_servers(
+        servers
+            .iter()
+            .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+    let servers: Vec<String> = server_entries
         .iter()
-        .map(|entry| ServerEntry::parse(entry).map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|entry| match entry.slots {
+            Some(slots) => format!("{slots}/{}", entry.address),
+            None => entry.address.clone(),
+        })
+        .collect();
 
     let input_bytes: u64 = parts
         .iter()
@@ -276,6 +287,7 @@ pub async fn run_with_progress(
         saved: Vec::new(),
         not_run,
         runs_programs,
+        warnings,
     };
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {

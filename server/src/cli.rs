@@ -124,8 +124,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     writeln!(
         stdout,
-        "{} with {workers} workers",
-        listening_line("pool-server", server.local_addr())
+        "{} with {}",
+        listening_line("pool-server", server.local_addr()),
+        pool_common::text::counted(workers, "worker", "workers")
     )?;
     stdout.flush()?;
     info!(addr = %server.local_addr(), workers, "listening");
