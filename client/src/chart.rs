@@ -12,7 +12,8 @@
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::report::{breakdown, Report};
+use crate::report::{breakdown, seconds, Report};
+use pool_common::text::counted;
 
 /// Width and height of the chart in pixels (SVG user units).
 const WIDTH: u32 = 900;
@@ -39,6 +40,18 @@ const CONNECT: RGBColor = palette::ORANGE;
 const SEND: RGBColor = palette::SKY_BLUE;
 const COMPUTE: RGBColor = palette::GREEN;
 const WAIT: RGBColor = palette::PINK;
+
+/// The unit an axis reads in, chosen from its largest value in seconds so that a job of
+/// microseconds gets labels of microseconds: its name and its length in seconds.
+fn unit_of(largest: f64) -> (&'static str, f64) {
+    if largest >= 1.0 {
+        ("s", 1.0)
+    } else if largest >= 1e-3 {
+        ("ms", 1e-3)
+    } else {
+        ("µs", 1e-6)
+    }
+}
 
 /// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -90,20 +103,29 @@ fn draw_modes(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
 ) -> Result<(), ChartError> {
     let labels: Vec<String> = report.runs.iter().map(|r| report.label(r)).collect();
+    let (unit, per_unit) = unit_of(
+        report
+            .runs
+            .iter()
+            .map(|r| r.summary.max.as_secs_f64())
+            .fold(0.0, f64::max),
+    );
+    let value = |d: std::time::Duration| d.as_secs_f64() / per_unit;
     let top = report
         .runs
         .iter()
-        .map(|r| r.summary.max.as_secs_f64())
+        .map(|r| value(r.summary.max))
         .fold(0.0, f64::max)
-        .max(1e-6)
+        .max(1e-3)
         * 1.2;
     let runs = match report.settings.repeat {
         1 => "one run per mode".to_string(),
         n => format!("median of {n} runs, whiskers min to max"),
     };
     let caption = format!(
-        "{} job, {} parts: elapsed time per mode ({runs})",
-        report.kind, report.parts
+        "{} job, {}: elapsed time per mode ({runs})",
+        report.kind,
+        counted(report.parts, "part", "parts")
     );
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
@@ -125,7 +147,7 @@ fn draw_modes(
         .light_line_style(TRANSPARENT)
         .x_labels(labels.len())
         .x_label_formatter(&label_of)
-        .y_desc("elapsed (s)")
+        .y_desc(format!("elapsed ({unit})"))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()
@@ -135,7 +157,7 @@ fn draw_modes(
             let mut bar = Rectangle::new(
                 [
                     (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), run.summary.median.as_secs_f64()),
+                    (SegmentValue::Exact(i + 1), value(run.summary.median)),
                 ],
                 BAR.filled(),
             );
@@ -147,9 +169,9 @@ fn draw_modes(
         .draw_series(report.runs.iter().enumerate().map(|(i, run)| {
             ErrorBar::new_vertical(
                 SegmentValue::CenterOf(i),
-                run.summary.min.as_secs_f64(),
-                run.summary.median.as_secs_f64(),
-                run.summary.max.as_secs_f64(),
+                value(run.summary.min),
+                value(run.summary.median),
+                value(run.summary.max),
                 BLACK.stroke_width(2),
                 16,
             )
@@ -157,15 +179,14 @@ fn draw_modes(
         .map_err(err)?;
     chart
         .draw_series(report.runs.iter().enumerate().map(|(i, run)| {
-            let median = run.summary.median.as_secs_f64();
             let speedup = report
                 .speedup(run)
                 .map_or(String::new(), |s| format!(", {s:.2}x"));
             Text::new(
-                format!("{median:.3} s{speedup}"),
+                format!("{}{speedup}", seconds(run.summary.median)),
                 (
                     SegmentValue::CenterOf(i),
-                    run.summary.max.as_secs_f64() + top * 0.03,
+                    value(run.summary.max) + top * 0.03,
                 ),
                 ("sans-serif", 14)
                     .into_font()
@@ -186,31 +207,45 @@ fn draw_servers(
     };
     let servers = breakdown(pool);
     // Each server's parts: send, compute and wait stacked; connection beside the stack.
-    let stacks: Vec<[f64; 3]> = servers
+    let in_seconds: Vec<([f64; 3], f64)> = servers
         .iter()
         .map(|s| {
-            [
-                s.send.as_secs_f64(),
-                s.compute.as_secs_f64(),
-                s.wait.as_secs_f64(),
-            ]
+            (
+                [
+                    s.send.as_secs_f64(),
+                    s.compute.as_secs_f64(),
+                    s.wait.as_secs_f64(),
+                ],
+                s.connect.unwrap_or_default().as_secs_f64(),
+            )
         })
         .collect();
+    let (unit, per_unit) = unit_of(
+        in_seconds
+            .iter()
+            .map(|(stack, connect)| stack.iter().sum::<f64>().max(*connect))
+            .fold(0.0, f64::max),
+    );
+    let stacks: Vec<[f64; 3]> = in_seconds
+        .iter()
+        .map(|(stack, _)| stack.map(|s| s / per_unit))
+        .collect();
+    let connects: Vec<f64> = in_seconds.iter().map(|(_, c)| c / per_unit).collect();
     let top = stacks
         .iter()
         .map(|s| s.iter().sum::<f64>())
-        .chain(servers.iter().map(|s| s.connect.unwrap_or_default().as_secs_f64()))
+        .chain(connects.iter().copied())
         .fold(0.0, f64::max)
-        .max(1e-6)
+        .max(1e-3)
         // Headroom for the legend above the bars.
         * 1.6;
     let caption = format!(
-        "pool per server ({:.3} s run): time of its parts, summed",
-        pool.elapsed.as_secs_f64()
+        "pool per server ({} run): time of its parts, summed",
+        seconds(pool.elapsed)
     );
     let names: Vec<String> = servers
         .iter()
-        .map(|s| format!("{} ({} parts)", s.address, s.parts))
+        .map(|s| format!("{} ({})", s.address, counted(s.parts, "part", "parts")))
         .collect();
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 20))
@@ -231,7 +266,7 @@ fn draw_servers(
         .light_line_style(TRANSPARENT)
         .x_labels(servers.len())
         .x_label_formatter(&label_of)
-        .y_desc("seconds (summed over parts)")
+        .y_desc(format!("{unit} (summed over parts)"))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()
@@ -253,16 +288,12 @@ fn draw_servers(
     let (connect_left, connect_right) = (slot_width / 8, slot_width * 6 / 8);
     let (stack_left, stack_right) = (slot_width * 3 / 8, slot_width / 8);
     chart
-        .draw_series(servers.iter().enumerate().map(|(i, s)| {
-            slot(
-                i,
-                0.0,
-                s.connect.unwrap_or_default().as_secs_f64(),
-                connect_left,
-                connect_right,
-                CONNECT,
-            )
-        }))
+        .draw_series(
+            connects
+                .iter()
+                .enumerate()
+                .map(|(i, &connect)| slot(i, 0.0, connect, connect_left, connect_right, CONNECT)),
+        )
         .map_err(err)?
         .label("connect")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], CONNECT.filled()));
@@ -297,4 +328,16 @@ fn draw_servers(
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_fits_the_largest_value() {
+        assert_eq!(unit_of(2.5), ("s", 1.0));
+        assert_eq!(unit_of(0.0042), ("ms", 1e-3));
+        assert_eq!(unit_of(0.000_35), ("µs", 1e-6));
+    }
 }

@@ -43,6 +43,7 @@ use futures::{FutureExt, StreamExt};
 use pool_common::jobfile::{Fallback, JobFile, Placement, Schedule, ServerEntry};
 use pool_common::jobs::{combine_all, CancelFlag, JobInputs, Part, PartResult};
 use pool_common::protocol::ServerStatus;
+use pool_common::text::counted;
 use pool_common::wire::{frames_len, part_frames, result_frames};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -376,9 +377,9 @@ impl fmt::Display for PoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} of the job's parts failed on every server tried ({} attempts each); the servers:",
+            "{} of the job's parts failed on every server tried ({} each); the servers:",
             self.failed_parts.len(),
-            self.attempts
+            counted(self.attempts as usize, "attempt", "attempts")
         )?;
         for (address, failure) in &self.servers {
             match failure {

@@ -12,6 +12,7 @@
 //!   results in.
 //! * [`local`]: the sequential, threaded and multi-process baselines.
 //! * [`report`]: the comparison table and JSON.
+//! * [`table`]: a table as text, Markdown or LaTeX.
 //!
 //! [`run`] ties them together as the `pool-client` binary does.
 
@@ -30,6 +31,7 @@ pub mod report;
 pub mod servers;
 pub mod stats;
 pub mod status;
+pub mod table;
 pub mod timeline;
 pub mod tls;
 
@@ -198,7 +200,7 @@ pub async fn run_with_progress(
         .into());
     };
     let changing = membership.can_change();
-    let updates = membership.watch().await?;
+    let (updates, warnings) = membership.watch().await?;
     let servers: Vec<String> = updates.borrow().iter().map(|s| s.address.clone()).collect();
 
     // Without a seed, draw one and record it: the JSON then says how to replay the
@@ -325,6 +327,7 @@ pub async fn run_with_progress(
         saved: Vec::new(),
         not_run,
         runs_programs,
+        warnings,
     };
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {

@@ -89,7 +89,8 @@ struct RunArgs {
     warmup: u32,
 
     /// Output: a table for people, one JSON document (with the machine and settings,
-    /// to reproduce and compare runs), or CSV with one line per mode.
+    /// to reproduce and compare runs), CSV with one line per mode, or the tables as
+    /// Markdown or LaTeX (booktabs) to paste into a report.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 
@@ -169,6 +170,10 @@ enum Format {
     Table,
     Json,
     Csv,
+    /// The tables as Markdown, to paste into a report.
+    Markdown,
+    /// The tables as LaTeX (booktabs), to paste into a report.
+    Latex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,9 +242,14 @@ fn run_job(args: RunArgs) -> ExitCode {
             }
         }
     }
-    if args.timeline.is_some() && !args.modes.contains(&Mode::Pool) {
-        eprintln!("error: --timeline draws the pool mode; add pool to --modes");
-        return ExitCode::from(EXIT_USAGE);
+    for (flag, given, what) in [
+        ("--timeline", args.timeline.is_some(), "draws"),
+        ("--log", args.log.is_some(), "logs the parts of"),
+    ] {
+        if given && !args.modes.contains(&Mode::Pool) {
+            eprintln!("error: {flag} {what} the pool mode; add pool to --modes");
+            return ExitCode::from(EXIT_USAGE);
+        }
     }
     // Files to write are checked before the run, so a typo does not waste a long job.
     for path in [&args.output, &args.log, &args.chart, &args.timeline]
@@ -301,6 +311,13 @@ fn run_job(args: RunArgs) -> ExitCode {
         },
         Some(Ok(report)) => report,
     };
+    // The table prints its warnings; other formats are read by programs or pasted, so
+    // the person running them hears of them here.
+    if args.format != Format::Table {
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
     let text = match args.format {
         Format::Table => report.table(),
         Format::Json => format!(
@@ -308,6 +325,8 @@ fn run_job(args: RunArgs) -> ExitCode {
             serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
         ),
         Format::Csv => report.csv(),
+        Format::Markdown => report.markdown(),
+        Format::Latex => report.latex(),
     };
     let written = write_output(args.output.as_deref(), &text)
         .and_then(|()| match &args.log {

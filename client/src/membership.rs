@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use pool_common::jobfile::{read_servers_file, ServerEntry};
+use pool_common::jobfile::{merge_duplicate_servers, read_servers_file, ServerEntry};
 use tokio::sync::watch;
 
 use crate::discovery::Discovery;
@@ -70,8 +70,16 @@ impl Membership {
     }
 
     /// The servers now: the file read, every `dns:` name resolved to its addresses, an
-    /// address listed twice kept once (its first entry).
+    /// address listed twice kept once.
     pub async fn resolve(&self) -> anyhow::Result<Vec<ServerEntry>> {
+        Ok(self.look().await?.0)
+    }
+
+    /// The servers now, and a warning for each address listed twice: its entries are
+    /// merged (see [`merge_duplicate_servers`]). An address a `dns:` name also
+    /// resolves to is kept once, silently: a name standing for servers listed
+    /// by address too is not a mistake.
+    async fn look(&self) -> anyhow::Result<(Vec<ServerEntry>, Vec<String>)> {
         let mut entries = self.listed.clone();
         if let Some(discovery) = &self.discovery {
             entries.extend(discovery.servers().await?);
@@ -82,6 +90,7 @@ impl Membership {
                 entries.push(ServerEntry::parse(&line).map_err(anyhow::Error::msg)?);
             }
         }
+        let (entries, warnings) = merge_duplicate_servers(entries);
         let mut servers: Vec<ServerEntry> = Vec::with_capacity(entries.len());
         for entry in entries {
             let found = if entry.every_address {
@@ -99,14 +108,15 @@ impl Membership {
                 }
             }
         }
-        Ok(servers)
+        Ok((servers, warnings))
     }
 
-    /// The servers now, then, if they can change, each change as it is seen. A look
-    /// that fails (the file half-written, the name not resolving) keeps the last list
-    /// and logs why. The watching stops when every receiver is dropped.
-    pub async fn watch(self) -> anyhow::Result<ServerUpdates> {
-        let servers = self.resolve().await?;
+    /// The servers now, then, if they can change, each change as it is seen; and the
+    /// first look's warnings. A look that fails (the file half-written, the name not
+    /// resolving) keeps the last list and logs why. The watching stops when every
+    /// receiver is dropped.
+    pub async fn watch(self) -> anyhow::Result<(ServerUpdates, Vec<String>)> {
+        let (servers, warnings) = self.look().await?;
         let (sender, receiver) = watch::channel(servers);
         if self.can_change() {
             tokio::spawn(async move {
@@ -130,7 +140,7 @@ impl Membership {
                 }
             });
         }
-        Ok(receiver)
+        Ok((receiver, warnings))
     }
 }
 
@@ -169,7 +179,12 @@ mod tests {
             None,
         );
         assert!(membership.can_change());
-        let servers = membership.resolve().await.unwrap();
+        let (servers, warnings) = membership.look().await.unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("server 127.0.0.1:7001 is listed 2 times"),
+            "{warnings:?}"
+        );
         assert_eq!(servers[0], entry("127.0.0.1:7001"));
         // localhost resolves to 127.0.0.1, already listed, and perhaps to ::1.
         assert!(servers[1..]
@@ -193,7 +208,7 @@ mod tests {
         let file = dir.path().join("servers.txt");
         std::fs::write(&file, "127.0.0.1:7001\n").unwrap();
         let membership = Membership::new(Vec::new(), Some(file.clone()));
-        let mut updates = membership.watch().await.unwrap();
+        let (mut updates, _) = membership.watch().await.unwrap();
         assert_eq!(*updates.borrow_and_update(), [entry("127.0.0.1:7001")]);
         std::fs::write(&file, "127.0.0.1:7002\n2/127.0.0.1:7003\n").unwrap();
         updates.changed().await.unwrap();

@@ -1,7 +1,9 @@
 //! What a run prints: the comparison table with the pool's per-server breakdown, one
 //! JSON document or CSV for scripts, and the per-part log.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +13,8 @@ use serde_json::json;
 use crate::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PartRecord, PoolRun, ShareRecord};
 use crate::environment::Environment;
 use crate::stats::Summary;
+use crate::table::Table;
+use pool_common::text::counted;
 
 /// The ways to run the same parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -19,8 +23,8 @@ pub enum Mode {
     Sequential,
     /// One OS thread per part.
     Threaded,
-    /// One child process per part.
-    #[value(name = "processes", alias = "multi-process")]
+    /// One child process per part (`processes` is accepted too).
+    #[value(name = "multi-process", alias = "processes")]
     MultiProcess,
     /// One child process per part, the data read in place from shared memory.
     #[value(name = "shared-memory")]
@@ -151,9 +155,10 @@ pub struct ServerBreakdown {
     pub left: Option<Duration>,
 }
 
-/// Per-server breakdown of one pool run, in the order of its server list.
+/// Per-server breakdown of one pool run, in address order.
 pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
-    pool.servers
+    let mut servers: Vec<ServerBreakdown> = pool
+        .servers
         .iter()
         .map(|server| {
             let parts: Vec<_> = pool
@@ -196,7 +201,9 @@ pub fn breakdown(pool: &PoolRun) -> Vec<ServerBreakdown> {
                 left: server.left,
             }
         })
-        .collect()
+        .collect();
+    servers.sort_by_key(|s| (s.address.parse::<SocketAddr>().ok(), s.address.clone()));
+    servers
 }
 
 /// Everything a run produced.
@@ -227,6 +234,9 @@ pub struct Report {
     /// Whether the job's parts run the user's own program: results that differ between
     /// modes are then the program's doing, not pool's.
     pub runs_programs: bool,
+    /// What the reader should know before trusting the figures (a server listed
+    /// twice, a busy machine, outliers), one sentence each.
+    pub warnings: Vec<String>,
 }
 
 /// Part lines are left out of the table above this many parts (the log has them).
@@ -265,42 +275,237 @@ impl Report {
             .map(|s| s.as_secs_f64() / run.elapsed.as_secs_f64())
     }
 
-    /// Speedup per worker: 1.0 when every worker was fully used.
-    pub fn efficiency(&self, run: &ModeRun) -> Option<f64> {
-        self.speedup(run).map(|s| s / run.workers.max(1) as f64)
+    /// The best speedup the mode could reach: the parts that can compute at once.
+    /// Locally that is min(parts, cores); in the pool min(parts, the servers' workers),
+    /// and no more than this machine's cores when every server runs on it (loopback).
+    pub fn ideal_speedup(&self, run: &ModeRun) -> usize {
+        let cores = self.environment.cores.max(1);
+        let usable = match run.mode {
+            Mode::Sequential => 1,
+            Mode::Threaded | Mode::MultiProcess | Mode::SharedMemory => cores,
+            Mode::Pool => {
+                let on_this_machine = self.pool.as_ref().is_some_and(|pool| {
+                    pool.servers
+                        .iter()
+                        .all(|server| is_loopback(&server.address))
+                });
+                if on_this_machine {
+                    run.workers.min(cores)
+                } else {
+                    run.workers
+                }
+            }
+        };
+        usable.min(run.parts).max(1)
+    }
+
+    /// The speedup over the ideal speedup: 1.0 when the mode got all the parallelism
+    /// it could use, whatever the workers it started.
+    pub fn of_ideal(&self, run: &ModeRun) -> Option<f64> {
+        self.speedup(run)
+            .map(|s| s / self.ideal_speedup(run) as f64)
     }
 
     /// The mode's name as the table, CSV and chart show it.
     pub fn label(&self, run: &ModeRun) -> String {
         match (&self.pool, run.mode) {
-            (Some(pool), Mode::Pool) => format!("pool ({} servers)", pool.servers.len()),
+            (Some(pool), Mode::Pool) => format!(
+                "pool ({})",
+                counted(pool.servers.len(), "server", "servers")
+            ),
             _ => run.mode.name().to_string(),
         }
+    }
+
+    /// The run's first lines: the job, and how the pool handed out parts.
+    fn headline(&self) -> Vec<String> {
+        let runs = match (self.settings.repeat, self.settings.warmup) {
+            (1, 0) => String::new(),
+            (n, 0) => format!(", {n} runs per mode"),
+            (n, k) => format!(", {n} runs per mode after {k} warm-up"),
+        };
+        let mut lines = vec![format!(
+            "job: {} ({}), {}{runs}",
+            self.kind,
+            self.job_file,
+            counted(self.parts, "part", "parts")
+        )];
+        if let Some(pool) = &self.pool {
+            let scheduling = &pool.scheduling;
+            lines.push(format!(
+                "pool: {} schedule, {} placement, speculation {}",
+                scheduling.schedule.name(),
+                scheduling.placement.name(),
+                if scheduling.speculate { "on" } else { "off" }
+            ));
+        }
+        lines
+    }
+
+    /// The modes side by side: the table every output format shows.
+    pub fn modes_table(&self) -> Table {
+        let repeated = self.settings.repeat > 1;
+        let mut header = vec![
+            "mode",
+            "workers",
+            "parts",
+            if repeated { "median" } else { "elapsed" },
+        ];
+        if repeated {
+            header.push("min - max");
+        }
+        header.extend(["speedup", "ideal", "of ideal", "result"]);
+        let mut table = Table::new(&header, 1);
+        for run in &self.runs {
+            let mut row = vec![
+                self.label(run),
+                run.workers.to_string(),
+                run.parts.to_string(),
+                seconds(run.elapsed),
+            ];
+            if repeated {
+                row.push(format!(
+                    "{} - {}",
+                    seconds(run.summary.min),
+                    seconds(run.summary.max)
+                ));
+            }
+            row.push(
+                self.speedup(run)
+                    .map_or("-".to_string(), |s| format!("{s:.2}x")),
+            );
+            row.push(format!("{}x", self.ideal_speedup(run)));
+            row.push(
+                self.of_ideal(run)
+                    .map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0)),
+            );
+            row.push(if self.matches(run) { "ok" } else { "MISMATCH" }.to_string());
+            table.push(row);
+        }
+        table
+    }
+
+    /// What the per-server table is about: which run, and that its times are sums.
+    fn servers_title(&self, pool: &PoolRun) -> String {
+        let which = if self.settings.repeat > 1 {
+            format!("the run closest to the median, {}", seconds(pool.elapsed))
+        } else {
+            seconds(pool.elapsed)
+        };
+        format!("pool per server ({which}; send, compute and wait are sums over its parts)")
+    }
+
+    /// The pool's per-server breakdown, one row per server in address order.
+    pub fn servers_table(pool: &PoolRun) -> Table {
+        let mut table = Table::new(
+            &[
+                "server", "workers", "parts", "connect", "send", "compute", "wait", "done at",
+                "failed", "lost",
+            ],
+            1,
+        );
+        for server in breakdown(pool) {
+            table.push(vec![
+                server.address,
+                server.workers.to_string(),
+                server.parts.to_string(),
+                server.connect.map_or("-".to_string(), seconds),
+                seconds(server.send),
+                seconds(server.compute),
+                seconds(server.wait),
+                seconds(server.done_at),
+                server.failed_attempts.to_string(),
+                server.lost_attempts.to_string(),
+            ]);
+        }
+        table
+    }
+
+    /// The retried parts, grouped: one line per server and reason a part failed for,
+    /// then where those parts were computed in the end, with counts (a job of
+    /// hundreds of parts on a dead server gives two lines, not hundreds).
+    fn retried_lines(pool: &PoolRun) -> Vec<String> {
+        let mut failures: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+        let mut computed_by: BTreeMap<String, usize> = BTreeMap::new();
+        for part in pool.retried() {
+            for failed in part.failed_attempts() {
+                if let AttemptOutcome::Failed(error) = &failed.outcome {
+                    failures
+                        .entry((failed.server.as_str(), error.as_str()))
+                        .or_default()
+                        .push(part.part);
+                }
+            }
+            *computed_by.entry(part.computed_by.to_string()).or_default() += 1;
+        }
+        if computed_by.is_empty() {
+            return Vec::new();
+        }
+        let retried: usize = computed_by.values().sum();
+        let mut lines = vec![format!(
+            "retried parts: {}",
+            counted(retried, "part", "parts")
+        )];
+        for ((server, error), parts) in failures {
+            lines.push(format!(
+                "  {} failed on {server}: {error} ({})",
+                counted(parts.len(), "part", "parts"),
+                part_list(&parts)
+            ));
+        }
+        let moved: Vec<String> = computed_by
+            .iter()
+            .map(|(by, n)| format!("{n} by {by}"))
+            .collect();
+        lines.push(format!("  computed in the end: {}", moved.join(", ")));
+        lines
+    }
+
+    /// What the pipes copy that shared memory does not, when both ran on a job with
+    /// data.
+    fn data_copied_line(&self) -> Option<String> {
+        let both_ran = [Mode::MultiProcess, Mode::SharedMemory]
+            .iter()
+            .all(|mode| self.runs.iter().any(|run| run.mode == *mode));
+        (self.settings.input_bytes > 0 && both_ran).then(|| {
+            format!(
+                "data copied per run: multi-process {} (the parts' {} into pipes, and out of them \
+                 into the children); shared memory none (placed once before the runs, each child \
+                 maps its block)",
+                mebibytes(2 * self.settings.input_bytes),
+                mebibytes(self.settings.input_bytes)
+            )
+        })
+    }
+
+    /// One line per server that joined or left the server list during the run.
+    fn membership_lines(pool: &PoolRun) -> Vec<String> {
+        let mut lines = Vec::new();
+        for server in breakdown(pool) {
+            for (what, at) in [("joined", server.joined), ("left", server.left)] {
+                if let Some(at) = at {
+                    lines.push(format!(
+                        "{} {what} the server list at {}",
+                        server.address,
+                        seconds(at)
+                    ));
+                }
+            }
+        }
+        lines
     }
 
     /// The report as a human-readable table: the pool's parts above it, the pool's
     /// per-server breakdown under it.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let runs = match (self.settings.repeat, self.settings.warmup) {
-            (1, 0) => String::new(),
-            (n, 0) => format!(", {n} runs per mode"),
-            (n, k) => format!(", {n} runs per mode after {k} warm-up"),
-        };
-        let _ = writeln!(
-            out,
-            "job: {} ({}), {} parts{runs}",
-            self.kind, self.job_file, self.parts
-        );
+        for line in self.headline() {
+            let _ = writeln!(out, "{line}");
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
         if let Some(pool) = &self.pool {
-            let scheduling = &pool.scheduling;
-            let _ = writeln!(
-                out,
-                "pool: {} schedule, {} placement, speculation {}",
-                scheduling.schedule.name(),
-                scheduling.placement.name(),
-                if scheduling.speculate { "on" } else { "off" }
-            );
             if pool.parts.len() <= MAX_PART_LINES {
                 let _ = writeln!(
                     out,
@@ -318,21 +523,9 @@ impl Report {
                     );
                 }
             }
-            let retried: Vec<_> = pool.retried().collect();
+            let retried = Self::retried_lines(pool);
             if !retried.is_empty() {
-                let _ = writeln!(out, "\nretried parts:");
-                for part in retried {
-                    for failed in part.failed_attempts() {
-                        if let AttemptOutcome::Failed(error) = &failed.outcome {
-                            let _ = writeln!(
-                                out,
-                                "  part {} failed on {}: {error}",
-                                part.part, failed.server
-                            );
-                        }
-                    }
-                    let _ = writeln!(out, "  part {} computed by {}", part.part, part.computed_by);
-                }
+                let _ = writeln!(out, "\n{}", retried.join("\n"));
             }
             let copies: Vec<_> = pool
                 .parts
@@ -347,8 +540,8 @@ impl Report {
                     .count();
                 let _ = writeln!(
                     out,
-                    "\nspeculation: {} copies of slow parts, {won} finished first; server time spent twice: {}",
-                    copies.len(),
+                    "\nspeculation: {} of slow parts, {won} finished first; server time spent twice: {}",
+                    counted(copies.len(), "copy", "copies"),
                     seconds(pool.time_spent_twice())
                 );
                 for (part, copy) in copies {
@@ -367,121 +560,72 @@ impl Report {
                 }
             }
         }
-        let repeated = self.settings.repeat > 1;
-        let elapsed_header = if repeated { "median" } else { "elapsed" };
-        let width = self
-            .runs
-            .iter()
-            .map(|run| self.label(run).len())
-            .max()
-            .unwrap_or(0)
-            .max(18);
-        let _ = write!(
-            out,
-            "\n{:<width$} {:>7} {:>6} {:>10}",
-            "mode", "workers", "parts", elapsed_header
-        );
-        if repeated {
-            let _ = write!(out, " {:>21}", "min - max");
-        }
-        let _ = writeln!(out, " {:>8} {:>10}  result", "speedup", "efficiency");
-        for run in &self.runs {
-            let speedup = self
-                .speedup(run)
-                .map_or("-".to_string(), |s| format!("{s:.2}x"));
-            let efficiency = self
-                .efficiency(run)
-                .map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0));
-            let check = if self.matches(run) { "ok" } else { "MISMATCH" };
-            let _ = write!(
-                out,
-                "{:<width$} {:>7} {:>6} {:>10}",
-                self.label(run),
-                run.workers,
-                run.parts,
-                seconds(run.elapsed),
-            );
-            if repeated {
-                let range = format!(
-                    "{} - {}",
-                    seconds(run.summary.min),
-                    seconds(run.summary.max)
-                );
-                let _ = write!(out, " {range:>21}");
-            }
-            let _ = writeln!(out, " {speedup:>8} {efficiency:>10}  {check}");
-        }
+        let _ = write!(out, "\n{}", self.modes_table().text());
         for (mode, reason) in &self.not_run {
-            let _ = writeln!(out, "{:<width$} not run: {reason}", mode.name());
+            let _ = writeln!(out, "{} not run: {reason}", mode.name());
         }
-        let data_path_modes = [Mode::MultiProcess, Mode::SharedMemory];
-        if self.settings.input_bytes > 0
-            && data_path_modes
-                .iter()
-                .all(|mode| self.runs.iter().any(|run| run.mode == *mode))
-        {
-            let _ = writeln!(
-                out,
-                "data copied per run: multi-process {} (the parts' {} into pipes, and out of them \
-                 into the children); shared memory none (placed once before the runs, each child \
-                 maps its block)",
-                mebibytes(2 * self.settings.input_bytes),
-                mebibytes(self.settings.input_bytes)
-            );
+        if let Some(line) = self.data_copied_line() {
+            let _ = writeln!(out, "{line}");
         }
         if let Some(pool) = &self.pool {
-            let which = if repeated {
-                format!("the run closest to the median, {}", seconds(pool.elapsed))
-            } else {
-                seconds(pool.elapsed)
-            };
-            let _ = writeln!(out, "\npool per server ({which}):");
-            let _ = writeln!(
-                out,
-                "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>5}",
-                "server",
-                "workers",
-                "parts",
-                "connect",
-                "send",
-                "compute",
-                "wait",
-                "done at",
-                "failed",
-                "lost"
-            );
-            for server in breakdown(pool) {
-                let _ = writeln!(
-                    out,
-                    "{:<22} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>5}",
-                    server.address,
-                    server.workers,
-                    server.parts,
-                    server.connect.map_or("-".to_string(), seconds),
-                    seconds(server.send),
-                    seconds(server.compute),
-                    seconds(server.wait),
-                    seconds(server.done_at),
-                    server.failed_attempts,
-                    server.lost_attempts
-                );
-            }
-            for server in breakdown(pool) {
-                for (what, at) in [("joined", server.joined), ("left", server.left)] {
-                    if let Some(at) = at {
-                        let _ = writeln!(
-                            out,
-                            "{} {what} the server list at {}",
-                            server.address,
-                            seconds(at)
-                        );
-                    }
-                }
+            let _ = writeln!(out, "\n{}:", self.servers_title(pool));
+            out.push_str(&Self::servers_table(pool).text());
+            for line in Self::membership_lines(pool) {
+                let _ = writeln!(out, "{line}");
             }
         }
         let _ = writeln!(out, "\nresult: {}", self.reference());
         for path in &self.saved {
             let _ = writeln!(out, "written: {}", path.display());
+        }
+        out
+    }
+
+    /// The tables as Markdown, ready to paste into a report: the job line, the modes,
+    /// the pool per server, the result.
+    pub fn markdown(&self) -> String {
+        let mut out = self.headline().join("  \n") + "\n\n";
+        for warning in &self.warnings {
+            let _ = writeln!(out, "> warning: {warning}\n");
+        }
+        out.push_str(&self.modes_table().markdown());
+        for (mode, reason) in &self.not_run {
+            let _ = write!(out, "\n{} not run: {reason}\n", mode.name());
+        }
+        if let Some(line) = self.data_copied_line() {
+            let _ = write!(out, "\n{line}\n");
+        }
+        if let Some(pool) = &self.pool {
+            let _ = write!(out, "\n{}:\n\n", self.servers_title(pool));
+            out.push_str(&Self::servers_table(pool).markdown());
+            for line in Self::membership_lines(pool) {
+                let _ = write!(out, "\n{line}\n");
+            }
+        }
+        let _ = writeln!(out, "\nresult: `{}`", self.reference());
+        out
+    }
+
+    /// The tables as LaTeX `table` floats with booktabs rules, their captions saying
+    /// what ran and how.
+    pub fn latex(&self) -> String {
+        let mut caption = self.headline();
+        for (mode, reason) in &self.not_run {
+            caption.push(format!("{} not run: {reason}", mode.name()));
+        }
+        caption.extend(self.data_copied_line());
+        caption.push(format!("result {}", self.reference()));
+        let mut out: String = self
+            .warnings
+            .iter()
+            .map(|warning| format!("% warning: {warning}\n"))
+            .collect();
+        out.push_str(&self.modes_table().latex(&(caption.join(". ") + ".")));
+        if let Some(pool) = &self.pool {
+            out.push('\n');
+            let mut caption = vec![self.servers_title(pool)];
+            caption.extend(Self::membership_lines(pool));
+            out.push_str(&Self::servers_table(pool).latex(&(caption.join(". ") + ".")));
         }
         out
     }
@@ -506,7 +650,8 @@ impl Report {
                     "mean_s": s.mean.as_secs_f64(),
                     "stddev_s": s.stddev.as_secs_f64(),
                     "speedup": self.speedup(run),
-                    "efficiency": self.efficiency(run),
+                    "ideal_speedup": self.ideal_speedup(run),
+                    "of_ideal": self.of_ideal(run),
                     "result": run.result.to_string(),
                     "ok": self.matches(run),
                 })
@@ -579,6 +724,7 @@ impl Report {
                 "input_bytes": settings.input_bytes,
             },
             "modes": modes,
+            "warnings": self.warnings,
             "not_run": self.not_run.iter().map(|(mode, reason)| json!({
                 "mode": mode.name(),
                 "reason": reason,
@@ -590,14 +736,14 @@ impl Report {
     /// The modes as CSV: a header line, then one line per mode. Times in seconds.
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,efficiency,result,ok\n",
+            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,ideal_speedup,of_ideal,result,ok\n",
         );
         let number = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         for run in &self.runs {
             let s = &run.summary;
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 run.mode.name(),
                 csv_field(&self.label(run)),
                 run.workers,
@@ -609,7 +755,8 @@ impl Report {
                 s.mean.as_secs_f64(),
                 s.stddev.as_secs_f64(),
                 number(self.speedup(run)),
-                number(self.efficiency(run)),
+                self.ideal_speedup(run),
+                number(self.of_ideal(run)),
                 run.result,
                 self.matches(run)
             );
@@ -683,6 +830,30 @@ impl Report {
     }
 }
 
+/// Part numbers for a line: the first few, and how many more.
+fn part_list(parts: &[usize]) -> String {
+    const SHOWN: usize = 8;
+    let shown: Vec<String> = parts.iter().take(SHOWN).map(usize::to_string).collect();
+    let word = if parts.len() == 1 { "part" } else { "parts" };
+    match parts.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{word} {} and {more} more", shown.join(", ")),
+        _ => format!("{word} {}", shown.join(", ")),
+    }
+}
+
+/// Whether a `host:port` names this machine: a server there shares its cores.
+fn is_loopback(address: &str) -> bool {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Quotes a CSV field if it holds a comma, a quote or a line break (RFC 4180).
 fn csv_field(field: &str) -> String {
     if field.contains([',', '"', '\n', '\r']) {
@@ -713,6 +884,21 @@ fn mebibytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_on_loopback_are_on_this_machine() {
+        for address in [
+            "127.0.0.1:7000",
+            "127.3.2.1:1",
+            "localhost:7000",
+            "[::1]:7000",
+        ] {
+            assert!(is_loopback(address), "{address}");
+        }
+        for address in ["10.0.0.2:7000", "lab1:7000", "[fe80::1]:7000"] {
+            assert!(!is_loopback(address), "{address}");
+        }
+    }
 
     #[test]
     fn csv_fields_are_quoted_when_needed() {

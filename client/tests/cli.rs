@@ -308,3 +308,36 @@ fn a_server_of_another_protocol_version_is_named() {
         "{message}"
     );
 }
+
+#[test]
+fn processes_names_the_multi_process_mode_and_log_needs_the_pool() {
+    let dir = support::temp_dir("modes");
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        "parts = 2\n[job]\nkind = \"loop\"\niterations = 1000\n",
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let output = run_client(&[
+        job,
+        "--modes",
+        "sequential,processes",
+        "--format",
+        "markdown",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let markdown = stdout(&output);
+    assert!(markdown.contains("\n| multi-process | "), "{markdown}");
+    assert!(markdown.contains("\n| --- | ---: |"), "{markdown}");
+
+    let log = dir.join("parts.tsv");
+    let output = run_client(&[job, "--modes", "sequential", "--log", log.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--log logs the parts of the pool mode; add pool to --modes"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!log.exists(), "nothing written before the run");
+}

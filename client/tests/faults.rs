@@ -61,6 +61,7 @@ async fn a_server_dead_before_the_job_is_avoided() {
         .await
         .unwrap();
     assert_eq!(report.runs[0].result, reference_result(&job));
+    let table = report.table();
     let pool = report.pool.unwrap();
     // A static shuffle deals the dead server two of the six parts.
     let retried: Vec<_> = pool.retried().collect();
@@ -78,6 +79,15 @@ async fn a_server_dead_before_the_job_is_avoided() {
     }
     let dead_record = pool.servers.iter().find(|s| s.address == dead).unwrap();
     assert!(dead_record.failure.is_some());
+    // The table groups them: one line for the server and reason, with a count.
+    let failed: Vec<&str> = table
+        .lines()
+        .filter(|l| l.contains(&format!("failed on {dead}")))
+        .collect();
+    assert_eq!(failed.len(), 1, "{table}");
+    assert!(failed[0].starts_with("  2 parts failed on "), "{table}");
+    assert!(table.contains("retried parts: 2 parts\n"), "{table}");
+    assert!(table.contains("  computed in the end: "), "{table}");
 
     // The dynamic schedule hands parts only to servers it has connected to: the dead
     // one gets none, and no part needs a second attempt.
@@ -198,7 +208,9 @@ async fn with_fallback_local_the_client_computes_what_no_server_could() {
         .iter()
         .all(|p| p.computed_by == ComputedBy::LocalFallback));
     assert!(
-        report.table().contains("computed by local (fallback)"),
+        report
+            .table()
+            .contains("computed in the end: 3 by local (fallback)"),
         "{}",
         report.table()
     );

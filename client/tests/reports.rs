@@ -53,6 +53,21 @@ async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
         assert_eq!(mode["median_s"], run.summary.median.as_secs_f64());
         assert_eq!(mode["stddev_s"], run.summary.stddev.as_secs_f64());
         assert_eq!(mode["speedup"], report.speedup(run).unwrap());
+        // The ideal is the parallelism the mode could use: 4 parts on this machine's
+        // cores, or on the workers of the servers (two with one each, unless one
+        // connected after the other had done every part), which share those cores.
+        let cores = report.environment.cores;
+        let ideal = match run.mode {
+            Mode::Sequential => 1,
+            Mode::Threaded | Mode::MultiProcess | Mode::SharedMemory => cores.min(4),
+            Mode::Pool => {
+                assert!((1..=2).contains(&run.workers), "{}", run.workers);
+                cores.min(run.workers)
+            }
+        };
+        assert_eq!(mode["ideal_speedup"], ideal, "{}", run.mode.name());
+        let of_ideal = mode["of_ideal"].as_f64().unwrap();
+        assert!((of_ideal * ideal as f64 - report.speedup(run).unwrap()).abs() < 1e-9);
     }
     let pool = &json["pool"];
     assert_eq!(pool["parts"].as_array().unwrap().len(), 4);
@@ -182,6 +197,17 @@ async fn the_chart_is_valid_svg_naming_every_mode_and_server() {
     let svg = pool_client::chart::svg(&report).unwrap();
     roxmltree::Document::parse(&svg).expect("well-formed XML");
     assert!(svg.contains("threaded") && !svg.contains("pool per server"));
+    // Short runs read in the unit the table uses, not as 0.000 s.
+    for run in &report.runs {
+        let label = pool_client::report::seconds(run.summary.median);
+        assert!(svg.contains(&label), "{label} missing");
+    }
+    let slowest = report.runs.iter().map(|r| r.summary.max).max().unwrap();
+    if slowest < Duration::from_millis(1) {
+        assert!(svg.contains("elapsed (µs)"), "{svg}");
+    } else if slowest < Duration::from_secs(1) {
+        assert!(svg.contains("elapsed (ms)"), "{svg}");
+    }
     for server in servers {
         server.shutdown().await;
     }
@@ -354,4 +380,192 @@ fn help_explains_every_option_and_version_works() {
         stdout(&version).trim(),
         format!("pool-client {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+/// The cells of a Markdown table row, split at the bars that are not escaped.
+fn markdown_cells(line: &str) -> Vec<String> {
+    let inner = line
+        .strip_prefix("| ")
+        .and_then(|l| l.strip_suffix(" |"))
+        .unwrap_or_else(|| panic!("not a table row: {line:?}"));
+    let mut cells = vec![String::new()];
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'|') => {
+                cells.last_mut().unwrap().push(chars.next().unwrap());
+            }
+            '|' => cells.push(String::new()),
+            _ => cells.last_mut().unwrap().push(c),
+        }
+    }
+    cells.iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// The Markdown tables in `text`: runs of lines that start with `|`.
+fn markdown_tables(text: &str) -> Vec<Vec<&str>> {
+    let mut tables: Vec<Vec<&str>> = Vec::new();
+    let mut previous_was_row = false;
+    for line in text.lines() {
+        let row = line.starts_with('|');
+        match (row, previous_was_row) {
+            (true, true) => tables.last_mut().unwrap().push(line),
+            (true, false) => tables.push(vec![line]),
+            _ => {}
+        }
+        previous_was_row = row;
+    }
+    tables
+}
+
+/// Checks LaTeX for what breaks a document: unbalanced environments and braces, rows
+/// with the wrong number of cells, and special characters left unescaped. Returns the
+/// environments opened, in order.
+fn check_latex(tex: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut columns = 0;
+    let mut in_rows = false;
+    for line in tex.lines() {
+        if line.starts_with('%') {
+            continue;
+        }
+        if let Some(env) = line
+            .strip_prefix("\\begin{")
+            .and_then(|l| l.split_once('}'))
+        {
+            open.push(env.0.to_string());
+            seen.push(env.0.to_string());
+            if env.0 == "tabular" {
+                let spec = env.1.trim_matches(|c| c == '{' || c == '}');
+                assert!(spec.chars().all(|c| c == 'l' || c == 'r'), "{line}");
+                columns = spec.len();
+            }
+        }
+        if let Some(env) = line
+            .strip_prefix("\\end{")
+            .and_then(|l| l.strip_suffix('}'))
+        {
+            assert_eq!(
+                open.pop().as_deref(),
+                Some(env),
+                "\\end{{{env}}} closes nothing"
+            );
+        }
+        match line {
+            "\\toprule" | "\\midrule" => in_rows = true,
+            "\\bottomrule" => in_rows = false,
+            _ if in_rows => {
+                let row = line.strip_suffix(" \\\\").expect("a row ends with \\\\");
+                let cells = row.split(" & ").count();
+                assert_eq!(cells, columns, "{line}");
+            }
+            _ => {}
+        }
+        // Outside commands, every special character is escaped.
+        let mut previous = ' ';
+        let mut depth = 0i32;
+        let mut in_math = false;
+        for c in line.chars() {
+            match c {
+                '{' if previous != '\\' => depth += 1,
+                '}' if previous != '\\' => depth -= 1,
+                '$' if previous != '\\' => in_math = !in_math,
+                '%' | '_' | '#' | '&' if previous != '\\' => {
+                    assert!(c == '&' && in_rows, "unescaped {c:?} in {line}")
+                }
+                'µ' | '±' | '|' | '<' | '>' => panic!("{c:?} left as is in {line}"),
+                _ => {}
+            }
+            previous = c;
+        }
+        assert_eq!(depth, 0, "unbalanced braces in {line}");
+        assert!(!in_math, "unclosed $ in {line}");
+    }
+    assert!(open.is_empty(), "left open: {open:?}");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markdown_and_latex_hold_the_tables_as_they_print() {
+    let servers = start_servers(2, 1).await;
+    // The first server listed twice: used once, with a warning.
+    let mut list = addresses(&servers);
+    list.push(list[0].clone());
+    let mut opts = options(list);
+    opts.repeat = 2;
+    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.pool.as_ref().unwrap().servers.len(), 2);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(report.warnings[0].contains(&format!("{} is listed 2 times", addresses(&servers)[0])));
+    assert!(report.table().contains("warning: server "));
+
+    let markdown = report.markdown();
+    let tables = markdown_tables(&markdown);
+    assert_eq!(tables.len(), 2, "{markdown}");
+    let expected = [
+        report.modes_table(),
+        pool_client::report::Report::servers_table(report.pool.as_ref().unwrap()),
+    ];
+    for (lines, table) in tables.iter().zip(&expected) {
+        let header = markdown_cells(lines[0]);
+        assert_eq!(header, table.header, "{markdown}");
+        let rule = markdown_cells(lines[1]);
+        assert_eq!(rule.len(), header.len(), "{markdown}");
+        assert!(rule.iter().all(|r| r == "---" || r == "---:"), "{markdown}");
+        let rows: Vec<Vec<String>> = lines[2..].iter().map(|l| markdown_cells(l)).collect();
+        assert_eq!(rows, table.rows, "{markdown}");
+    }
+    assert!(markdown.contains(&format!("result: `{}`", report.reference())));
+
+    let latex = report.latex();
+    assert_eq!(
+        check_latex(&latex),
+        ["table", "tabular", "table", "tabular"],
+        "{latex}"
+    );
+    for rule in ["\\toprule", "\\midrule", "\\bottomrule"] {
+        assert_eq!(latex.matches(rule).count(), 2, "{latex}");
+    }
+    // Percentages and microseconds of the table, escaped.
+    assert!(latex.contains("\\%"), "{latex}");
+    if report.table().contains('µ') {
+        assert!(latex.contains("$\\mu$s"), "{latex}");
+    }
+    assert!(latex.starts_with("% warning: server "), "{latex}");
+    compile_latex_if_possible(&latex);
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+/// Compiles the tables in a document with pdflatex when this machine has it (Debian's
+/// texlive-latex-base and texlive-latex-recommended, for booktabs); says so when not.
+fn compile_latex_if_possible(tables: &str) {
+    let found = std::process::Command::new("pdflatex")
+        .arg("--version")
+        .output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "LaTeX output structure-checked only: no pdflatex here (Debian packages \
+             texlive-latex-base and texlive-latex-recommended)"
+        );
+        return;
+    }
+    let dir = support::temp_dir("latex");
+    let document = format!(
+        "\\documentclass{{article}}\n\\usepackage{{booktabs}}\n\\begin{{document}}\n{tables}\\end{{document}}\n"
+    );
+    std::fs::write(dir.join("tables.tex"), document).unwrap();
+    let output = std::process::Command::new("pdflatex")
+        .args(["-interaction=nonstopmode", "-halt-on-error", "tables.tex"])
+        .current_dir(&*dir)
+        .output()
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("tables.log")).unwrap_or_default();
+    assert!(output.status.success(), "pdflatex failed:\n{log}");
+    assert!(!log.contains("Missing character"), "{log}");
+    assert!(dir.join("tables.pdf").exists());
 }

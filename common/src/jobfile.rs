@@ -178,6 +178,53 @@ impl ServerEntry {
     }
 }
 
+/// One entry per server address: a server listed twice (by hand, or by two forms that
+/// resolve to it) would otherwise get two connections and twice its share of parts.
+/// The entries of one address become one, where it was first listed; its slots are the
+/// sum of theirs when each gives slots, else the workers it reports. Returns a warning
+/// per address listed more than once.
+pub fn merge_duplicate_servers(entries: Vec<ServerEntry>) -> (Vec<ServerEntry>, Vec<String>) {
+    let mut grouped: Vec<(ServerEntry, Vec<Option<u32>>)> = Vec::new();
+    for entry in entries {
+        match grouped.iter_mut().find(|(first, _)| {
+            first.every_address == entry.every_address
+                && first.address.eq_ignore_ascii_case(&entry.address)
+        }) {
+            Some((_, slots)) => slots.push(entry.slots),
+            None => {
+                let slots = vec![entry.slots];
+                grouped.push((entry, slots));
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    let entries = grouped
+        .into_iter()
+        .map(|(first, slots)| {
+            let summed = slots
+                .iter()
+                .try_fold(0u32, |sum, n| n.map(|n| sum.saturating_add(n)));
+            if slots.len() > 1 {
+                let how = match summed {
+                    Some(n) => format!("with {n} slots, the sum of its entries'"),
+                    None => "with the workers it reports".to_string(),
+                };
+                warnings.push(format!(
+                    "server {} is listed {} times: used once, {how} \
+                     (write N/host:port to give a server N slots)",
+                    first.address,
+                    slots.len()
+                ));
+            }
+            ServerEntry {
+                slots: summed,
+                ..first
+            }
+        })
+        .collect();
+    (entries, warnings)
+}
+
 /// How the client talks to servers and copes with their failures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientSettings {
@@ -412,7 +459,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         location: span.map(|s| location_of(text, s.start)),
         message,
     };
-    let toml_error = |e: toml::de::Error| error_at(e.span(), e.message().trim().to_string());
+    let toml_error = |e: toml::de::Error| error_at(e.span(), plain_types(e.message().trim()));
     // Parsed once, keeping every value's place: read here for the common keys, and by
     // the job's kind for its own (see `parse_job`).
     let document = toml::de::DeTable::parse(text).map_err(toml_error)?;
@@ -724,7 +771,11 @@ fn parse_job(
             )
         })?
         .map_err(|e| {
-            let message = format!("{} (in a {} job)", e.message().trim(), kind.get_ref());
+            let message = format!(
+                "{} (in a {} job)",
+                plain_types(e.message().trim()),
+                kind.get_ref()
+            );
             error_at(e.span(), message)
         })?;
     spec.validate()
@@ -809,6 +860,25 @@ pub fn check_address(address: &str) -> Result<(), String> {
     }
 }
 
+/// A parser's message with Rust's type names (`expected u64`) put in words.
+fn plain_types(message: &str) -> String {
+    const WORDS: [(&str, &str); 8] = [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number (0 or more)"),
+        ("usize", "a whole number (0 or more)"),
+        ("i64", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    WORDS
+        .iter()
+        .fold(message.to_string(), |message, (rust, words)| {
+            message.replace(&format!("expected {rust}"), &format!("expected {words}"))
+        })
+}
+
 fn location_of(text: &str, offset: usize) -> Location {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -822,6 +892,33 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse(text, Path::new("job.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_server_listed_twice_is_used_once_with_a_warning() {
+        let entries = |list: &[&str]| -> Vec<ServerEntry> {
+            list.iter()
+                .map(|e| ServerEntry::parse(e).unwrap())
+                .collect()
+        };
+        let (merged, warnings) =
+            merge_duplicate_servers(entries(&["a:1", "b:2", "A:1", "c:3", "a:1"]));
+        assert_eq!(merged, entries(&["a:1", "b:2", "c:3"]));
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with(
+                "server a:1 is listed 3 times: used once, with the workers it reports"
+            ),
+            "{warnings:?}"
+        );
+        let (merged, warnings) = merge_duplicate_servers(entries(&["2/a:1", "3/a:1", "b:2"]));
+        assert_eq!(merged, entries(&["5/a:1", "b:2"]));
+        assert!(warnings[0].contains("with 5 slots"), "{warnings:?}");
+        let (merged, warnings) = merge_duplicate_servers(entries(&["2/a:1", "a:1"]));
+        assert_eq!(merged, entries(&["a:1"]));
+        assert_eq!(warnings.len(), 1);
+        let (_, warnings) = merge_duplicate_servers(entries(&["a:1", "b:1"]));
+        assert!(warnings.is_empty());
     }
 
     #[test]
@@ -873,7 +970,17 @@ mod tests {
         );
         assert_eq!(
             error("parts = \"two\"\n[job]\nkind = \"loop\"\niterations = 10\n"),
-            "job.toml:1:9: invalid type: string \"two\", expected u64"
+            "job.toml:1:9: invalid type: string \"two\", expected a whole number (0 or more)"
+        );
+        assert_eq!(
+            error("parts = 2\n[job]\nkind = \"loop\"\niterations = 1.5\n"),
+            "job.toml:4:14: invalid type: floating point `1.5`, expected a whole number (0 or more) (in a loop job)"
+        );
+        assert_eq!(
+            error(
+                "parts = 2\nconnect_timeout = \"soon\"\n[job]\nkind = \"loop\"\niterations = 10\n"
+            ),
+            "job.toml:2:19: invalid type: string \"soon\", expected a number"
         );
         assert!(
             error("parts = 2\n[job]\nkind = \"lop\"\niterations = 10\n").starts_with(

@@ -13,6 +13,7 @@
 //! * [`splitmix`]: the mixing function the kernels and generated data share.
 //! * [`exact_sum`]: the exact accumulator that makes float sums independent of the
 //!   split.
+//! * [`text`]: words for messages people read (`1 worker`, `2 workers`).
 //!
 //! The modules depend on each other in one direction only: `jobs`, `splitmix` and
 //! `exact_sum` need none of the others (nor do `auth` and `tls`), `protocol` names the jobs' types, `codec` frames the
@@ -27,5 +28,6 @@ pub mod jobfile;
 pub mod jobs;
 pub mod protocol;
 pub mod splitmix;
+pub mod text;
 pub mod tls;
 pub mod wire;

@@ -162,8 +162,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve on {}:{}", args.bind, args.port))?;
     let mut lines = format!(
-        "{} with {workers} workers\n",
-        listening_line("pool-server", server.local_addr())
+        "{} with {}\n",
+        listening_line("pool-server", server.local_addr()),
+        pool_common::text::counted(workers, "worker", "workers")
     );
     if let Some(fingerprint) = fingerprint {
         lines.push_str(&pin_line(&fingerprint));
