@@ -13,6 +13,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::{breakdown, seconds, Report};
+use crate::stats::Repeat;
 use pool_common::text::counted;
 
 /// Width and height of the chart in pixels (SVG user units).
@@ -119,8 +120,9 @@ fn draw_modes(
         .max(1e-3)
         * 1.2;
     let runs = match report.settings.repeat {
-        1 => "one run per mode".to_string(),
-        n => format!("median of {n} runs, whiskers min to max"),
+        Repeat::Times(1) => "one run per mode".to_string(),
+        Repeat::Times(n) => format!("median of {n} runs, box its 95% CI, whiskers min to max"),
+        Repeat::Auto { .. } => "median, box its 95% CI, whiskers min to max".to_string(),
     };
     let caption = format!(
         "{} job, {}: elapsed time per mode ({runs})",
@@ -175,6 +177,21 @@ fn draw_modes(
                 BLACK.stroke_width(2),
                 16,
             )
+        }))
+        .map_err(err)?;
+    // The median's 95% interval: an outlined box across the whisker.
+    chart
+        .draw_series(report.runs.iter().enumerate().filter_map(|(i, run)| {
+            let interval = run.summary.median_interval?;
+            let mut ci = Rectangle::new(
+                [
+                    (SegmentValue::Exact(i), value(interval.low)),
+                    (SegmentValue::Exact(i + 1), value(interval.high)),
+                ],
+                BLACK.stroke_width(2),
+            );
+            ci.set_margin(0, 0, 55, 55);
+            Some(ci)
         }))
         .map_err(err)?;
     chart

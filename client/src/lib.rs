@@ -37,7 +37,7 @@ pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pool_common::jobfile::{JobFile, ServerEntry, DEFAULT_DISCOVER_WINDOW, DISCOVER};
@@ -47,12 +47,13 @@ use rand::SeedableRng;
 
 use connection::ConnectOptions;
 use dispatch::{FaultPolicy, Scheduling};
-use environment::Environment;
+use environment::{Environment, MachineLoad};
 use local::{DataPath, SharedData};
 use membership::Membership;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
 use servers::LocalServers;
+use stats::Repeat;
 
 /// Everything a run needs besides the job file.
 #[derive(Debug, Clone)]
@@ -71,8 +72,8 @@ pub struct RunOptions {
     /// Set to stop the local modes' kernels (on Ctrl-C); the pool mode stops when its
     /// future is dropped.
     pub cancel: Arc<CancelFlag>,
-    /// Recorded runs of each mode (at least 1).
-    pub repeat: usize,
+    /// How many runs of each mode to record.
+    pub repeat: Repeat,
     /// Unrecorded runs of each mode before the recorded ones (to warm caches, start
     /// the servers' threads, and fault in memory).
     pub warmup: usize,
@@ -88,7 +89,7 @@ impl RunOptions {
             seed: None,
             exe,
             cancel: Arc::new(CancelFlag::new()),
-            repeat: 1,
+            repeat: Repeat::Times(1),
             warmup: 0,
         }
     }
@@ -115,8 +116,7 @@ pub async fn run_with_progress(
     if modes.is_empty() {
         bail!("no modes to run");
     }
-    let repeat = options.repeat.max(1);
-    let environment = Environment::detect();
+    let mut environment = Environment::detect();
 
     // The job's data first (a CSV may be malformed), then the servers: every mistake in
     // the job file shows before any server is started or contacted.
@@ -229,19 +229,23 @@ pub async fn run_with_progress(
     let mut runs = Vec::new();
     let mut pool_runs = Vec::new();
     for mode in modes {
-        let mut samples = Vec::with_capacity(repeat);
-        let mut results = Vec::with_capacity(repeat);
+        let mut samples = Vec::new();
+        let mut results = Vec::new();
         let mut workers = parts.len();
-        for attempt in 0..options.warmup + repeat {
+        let mut recording_since = None;
+        for attempt in 0.. {
             let label = if attempt < options.warmup {
                 format!("{} warm-up {}/{}", mode.name(), attempt + 1, options.warmup)
             } else {
-                format!(
-                    "{} run {}/{}",
-                    mode.name(),
-                    attempt - options.warmup + 1,
-                    repeat
-                )
+                let since = *recording_since.get_or_insert_with(Instant::now);
+                if options.repeat.enough(&samples, since.elapsed()) {
+                    break;
+                }
+                let run = attempt - options.warmup + 1;
+                match options.repeat {
+                    Repeat::Times(times) => format!("{} run {run}/{times}", mode.name()),
+                    Repeat::Auto { .. } => format!("{} run {run} (auto)", mode.name()),
+                }
             };
             let shipped = if mode == Mode::Pool { input_bytes } else { 0 };
             let bars = progress.mode(&label, parts.len() as u64, shipped);
@@ -305,6 +309,7 @@ pub async fn run_with_progress(
         runs.push(ModeRun::new(mode, workers, parts.len(), samples, results));
     }
     drop(local_servers);
+    environment.load_at_end = Some(MachineLoad::now());
     let pool = stats::median_index(&pool_runs.iter().map(|r| r.elapsed).collect::<Vec<_>>())
         .map(|i| pool_runs[i].clone());
     let mut report = Report {
@@ -316,7 +321,7 @@ pub async fn run_with_progress(
         pool_runs,
         environment,
         settings: RunSettings {
-            repeat,
+            repeat: options.repeat,
             warmup: options.warmup,
             placement_seed,
             job_seeds: environment::job_seeds(job_file),
@@ -329,6 +334,8 @@ pub async fn run_with_progress(
         runs_programs,
         warnings,
     };
+    let measurement = report.measurement_warnings();
+    report.warnings.extend(measurement);
     // Files are written from a result every mode agreed on, never from a disputed one.
     if report.all_match() {
         report.saved = job

@@ -12,6 +12,7 @@ use pool_client::connection::ConnectOptions;
 use pool_client::membership::Membership;
 use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
+use pool_client::stats::Repeat;
 use pool_client::tls::ClientTls;
 use pool_client::{chart, environment, local, run_with_progress, status, timeline, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
@@ -79,9 +80,17 @@ struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Mode::ALL)]
     modes: Vec<Mode>,
 
-    /// Recorded runs of each mode; the table shows their median and range.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    repeat: u32,
+    /// Recorded runs of each mode (1 to 1000), or `auto`: until the median's 95%
+    /// interval is within ±2% of it (at least 5 runs, at most 200), or the mode has used
+    /// --repeat-budget. With more than one run the table shows the median, its 95%
+    /// interval and the range, and says which modes cannot be told apart.
+    #[arg(long, default_value = "1", value_name = "N|auto")]
+    repeat: Repeat,
+
+    /// With --repeat auto: seconds one mode's recorded runs may take before it stops
+    /// short of its ±2% interval [default: 60].
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    repeat_budget: Option<Duration>,
 
     /// Unrecorded runs of each mode before the recorded ones (warm caches, started
     /// threads, memory faulted in).
@@ -161,8 +170,8 @@ struct StatusArgs {
     format: StatusFormat,
 
     /// Seconds to wait for each server to connect and to answer.
-    #[arg(long, default_value_t = 5.0)]
-    timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = positive_seconds)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,6 +220,16 @@ fn run_job(args: RunArgs) -> ExitCode {
     let Some(job_path) = args.job else {
         eprintln!("error: give a job file, e.g. pool-client examples/quickstart.toml (see --help)");
         return ExitCode::from(EXIT_USAGE);
+    };
+    let repeat = match (args.repeat, args.repeat_budget) {
+        (Repeat::Auto { budget }, given) => Repeat::Auto {
+            budget: given.unwrap_or(budget),
+        },
+        (times, None) => times,
+        (_, Some(_)) => {
+            eprintln!("error: --repeat-budget is for --repeat auto; add it, or drop the budget");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
     let mut job_file = match jobfile::read(&job_path) {
         Ok(job_file) => job_file,
@@ -280,7 +299,7 @@ fn run_job(args: RunArgs) -> ExitCode {
         servers,
         local_servers: args.local.map(usize::from),
         seed: args.seed,
-        repeat: args.repeat as usize,
+        repeat,
         warmup: args.warmup as usize,
         ..RunOptions::new(exe)
     };
@@ -360,6 +379,14 @@ fn run_job(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Reads a command-line duration: a positive number of seconds.
+fn positive_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(duration)) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("{text:?}: give a positive number of seconds")),
+    }
+}
+
 fn run_status(args: StatusArgs) -> ExitCode {
     let job_file = match args.job.as_deref().map(jobfile::read).transpose() {
         Ok(job_file) => job_file,
@@ -431,11 +458,7 @@ fn run_status(args: StatusArgs) -> ExitCode {
         .iter()
         .map(|s| jobfile::ServerEntry::parse(s).expect("checked when read"))
         .collect();
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        eprintln!("error: --timeout must be a positive number of seconds");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let wait = Duration::from_secs_f64(args.timeout);
+    let wait = args.timeout;
     let options = ConnectOptions {
         connect_timeout: wait,
         handshake_timeout: wait,

@@ -12,7 +12,9 @@ use serde_json::json;
 
 use crate::dispatch::{AttemptKind, AttemptOutcome, ComputedBy, PartRecord, PoolRun, ShareRecord};
 use crate::environment::Environment;
-use crate::stats::Summary;
+use crate::stats::{
+    Interval, Repeat, Summary, AUTO_MAX_RUNS, AUTO_TARGET, BOOTSTRAP_RESAMPLES, OUTLIER_SCORE,
+};
 use crate::table::Table;
 use pool_common::text::counted;
 
@@ -102,8 +104,8 @@ impl ModeRun {
 /// How the run was made: what a rerun needs besides the job file.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
-    /// Recorded runs per mode.
-    pub repeat: usize,
+    /// How many runs of each mode were recorded.
+    pub repeat: Repeat,
     /// Unrecorded runs per mode before them.
     pub warmup: usize,
     /// The seed of the random placement of parts on servers (given, or drawn).
@@ -319,10 +321,21 @@ impl Report {
 
     /// The run's first lines: the job, and how the pool handed out parts.
     fn headline(&self) -> Vec<String> {
-        let runs = match (self.settings.repeat, self.settings.warmup) {
-            (1, 0) => String::new(),
-            (n, 0) => format!(", {n} runs per mode"),
-            (n, k) => format!(", {n} runs per mode after {k} warm-up"),
+        let recorded = match self.settings.repeat {
+            Repeat::Times(1) => None,
+            Repeat::Times(n) => Some(format!("{n} runs per mode")),
+            Repeat::Auto { budget } => Some(format!(
+                "runs per mode until the median's 95% interval is within ±{:.0}% \
+                 (at most {} each)",
+                AUTO_TARGET * 100.0,
+                seconds(budget)
+            )),
+        };
+        let runs = match (recorded, self.settings.warmup) {
+            (None, 0) => String::new(),
+            (None, k) => format!(", 1 run per mode after {k} warm-up"),
+            (Some(recorded), 0) => format!(", {recorded}"),
+            (Some(recorded), k) => format!(", {recorded}, after {k} warm-up"),
         };
         let mut lines = vec![format!(
             "job: {} ({}), {}{runs}",
@@ -344,15 +357,15 @@ impl Report {
 
     /// The modes side by side: the table every output format shows.
     pub fn modes_table(&self) -> Table {
-        let repeated = self.settings.repeat > 1;
-        let mut header = vec![
-            "mode",
-            "workers",
-            "parts",
-            if repeated { "median" } else { "elapsed" },
-        ];
+        let repeated = self.settings.repeat.repeats();
+        let auto = matches!(self.settings.repeat, Repeat::Auto { .. });
+        let mut header = vec!["mode", "workers", "parts"];
+        if auto {
+            header.push("runs");
+        }
+        header.push(if repeated { "median" } else { "elapsed" });
         if repeated {
-            header.push("min - max");
+            header.extend(["95% CI", "min - max"]);
         }
         header.extend(["speedup", "ideal", "of ideal", "result"]);
         let mut table = Table::new(&header, 1);
@@ -361,14 +374,18 @@ impl Report {
                 self.label(run),
                 run.workers.to_string(),
                 run.parts.to_string(),
-                seconds(run.elapsed),
             ];
+            if auto {
+                row.push(run.summary.runs.to_string());
+            }
+            row.push(seconds(run.elapsed));
             if repeated {
-                row.push(format!(
-                    "{} - {}",
-                    seconds(run.summary.min),
-                    seconds(run.summary.max)
-                ));
+                row.push(
+                    run.summary
+                        .median_interval
+                        .map_or("-".to_string(), |i| span(i.low, i.high)),
+                );
+                row.push(span(run.summary.min, run.summary.max));
             }
             row.push(
                 self.speedup(run)
@@ -387,7 +404,7 @@ impl Report {
 
     /// What the per-server table is about: which run, and that its times are sums.
     fn servers_title(&self, pool: &PoolRun) -> String {
-        let which = if self.settings.repeat > 1 {
+        let which = if self.settings.repeat.repeats() {
             format!("the run closest to the median, {}", seconds(pool.elapsed))
         } else {
             seconds(pool.elapsed)
@@ -459,6 +476,94 @@ impl Report {
             .collect();
         lines.push(format!("  computed in the end: {}", moved.join(", ")));
         lines
+    }
+
+    /// The pairs of modes whose medians' 95% intervals overlap: no significant
+    /// difference between them at the 5% level.
+    pub fn indistinguishable_pairs(&self) -> Vec<(&ModeRun, &ModeRun)> {
+        let mut pairs = Vec::new();
+        for (i, a) in self.runs.iter().enumerate() {
+            for b in &self.runs[i + 1..] {
+                if let (Some(x), Some(y)) = (a.summary.median_interval, b.summary.median_interval) {
+                    if x.overlaps(&y) {
+                        pairs.push((a, b));
+                    }
+                }
+            }
+        }
+        pairs
+    }
+
+    /// The lines under the modes table that say which modes cannot be told apart.
+    fn significance_lines(&self) -> Vec<String> {
+        let pairs = self.indistinguishable_pairs();
+        if pairs.is_empty() {
+            return Vec::new();
+        }
+        let mut lines =
+            vec!["no significant difference (their medians' 95% intervals overlap):".to_string()];
+        lines.extend(
+            pairs
+                .iter()
+                .map(|(a, b)| format!("  {} and {}", self.label(a), self.label(b))),
+        );
+        lines
+    }
+
+    /// What the reader should know about the measurement itself: a machine busy with
+    /// other work, runs far from the others, `--repeat auto` stopped by its budget
+    /// before its interval was narrow enough.
+    pub fn measurement_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let cores = self.environment.cores;
+        if let (true, Some(load)) = (
+            self.environment.load_at_start.busy(cores),
+            self.environment.load_at_start.load_average,
+        ) {
+            warnings.push(format!(
+                "the machine was busy when the run started (load average {load:.2} on {}, \
+                 above half a core per core): other programs competed for the cores, so \
+                 the times are slower and noisier than on a quiet machine",
+                counted(cores, "core", "cores")
+            ));
+        }
+        for run in &self.runs {
+            let s = &run.summary;
+            if s.outliers > 0 {
+                warnings.push(format!(
+                    "{}: {} of {} runs {} far from the others (modified z-score above \
+                     {OUTLIER_SCORE}): something else may have run meanwhile; --warmup or a \
+                     quieter machine helps",
+                    self.label(run),
+                    s.outliers,
+                    s.runs,
+                    if s.outliers == 1 { "is" } else { "are" }
+                ));
+            }
+            if let (Repeat::Auto { budget }, Some(interval)) =
+                (self.settings.repeat, s.median_interval)
+            {
+                let width = interval.relative_half_width(s.median);
+                if width > AUTO_TARGET {
+                    let stopped_by = if s.runs >= AUTO_MAX_RUNS {
+                        format!("stopped at the cap of {AUTO_MAX_RUNS} runs")
+                    } else {
+                        format!(
+                            "the {} budget ran out after {} runs",
+                            seconds(budget),
+                            s.runs
+                        )
+                    };
+                    warnings.push(format!(
+                        "{}: {stopped_by} with the median's interval at ±{:.1}% (wanted ±{:.0}%)",
+                        self.label(run),
+                        width * 100.0,
+                        AUTO_TARGET * 100.0
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     /// What the pipes copy that shared memory does not, when both ran on a job with
@@ -564,6 +669,9 @@ impl Report {
         for (mode, reason) in &self.not_run {
             let _ = writeln!(out, "{} not run: {reason}", mode.name());
         }
+        for line in self.significance_lines() {
+            let _ = writeln!(out, "{line}");
+        }
         if let Some(line) = self.data_copied_line() {
             let _ = writeln!(out, "{line}");
         }
@@ -592,6 +700,10 @@ impl Report {
         for (mode, reason) in &self.not_run {
             let _ = write!(out, "\n{} not run: {reason}\n", mode.name());
         }
+        let significance = self.significance_lines();
+        if !significance.is_empty() {
+            let _ = write!(out, "\n{}\n", significance.join("  \n"));
+        }
         if let Some(line) = self.data_copied_line() {
             let _ = write!(out, "\n{line}\n");
         }
@@ -613,6 +725,11 @@ impl Report {
         for (mode, reason) in &self.not_run {
             caption.push(format!("{} not run: {reason}", mode.name()));
         }
+        caption.extend(
+            self.significance_lines()
+                .into_iter()
+                .map(|l| l.trim().to_string()),
+        );
         caption.extend(self.data_copied_line());
         caption.push(format!("result {}", self.reference()));
         let mut out: String = self
@@ -649,6 +766,9 @@ impl Report {
                     "max_s": s.max.as_secs_f64(),
                     "mean_s": s.mean.as_secs_f64(),
                     "stddev_s": s.stddev.as_secs_f64(),
+                    "median_ci95_s": s.median_interval.map(interval_json),
+                    "mean_ci95_s": s.mean_interval.map(interval_json),
+                    "outliers": s.outliers,
                     "speedup": self.speedup(run),
                     "ideal_speedup": self.ideal_speedup(run),
                     "of_ideal": self.of_ideal(run),
@@ -715,7 +835,14 @@ impl Report {
             "saved": self.saved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "environment": self.environment.json(),
             "settings": {
-                "repeat": settings.repeat,
+                "repeat": match settings.repeat {
+                    Repeat::Times(n) => json!(n),
+                    Repeat::Auto { .. } => json!("auto"),
+                },
+                "repeat_budget_s": match settings.repeat {
+                    Repeat::Times(_) => None,
+                    Repeat::Auto { budget } => Some(budget.as_secs_f64()),
+                },
                 "warmup": settings.warmup,
                 "placement_seed": settings.placement_seed.to_string(),
                 "job_seeds": settings.job_seeds,
@@ -724,6 +851,18 @@ impl Report {
                 "input_bytes": settings.input_bytes,
             },
             "modes": modes,
+            "statistics": {
+                "median_interval": format!(
+                    "95% percentile bootstrap of the median, {BOOTSTRAP_RESAMPLES} resamples"
+                ),
+                "mean_interval": "95% Student's t interval of the mean",
+                "outliers": format!("modified z-score above {OUTLIER_SCORE}"),
+                "no_significant_difference": self
+                    .indistinguishable_pairs()
+                    .iter()
+                    .map(|(a, b)| [self.label(a), self.label(b)])
+                    .collect::<Vec<_>>(),
+            },
             "warnings": self.warnings,
             "not_run": self.not_run.iter().map(|(mode, reason)| json!({
                 "mode": mode.name(),
@@ -736,14 +875,14 @@ impl Report {
     /// The modes as CSV: a header line, then one line per mode. Times in seconds.
     pub fn csv(&self) -> String {
         let mut out = String::from(
-            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,speedup,ideal_speedup,of_ideal,result,ok\n",
+            "mode,label,workers,parts,runs,median_s,min_s,max_s,mean_s,stddev_s,median_ci_low_s,median_ci_high_s,mean_ci_low_s,mean_ci_high_s,outliers,speedup,ideal_speedup,of_ideal,result,ok\n",
         );
         let number = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         for run in &self.runs {
             let s = &run.summary;
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                 run.mode.name(),
                 csv_field(&self.label(run)),
                 run.workers,
@@ -754,6 +893,11 @@ impl Report {
                 s.max.as_secs_f64(),
                 s.mean.as_secs_f64(),
                 s.stddev.as_secs_f64(),
+                number(s.median_interval.map(|i| i.low.as_secs_f64())),
+                number(s.median_interval.map(|i| i.high.as_secs_f64())),
+                number(s.mean_interval.map(|i| i.low.as_secs_f64())),
+                number(s.mean_interval.map(|i| i.high.as_secs_f64())),
+                s.outliers,
                 number(self.speedup(run)),
                 self.ideal_speedup(run),
                 number(self.of_ideal(run)),
@@ -861,6 +1005,16 @@ fn csv_field(field: &str) -> String {
     } else {
         field.to_string()
     }
+}
+
+/// `low - high` for a table.
+fn span(low: Duration, high: Duration) -> String {
+    format!("{} - {}", seconds(low), seconds(high))
+}
+
+/// An interval as JSON: `[low_s, high_s]`.
+fn interval_json(interval: Interval) -> serde_json::Value {
+    json!([interval.low.as_secs_f64(), interval.high.as_secs_f64()])
 }
 
 /// A duration for a table: seconds with two decimals, or milliseconds or microseconds

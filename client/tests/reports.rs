@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pool_client::connection::ConnectOptions;
 use pool_client::report::Mode;
+use pool_client::stats::Repeat;
 use support::{addresses, job_file, options, run_client, start_servers, stderr, stdout};
 
 /// A small loop job: quick in every mode, even in a debug build.
@@ -17,7 +18,7 @@ const SMALL_LOOP: &str = "parts = 4\n[job]\nkind = \"loop\"\niterations = 400000
 async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
     let servers = start_servers(2, 1).await;
     let mut opts = options(addresses(&servers));
-    opts.repeat = 2;
+    opts.repeat = Repeat::Times(2);
     let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
         .await
         .unwrap();
@@ -107,7 +108,7 @@ async fn json_and_csv_parse_back_and_hold_the_numbers_of_the_run() {
 async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     let servers = start_servers(2, 1).await;
     let mut opts = options(addresses(&servers));
-    opts.repeat = 3;
+    opts.repeat = Repeat::Times(3);
     opts.warmup = 1;
     // No copies, so that the servers serve exactly the parts of each run.
     let job = job_file(&format!("speculate = false\n{SMALL_LOOP}"));
@@ -121,7 +122,10 @@ async fn repeat_records_n_runs_per_mode_after_unrecorded_warmups() {
     assert_eq!(report.pool_runs.len(), 3);
     assert!(report.all_match());
     let table = report.table();
-    assert!(table.contains("3 runs per mode after 1 warm-up"), "{table}");
+    assert!(
+        table.contains("3 runs per mode, after 1 warm-up"),
+        "{table}"
+    );
     assert!(table.contains("min - max"), "{table}");
     for address in addresses(&servers) {
         assert!(
@@ -493,13 +497,19 @@ async fn markdown_and_latex_hold_the_tables_as_they_print() {
     let mut list = addresses(&servers);
     list.push(list[0].clone());
     let mut opts = options(list);
-    opts.repeat = 2;
+    opts.repeat = Repeat::Times(2);
     let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
         .await
         .unwrap();
     assert_eq!(report.pool.as_ref().unwrap().servers.len(), 2);
-    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
-    assert!(report.warnings[0].contains(&format!("{} is listed 2 times", addresses(&servers)[0])));
+    // (Other warnings may say the machine was busy.)
+    let listed: Vec<_> = report
+        .warnings
+        .iter()
+        .filter(|w| w.contains(" is listed "))
+        .collect();
+    assert_eq!(listed.len(), 1, "{:?}", report.warnings);
+    assert!(listed[0].contains(&format!("{} is listed 2 times", addresses(&servers)[0])));
     assert!(report.table().contains("warning: server "));
 
     let markdown = report.markdown();
@@ -568,4 +578,174 @@ fn compile_latex_if_possible(tables: &str) {
     assert!(output.status.success(), "pdflatex failed:\n{log}");
     assert!(!log.contains("Missing character"), "{log}");
     assert!(dir.join("tables.pdf").exists());
+}
+
+/// The 95% intervals from a run's JSON, by mode label: `[low, high]` in seconds.
+fn json_intervals(json: &serde_json::Value) -> Vec<(String, [f64; 2])> {
+    json["modes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mode| {
+            let ci = mode["median_ci95_s"]
+                .as_array()
+                .expect("an interval per mode");
+            let label = mode["label"].as_str().unwrap().to_string();
+            (label, [ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap()])
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_runs_get_intervals_and_the_modes_that_overlap_are_named() {
+    let servers = start_servers(2, 1).await;
+    let mut opts = options(addresses(&servers));
+    opts.repeat = Repeat::Times(6);
+    let report = pool_client::run(&job_file(SMALL_LOOP), &opts)
+        .await
+        .unwrap();
+    for run in &report.runs {
+        let s = &run.summary;
+        let median = s
+            .median_interval
+            .expect("6 runs give the median an interval");
+        assert!(median.low <= s.median && s.median <= median.high, "{s:?}");
+        assert!(s.min <= median.low && median.high <= s.max, "{s:?}");
+        let mean = s.mean_interval.expect("and the mean one");
+        assert!(mean.low <= s.mean && s.mean <= mean.high, "{s:?}");
+    }
+
+    // The JSON holds the intervals, and which pairs overlap, recomputed here from them.
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&report.json()).unwrap()).unwrap();
+    let intervals = json_intervals(&json);
+    let mut overlapping = Vec::new();
+    for (i, (a, x)) in intervals.iter().enumerate() {
+        for (b, y) in &intervals[i + 1..] {
+            if x[0] <= y[1] && y[0] <= x[1] {
+                overlapping.push(serde_json::json!([a, b]));
+            }
+        }
+    }
+    assert_eq!(
+        json["statistics"]["no_significant_difference"],
+        serde_json::Value::Array(overlapping.clone())
+    );
+    assert!(json["statistics"]["median_interval"]
+        .as_str()
+        .unwrap()
+        .contains("bootstrap"));
+    assert!(json["environment"]["load_at_start"]["load_average_1m"].is_f64());
+    assert!(json["environment"]["load_at_end"]["load_average_1m"].is_f64());
+
+    // The table has the interval column and lists the same pairs under it.
+    let table = report.table();
+    assert!(table.contains("95% CI"), "{table}");
+    let listed: Vec<serde_json::Value> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("no significant difference"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  ") && l.contains(" and "))
+        .map(|l| {
+            let (a, b) = l.trim().split_once(" and ").unwrap();
+            serde_json::json!([a, b])
+        })
+        .collect();
+    assert_eq!(listed, overlapping, "{table}");
+
+    // The CSV too: the interval's ends, column by column.
+    let csv = report.csv();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for (line, (_, [low, high])) in lines.zip(&intervals) {
+        let row: Vec<&str> = line.split(',').collect();
+        assert_eq!(row[column("median_ci_low_s")].parse::<f64>().unwrap(), *low);
+        assert_eq!(
+            row[column("median_ci_high_s")].parse::<f64>().unwrap(),
+            *high
+        );
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[test]
+fn repeat_auto_stops_at_its_interval_or_its_budget_and_says_which() {
+    let dir = support::temp_dir("repeat-auto");
+    let job = dir.join("job.toml");
+    std::fs::write(
+        &job,
+        "parts = 2\n[job]\nkind = \"loop\"\niterations = 20000\n",
+    )
+    .unwrap();
+    let output = run_client(&[
+        job.to_str().unwrap(),
+        "--modes",
+        "sequential,threaded",
+        "--repeat",
+        "auto",
+        "--repeat-budget",
+        "0.5",
+        "--format",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(json["settings"]["repeat"], "auto");
+    assert_eq!(json["settings"]["repeat_budget_s"], 0.5);
+    let warnings: Vec<&str> = json["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    for mode in json["modes"].as_array().unwrap() {
+        let runs = mode["runs_s"].as_array().unwrap().len();
+        assert!((2..=200).contains(&runs), "{mode}");
+        let label = mode["label"].as_str().unwrap();
+        let stopped_short = [
+            format!("{label}: the 500.0 ms budget ran out after {runs} runs"),
+            format!("{label}: stopped at the cap of 200 runs"),
+        ];
+        let ran_out = warnings
+            .iter()
+            .any(|w| stopped_short.iter().any(|s| w.starts_with(s.as_str())));
+        match mode["median_ci95_s"].as_array() {
+            Some(ci) => {
+                let median = mode["median_s"].as_f64().unwrap();
+                let (low, high) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+                let width = (median - low).max(high - median) / median;
+                // Narrow enough, or the budget (or the cap) stopped it and it says so.
+                assert_eq!(width > 0.02, ran_out, "{mode} {warnings:?}");
+            }
+            None => assert!(runs < 6, "{mode}"),
+        }
+    }
+
+    for (args, message) in [
+        (
+            &["--repeat", "0"][..],
+            "give a whole number of runs from 1 to 1000, or auto",
+        ),
+        (
+            &["--repeat", "sometimes"][..],
+            "give a whole number of runs from 1 to 1000, or auto",
+        ),
+        (
+            &["--repeat", "auto", "--repeat-budget", "0"][..],
+            "give a positive number of seconds",
+        ),
+        (
+            &["--repeat", "3", "--repeat-budget", "5"][..],
+            "--repeat-budget is for --repeat auto",
+        ),
+    ] {
+        let mut all = vec![job.to_str().unwrap()];
+        all.extend(args);
+        let output = run_client(&all);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&output).contains(message), "{}", stderr(&output));
+    }
 }

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use pool_client::report::Mode;
+use pool_client::stats::Repeat;
 use pool_client::RunOptions;
 use pool_common::jobfile::{self, JobFile};
 use pool_common::jobs::CancelFlag;
@@ -97,7 +98,7 @@ pub fn options(servers: Vec<String>) -> RunOptions {
         seed: Some(1),
         exe: client_exe(),
         cancel: Arc::new(CancelFlag::new()),
-        repeat: 1,
+        repeat: Repeat::Times(1),
         warmup: 0,
     }
 }
