@@ -37,18 +37,18 @@ pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use pool_common::jobfile::{JobFile, ServerEntry, DEFAULT_DISCOVER_WINDOW, DISCOVER};
-use pool_common::jobs::{CancelFlag, Part, PartResult};
+use pool_common::jobs::{CancelFlag, Part};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use connection::ConnectOptions;
 use dispatch::{FaultPolicy, Scheduling};
 use environment::{Environment, MachineLoad};
-use local::{DataPath, SharedData};
+use local::{DataPath, LocalRun, SharedData};
 use membership::Membership;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
@@ -231,6 +231,7 @@ pub async fn run_with_progress(
     for mode in modes {
         let mut samples = Vec::new();
         let mut results = Vec::new();
+        let mut part_times = Vec::new();
         let mut workers = parts.len();
         let mut recording_since = None;
         for attempt in 0.. {
@@ -283,7 +284,7 @@ pub async fn run_with_progress(
                     if local_mode == Mode::Sequential {
                         workers = 1;
                     }
-                    let (elapsed, result) = run_local(
+                    let run = run_local(
                         local_mode,
                         &parts,
                         shared_data.clone(),
@@ -291,13 +292,16 @@ pub async fn run_with_progress(
                         bars.parts_bar(),
                     )
                     .await?;
-                    if let Some(error) = result.user_error() {
+                    if let Some(error) = run.result.user_error() {
                         bail!(
                             "the job's program failed in the {} mode: {error}",
                             local_mode.name()
                         );
                     }
-                    (elapsed, result)
+                    if attempt >= options.warmup {
+                        part_times.extend(run.part_times);
+                    }
+                    (run.elapsed, run.result)
                 }
             };
             drop(bars);
@@ -306,7 +310,9 @@ pub async fn run_with_progress(
                 results.push(result);
             }
         }
-        runs.push(ModeRun::new(mode, workers, parts.len(), samples, results));
+        let mut run = ModeRun::new(mode, workers, parts.len(), samples, results);
+        run.part_times = part_times;
+        runs.push(run);
     }
     drop(local_servers);
     environment.load_at_end = Some(MachineLoad::now());
@@ -352,13 +358,13 @@ async fn run_local(
     shared_data: Option<Arc<SharedData>>,
     options: &RunOptions,
     bar: indicatif::ProgressBar,
-) -> anyhow::Result<(Duration, PartResult)> {
+) -> anyhow::Result<LocalRun> {
     let (parts, exe, cancel) = (
         parts.to_vec(),
         options.exe.clone(),
         Arc::clone(&options.cancel),
     );
-    let run = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let on_part_done = || bar.inc(1);
         let interrupted = |_| anyhow::anyhow!("interrupted");
         match mode {
@@ -382,6 +388,5 @@ async fn run_local(
             Mode::Pool => unreachable!("the pool is not a local mode"),
         }
     })
-    .await??;
-    Ok((run.elapsed, run.result))
+    .await?
 }

@@ -43,6 +43,9 @@ pub struct LocalRun {
     pub result: PartResult,
     /// Wall-clock time for all the parts, on the client's monotonic clock.
     pub elapsed: Duration,
+    /// The time each part took on its own, in part order: measured by the sequential
+    /// mode, where a part has the machine to itself; empty for the other modes.
+    pub part_times: Vec<Duration>,
 }
 
 /// Called once for each part computed, from whichever thread computed it (progress
@@ -56,15 +59,21 @@ pub fn sequential(
     on_part_done: OnPartDone,
 ) -> Result<LocalRun, Cancelled> {
     let started = Instant::now();
+    let mut part_times = Vec::with_capacity(parts.len());
     let results = parts
         .iter()
         .map(|part| {
+            let part_started = Instant::now();
             let result = part.compute(cancel)?;
+            part_times.push(part_started.elapsed());
             on_part_done();
             Ok(result)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(finish(results, started))
+    Ok(LocalRun {
+        part_times,
+        ..finish(results, started)
+    })
 }
 
 /// Computes each part on its own OS thread, all at once.
@@ -411,5 +420,6 @@ fn finish(results: Vec<PartResult>, started: Instant) -> LocalRun {
     LocalRun {
         result: combine_all(results).expect("a job has at least one part of one kind"),
         elapsed,
+        part_times: Vec::new(),
     }
 }

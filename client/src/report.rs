@@ -76,6 +76,9 @@ pub struct ModeRun {
     pub samples: Vec<Duration>,
     /// The samples summarised.
     pub summary: Summary,
+    /// Every part's time on its own, over the recorded runs (the sequential mode's
+    /// only; see [`LocalRun::part_times`](crate::local::LocalRun::part_times)).
+    pub part_times: Vec<Duration>,
 }
 
 impl ModeRun {
@@ -97,7 +100,13 @@ impl ModeRun {
             consistent: results.iter().all(|r| *r == results[0]),
             samples,
             summary,
+            part_times: Vec::new(),
         }
+    }
+
+    /// The summary of [`part_times`](ModeRun::part_times), if any were measured.
+    pub fn part_summary(&self) -> Option<Summary> {
+        Summary::of(&self.part_times)
     }
 }
 
@@ -566,6 +575,21 @@ impl Report {
         warnings
     }
 
+    /// How long one part takes with the machine to itself, from the sequential mode:
+    /// the paper's "one run", and the floor under every parallel row (no mode ends
+    /// before its longest part).
+    fn one_part_line(&self) -> Option<String> {
+        let run = self.runs.iter().find(|run| run.mode == Mode::Sequential)?;
+        let parts = run.part_summary().filter(|_| self.parts > 1)?;
+        Some(format!(
+            "one part alone: {} (median of the sequential mode's {} part times; the longest \
+             {}): no mode can finish sooner than its longest part",
+            seconds(parts.median),
+            parts.runs,
+            seconds(parts.max)
+        ))
+    }
+
     /// What the pipes copy that shared memory does not, when both ran on a job with
     /// data.
     fn data_copied_line(&self) -> Option<String> {
@@ -669,7 +693,11 @@ impl Report {
         for (mode, reason) in &self.not_run {
             let _ = writeln!(out, "{} not run: {reason}", mode.name());
         }
-        for line in self.significance_lines() {
+        for line in self
+            .one_part_line()
+            .into_iter()
+            .chain(self.significance_lines())
+        {
             let _ = writeln!(out, "{line}");
         }
         if let Some(line) = self.data_copied_line() {
@@ -700,9 +728,13 @@ impl Report {
         for (mode, reason) in &self.not_run {
             let _ = write!(out, "\n{} not run: {reason}\n", mode.name());
         }
-        let significance = self.significance_lines();
-        if !significance.is_empty() {
-            let _ = write!(out, "\n{}\n", significance.join("  \n"));
+        let notes: Vec<String> = self
+            .one_part_line()
+            .into_iter()
+            .chain(self.significance_lines())
+            .collect();
+        if !notes.is_empty() {
+            let _ = write!(out, "\n{}\n", notes.join("  \n"));
         }
         if let Some(line) = self.data_copied_line() {
             let _ = write!(out, "\n{line}\n");
@@ -725,6 +757,7 @@ impl Report {
         for (mode, reason) in &self.not_run {
             caption.push(format!("{} not run: {reason}", mode.name()));
         }
+        caption.extend(self.one_part_line());
         caption.extend(
             self.significance_lines()
                 .into_iter()
@@ -769,6 +802,8 @@ impl Report {
                     "median_ci95_s": s.median_interval.map(interval_json),
                     "mean_ci95_s": s.mean_interval.map(interval_json),
                     "outliers": s.outliers,
+                    "part_median_s": run.part_summary().map(|p| p.median.as_secs_f64()),
+                    "part_max_s": run.part_summary().map(|p| p.max.as_secs_f64()),
                     "speedup": self.speedup(run),
                     "ideal_speedup": self.ideal_speedup(run),
                     "of_ideal": self.of_ideal(run),

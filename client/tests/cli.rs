@@ -68,6 +68,7 @@ async fn every_example_job_file_runs() {
             "mandelbrot.toml" => Some("result: 356241142\nwritten: "),
             "command.toml" => Some("result: 10753712\n"),
             "matmul.toml" => Some("result: 1152261360916922348\n"),
+            "paper.toml" => Some("\none part alone: "),
             _ => None,
         };
         if let Some(promised) = promised {
@@ -87,6 +88,7 @@ async fn every_example_job_file_runs() {
             "matrix-float.toml",
             "matrix-spreadsheet.toml",
             "matrix-sum.toml",
+            "paper.toml",
             "primes.toml",
             "quickstart.toml",
             "sum-of-squares.toml"

@@ -635,6 +635,20 @@ async fn repeated_runs_get_intervals_and_the_modes_that_overlap_are_named() {
         .as_str()
         .unwrap()
         .contains("bootstrap"));
+    // One part alone: timed by the sequential mode only, each part shorter than the run.
+    for mode in json["modes"].as_array().unwrap() {
+        if mode["mode"] == "sequential" {
+            let part = mode["part_median_s"].as_f64().unwrap();
+            assert!(
+                0.0 < part && part < mode["median_s"].as_f64().unwrap(),
+                "{mode}"
+            );
+            assert!(mode["part_max_s"].as_f64().unwrap() >= part, "{mode}");
+        } else {
+            assert!(mode["part_median_s"].is_null(), "{mode}");
+        }
+    }
+    assert!(report.table().contains("\none part alone: "));
     assert!(json["environment"]["load_at_start"]["load_average_1m"].is_f64());
     assert!(json["environment"]["load_at_end"]["load_average_1m"].is_f64());
 
