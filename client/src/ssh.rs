@@ -391,7 +391,7 @@ pub fn start_script(
     let workers = workers.map_or(String::new(), |n| format!(" --workers {n}"));
     format!(
         r#"d="$HOME/{REMOTE_DIR}"; bin="$d/{name}"
-if [ ! -x "$bin" ]; then echo "no $bin"; exit {NEEDS_COPY}; fi
+if [ ! -x "$bin" ]; then echo "$bin was missing"; exit {NEEDS_COPY}; fi
 found=$("$bin" --version 2>&1)
 if [ "$found" != {version} ]; then echo "$bin --version says: $found"; exit {NEEDS_COPY}; fi
 POOL_TOKEN={token}; export POOL_TOKEN
@@ -668,11 +668,18 @@ pub fn down(hosts_file: &Path, ssh: Option<Ssh>, out: &mut dyn Write) -> anyhow:
     let mut left = Vec::new();
     for (server, result) in state.servers.iter().zip(results) {
         match result {
-            Ok(what) => writeln!(
-                out,
-                "{:<width$}  {:<8} {} pid {}: {what}",
-                server.host, "stopped", server.address, server.pid
-            )?,
+            Ok(what) => {
+                // "stopped", or what else happened ("was not running").
+                let what = match what.as_str() {
+                    "stopped" => String::new(),
+                    other => format!(": {other}"),
+                };
+                writeln!(
+                    out,
+                    "{:<width$}  {:<8} {} pid {}{what}",
+                    server.host, "stopped", server.address, server.pid
+                )?
+            }
             Err(e) => {
                 writeln!(out, "{:<width$}  {:<8} {e}", server.host, "failed")?;
                 left.push(server.clone());
@@ -831,7 +838,7 @@ mod tests {
         assert_eq!(output.status.code(), Some(NEEDS_COPY), "{output:?}");
         assert_eq!(
             String::from_utf8_lossy(&output.stdout).trim(),
-            "no /nonexistent/.cache/pool/pool-server-absent-for-this-test"
+            "/nonexistent/.cache/pool/pool-server-absent-for-this-test was missing"
         );
         // The stop script refuses a process id that is not the server's: this test's.
         let stranger = Running {

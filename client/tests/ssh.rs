@@ -15,6 +15,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +77,11 @@ impl SshLab {
             ("ssh-keygen", "openssh-client"),
         ] {
             if !have(program) {
-                eprintln!("{test} skipped: needs {program}: apt-get install {package}");
+                // Past the test harness's capture, so a skip shows in a plain cargo test.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{test} skipped: needs {program}: apt-get install {package}"
+                );
                 return None;
             }
         }
@@ -373,7 +378,7 @@ fn up_then_a_job_then_down() {
         lines[1].starts_with(&format!("{a}  "))
             && lines[1].contains(&format!("started  {a}:7000 pid "))
             && lines[1].contains("copied pool-client")
-            && lines[1].contains(": no "),
+            && lines[1].contains("/.cache/pool/pool-client was missing"),
         "{said}"
     );
     assert!(
@@ -439,7 +444,8 @@ fn up_then_a_job_then_down() {
     let output = lab.client(&["down", &hosts]);
     let said = stdout(&output);
     assert!(output.status.success(), "{said}{}", stderr(&output));
-    assert_eq!(said.matches(": stopped").count(), 2, "{said}");
+    assert_eq!(said.matches("  stopped  ").count(), 2, "{said}");
+    assert!(!said.contains("was not running"), "{said}");
     assert!(!Path::new(&format!("{hosts}.pool-up")).exists());
     for pid in &servers {
         assert!(
