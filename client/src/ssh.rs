@@ -397,6 +397,8 @@ if [ "$found" != {version} ]; then echo "$bin --version says: $found"; exit {NEE
 POOL_TOKEN={token}; export POOL_TOKEN
 cd "$d" || exit 1
 log="$d/server-{port}.log"
+# A log left by an earlier server on this port must not pass for this one's.
+rm -f "$log" || exit 1
 setsid "$bin"{serve} --port {port}{workers} </dev/null >"$log" 2>&1 &
 pid=$!
 i=0

@@ -237,19 +237,22 @@ fn watch_processes(stop: Arc<AtomicBool>, dir: PathBuf) -> std::thread::JoinHand
             }
             for (pid, line) in processes() {
                 if line.contains(&dir) && line.contains("/.cache/pool/") {
-                    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-                    for var in environ.split(|&b| b == 0) {
-                        if let Some(token) = var.strip_prefix(b"POOL_TOKEN=") {
-                            seen.tokens
-                                .insert(String::from_utf8_lossy(token).into_owned());
-                        }
-                    }
+                    seen.tokens.extend(token_of(pid));
                 }
                 seen.command_lines.insert(line);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         seen
+    })
+}
+
+/// The `POOL_TOKEN` in process `pid`'s environment, if it has one.
+fn token_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|var| {
+        var.strip_prefix(b"POOL_TOKEN=")
+            .map(|token| String::from_utf8_lossy(token).into_owned())
     })
 }
 
@@ -547,9 +550,46 @@ fn launch_ssh_starts_and_stops_servers_and_names_a_refused_host() {
     );
     assert_eq!(running_under(&lab.dir), Vec::<String>::new());
 
+    // So does one interrupted with Ctrl-C (SIGINT) while its servers compute.
+    let long = format!("parts = 4\n{keys}[job]\nkind = \"loop\"\niterations = 40_000_000_000\n");
+    let job = lab.write("long.toml", &long);
+    let mut client = client_command(&lab.lab, &[&job, "--modes", "pool", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = format!("{a}:7200");
+    let mut computing = false;
+    for _ in 0..500 {
+        // The test reads the launched server's token where only its user (root) can.
+        let token = processes()
+            .into_iter()
+            .filter(|(_, line)| line.contains("/.cache/pool/") && line.contains("--port 7200"))
+            .find_map(|(pid, _)| token_of(pid));
+        let output = client_command(
+            &lab.lab,
+            &["status", "--servers", &server, "--format", "json"],
+        )
+        .env("POOL_TOKEN", token.unwrap_or_default())
+        .output()
+        .unwrap();
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        if answer[0]["parts_in_flight"].as_u64().unwrap_or(0) > 0 {
+            computing = true;
+            break;
+        }
+        assert!(client.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(computing, "the launched server never held a part");
+    run(Command::new("kill").args(["-INT", &client.id().to_string()]));
+    let output = client.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert_eq!(running_under(&lab.dir), Vec::<String>::new());
+
     // The runs' tokens were on no command line.
     stop.store(true, Ordering::Relaxed);
     let seen = watcher.join().unwrap();
-    assert_eq!(seen.tokens.len(), 2, "one token for each run");
+    assert_eq!(seen.tokens.len(), 3, "one token for each of the three runs");
     assert_eq!(seen.showing_a_token(), Vec::<&String>::new());
 }
