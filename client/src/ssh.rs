@@ -314,46 +314,46 @@ impl Launcher {
             format!("{name}:{}", self.port)
         };
         let script = start_script(&self.program, self.port, host.workers, token);
-        let mut copied = None;
-        // At most twice: once, or once more after copying the program.
-        for _ in 0..2 {
-            let output = self.ssh.run(
+        let run_script = || {
+            self.ssh.run(
                 host,
                 "sh -s",
                 Box::new(std::io::Cursor::new(script.clone().into_bytes())),
                 SSH_LIMIT,
-            )?;
-            let said = String::from_utf8_lossy(&output.stdout).trim().to_string();
-            match output.status.code() {
-                Some(0) => {
-                    let pid = said
-                        .strip_prefix("pid ")
-                        .and_then(|pid| pid.parse().ok())
-                        .ok_or_else(|| format!("the start script printed {said:?}"))?;
-                    return Ok(Started {
-                        running: Running {
-                            host: host.entry.clone(),
-                            address,
-                            pid,
-                            program: self.program.name.clone(),
-                        },
-                        copied,
-                    });
-                }
-                Some(NEEDS_COPY) if copied.is_none() => {
-                    self.copy(host)?;
-                    copied = Some(said);
-                }
-                Some(NEEDS_COPY) => {
-                    return Err(format!(
-                        "the copied {} does not run there: {said}",
-                        self.program.name
-                    ))
-                }
-                _ => return Err(message(&output, "the start script failed")),
-            }
+            )
+        };
+        let said = |output: &Output| String::from_utf8_lossy(&output.stdout).trim().to_string();
+        let mut output = run_script()?;
+        let mut copied = None;
+        if output.status.code() == Some(NEEDS_COPY) {
+            self.copy(host)?;
+            copied = Some(said(&output));
+            output = run_script()?;
         }
-        Err("the program was copied, yet the host still asked for it".into())
+        match output.status.code() {
+            Some(0) => {
+                let said = said(&output);
+                let pid = said
+                    .strip_prefix("pid ")
+                    .and_then(|pid| pid.parse().ok())
+                    .ok_or_else(|| format!("the start script printed {said:?}"))?;
+                Ok(Started {
+                    running: Running {
+                        host: host.entry.clone(),
+                        address,
+                        pid,
+                        program: self.program.name.clone(),
+                    },
+                    copied,
+                })
+            }
+            Some(NEEDS_COPY) => Err(format!(
+                "the copied {} does not run there: {}",
+                self.program.name,
+                said(&output)
+            )),
+            _ => Err(message(&output, "the start script failed")),
+        }
     }
 
     /// Copies the program to `host`'s [`REMOTE_DIR`] through ssh's standard input.
