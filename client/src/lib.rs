@@ -4,6 +4,8 @@
 //! * [`connection`]: one connection to a server, shared by the parts sent there.
 //! * [`tls`]: whom the client trusts under TLS, and the TLS handshake.
 //! * [`servers`]: servers started locally for one run.
+//! * [`ssh`]: servers started on other hosts with ssh (`pool-client up`, `launch =
+//!   "ssh"`).
 //! * [`hostile`]: byte streams a server must refuse, for tests and the soak.
 //! * [`netlab`]: several hosts on one machine (network namespaces), for tests and
 //!   benchmarks.
@@ -29,6 +31,7 @@ pub mod placement;
 pub mod progress;
 pub mod report;
 pub mod servers;
+pub mod ssh;
 pub mod stats;
 pub mod status;
 pub mod table;
@@ -53,6 +56,7 @@ use membership::Membership;
 use progress::Progress;
 use report::{Mode, ModeRun, Report, RunSettings};
 use servers::LocalServers;
+use ssh::{LaunchedServers, UpState};
 use stats::Repeat;
 
 /// Everything a run needs besides the job file.
@@ -162,6 +166,10 @@ pub async fn run_with_progress(
         job_file.local_servers
     });
     let mut local_servers = None;
+    // Servers started over ssh for this run, stopped when this is dropped, and the
+    // token of those (or of the ones `pool-client up` started).
+    let mut ssh_servers = None;
+    let mut ssh_token = None;
     let parse_all = |entries: &[String]| {
         entries
             .iter()
@@ -183,6 +191,18 @@ pub async fn run_with_progress(
         Membership::new(Vec::new(), None).with_discovery(window)?
     } else if let Some(servers) = &options.servers {
         Membership::new(parse_all(servers)?, None)
+    } else if let Some(settings) = job_file.ssh.as_ref().filter(|s| s.launch) {
+        let (settings, exe) = (settings.clone(), options.exe.clone());
+        let started =
+            tokio::task::spawn_blocking(move || LaunchedServers::start(&settings, &exe)).await??;
+        let addresses = started.addresses();
+        ssh_token = Some(started.token().to_string());
+        ssh_servers = Some(started);
+        Membership::new(parse_all(&addresses)?, None)
+    } else if let Some(settings) = &job_file.ssh {
+        let state = UpState::require(&settings.hosts_file)?;
+        ssh_token = Some(state.token.clone());
+        Membership::new(parse_all(&state.addresses())?, None)
     } else if let Some(window) = job_file.discover {
         Membership::new(Vec::new(), None).with_discovery(window)?
     } else if let Some(file) = &job_file.servers_file {
@@ -194,7 +214,7 @@ pub async fn run_with_progress(
             path: job_file.path.display().to_string(),
             location: None,
             message: "no servers: add `servers = [\"host:port\", ...]`, `servers_file = \"servers.txt\"`, \
-                      `servers = \"discover\"` or `local = 3` to the job file, or pass --servers host:port,... or --local 3"
+                      `servers = \"discover\"`, `ssh_hosts = \"hosts.txt\"` or `local = 3` to the job file, or pass --servers host:port,... or --local 3"
                 .into(),
         }
         .into());
@@ -219,6 +239,9 @@ pub async fn run_with_progress(
         if let Some(token) = local.token() {
             connect.token = Some(token.to_string());
         }
+    }
+    if let Some(token) = ssh_token {
+        connect.token = Some(token);
     }
     let scheduling = Scheduling::from_job_file(job_file);
 
@@ -316,6 +339,7 @@ pub async fn run_with_progress(
     }
     drop(local_servers);
     environment.load_at_end = Some(MachineLoad::now());
+    drop(ssh_servers);
     let pool = stats::median_index(&pool_runs.iter().map(|r| r.elapsed).collect::<Vec<_>>())
         .map(|i| pool_runs[i].clone());
     let mut report = Report {

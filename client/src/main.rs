@@ -12,10 +12,12 @@ use pool_client::connection::ConnectOptions;
 use pool_client::membership::Membership;
 use pool_client::progress::{self, Progress};
 use pool_client::report::Mode;
+use pool_client::ssh::{self, Ssh, UpState};
 use pool_client::stats::Repeat;
 use pool_client::tls::ClientTls;
 use pool_client::{chart, environment, local, run_with_progress, status, timeline, RunOptions};
 use pool_common::jobfile::{self, JobFileError};
+use pool_common::sshhosts;
 use pool_common::tls::{read_certificates, Fingerprint, TlsTrust};
 use pool_server::cli::ServerArgs;
 
@@ -45,11 +47,53 @@ enum Command {
     /// Ask servers how they are doing: reachable or not, version, workers, parts
     /// running and served, uptime, round-trip time. Exits 1 if any is unreachable.
     Status(StatusArgs),
+    /// Start a pool server on each host of a hosts file with ssh (one
+    /// `[N/][user@]host[:port]` per line, as GNU parallel's --sshlogin), copying the
+    /// server program to hosts that lack it, all requiring a token drawn for them.
+    /// What runs is recorded beside the hosts file (HOSTS.pool-up). Exits 1 if any
+    /// host failed.
+    Up(UpArgs),
+    /// Stop the servers `pool-client up HOSTS` started. Exits 1 if any could not be
+    /// stopped (it stays recorded, for another try).
+    Down(DownArgs),
     /// Run a pool server: the same server as the pool-server program.
     Serve(ServerArgs),
     /// Compute one part read from standard input (the multi-process modes' worker).
     #[command(hide = true)]
     Part(PartArgs),
+}
+
+/// Options of `pool-client up`.
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// The hosts file: one ssh destination per line, `[N/][user@]host[:port]` (N: the
+    /// server's workers; port: ssh's); `#` starts a comment.
+    hosts: PathBuf,
+
+    /// An ssh configuration file, given to ssh as `-F FILE` (users, identities, known
+    /// hosts, jump hosts...); without it, ssh reads ~/.ssh/config.
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+
+    /// The port the servers listen on.
+    #[arg(long, short, default_value_t = jobfile::DEFAULT_PORT)]
+    port: u16,
+
+    /// The server program to copy to hosts that lack it or have another version
+    /// [default: pool-server beside this pool-client, else this pool-client].
+    #[arg(long, value_name = "FILE")]
+    server_binary: Option<PathBuf>,
+}
+
+/// Options of `pool-client down`.
+#[derive(Args, Debug)]
+struct DownArgs {
+    /// The hosts file given to `pool-client up`.
+    hosts: PathBuf,
+
+    /// An ssh configuration file, instead of the one `up` was given.
+    #[arg(long, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
 }
 
 /// Where a worker process finds its part's data, if not on standard input.
@@ -204,6 +248,18 @@ fn main() -> ExitCode {
                 .zip(args.shared_at)
                 .map(|(fd, offset)| local::SharedDataAt { fd, offset });
             exit_on_error(local::worker_process_main(shared))
+        }
+        Some(Command::Up(args)) => {
+            pool_server::cli::init_logging("warn");
+            run_up(args)
+        }
+        Some(Command::Down(args)) => {
+            pool_server::cli::init_logging("warn");
+            let ssh = args.ssh_config.map(|config| Ssh {
+                config: Some(config),
+            });
+            let mut stdout = std::io::stdout();
+            exit_with(ssh::down(&args.hosts, ssh, &mut stdout))
         }
         Some(Command::Status(args)) => {
             pool_server::cli::init_logging("warn");
@@ -387,11 +443,48 @@ fn positive_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn run_up(args: UpArgs) -> ExitCode {
+    if args.port == 0 {
+        eprintln!("error: --port must be between 1 and 65535");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = sshhosts::read_hosts_file(&args.hosts) {
+        return usage_error(&e);
+    }
+    let exe = match std::env::current_exe().context("cannot find this program's own path") {
+        Ok(exe) => exe,
+        Err(e) => return exit_on_error(Err(e)),
+    };
+    let ssh = Ssh {
+        config: args.ssh_config,
+    };
+    let mut stdout = std::io::stdout();
+    exit_with(ssh::up(
+        &args.hosts,
+        ssh,
+        args.server_binary.as_deref(),
+        args.port,
+        &exe,
+        &mut stdout,
+    ))
+}
+
+/// Exits 0 for `Ok(true)`, 1 for `Ok(false)` (some host failed, as reported) or an
+/// error.
+fn exit_with(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => exit_on_error(Err(e)),
+    }
+}
+
 fn run_status(args: StatusArgs) -> ExitCode {
     let job_file = match args.job.as_deref().map(jobfile::read).transpose() {
         Ok(job_file) => job_file,
         Err(e) => return usage_error(&e),
     };
+    let mut up_token = None;
     let (servers, discover) = match (&args.servers, &job_file, args.discover) {
         (_, _, Some(seconds)) => match Duration::try_from_secs_f64(seconds) {
             Ok(window) if !window.is_zero() => (Vec::new(), Some(window)),
@@ -411,12 +504,22 @@ fn run_status(args: StatusArgs) -> ExitCode {
             }
         },
         (None, Some(job_file), _) if job_file.discover.is_some() => (Vec::new(), job_file.discover),
+        (None, Some(job_file), _) if job_file.ssh.as_ref().is_some_and(|s| !s.launch) => {
+            let hosts_file = &job_file.ssh.as_ref().expect("checked").hosts_file;
+            match UpState::require(hosts_file) {
+                Ok(state) => {
+                    up_token = Some(state.token.clone());
+                    (state.addresses(), None)
+                }
+                Err(e) => return exit_on_error(Err(e)),
+            }
+        }
         (None, Some(job_file), _) if !job_file.servers.is_empty() => {
             (job_file.servers.clone(), None)
         }
         (None, Some(job_file), _) => {
             eprintln!(
-                "error: {} names no running servers (`local = N` servers live only during a run): \
+                "error: {} names no running servers (`local = N` and `launch = \"ssh\"` servers live only during a run): \
                  give --servers host:port,...",
                 job_file.path.display()
             );
@@ -463,8 +566,8 @@ fn run_status(args: StatusArgs) -> ExitCode {
         connect_timeout: wait,
         handshake_timeout: wait,
         part_timeout: None,
-        token: settings
-            .token
+        token: up_token
+            .or(settings.token)
             .or_else(|| std::env::var("POOL_TOKEN").ok().filter(|t| !t.is_empty())),
         tls,
     };

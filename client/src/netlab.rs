@@ -179,7 +179,7 @@ impl NetLab {
             client,
             rate: config.rate.clone(),
             delay,
-            token: format!("{:032x}", rand::random::<u128>()),
+            token: pool_common::auth::random_token(),
         })
     }
 

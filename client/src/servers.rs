@@ -33,7 +33,7 @@ impl LocalServers {
         exe: &Path,
         run_programs: bool,
     ) -> anyhow::Result<LocalServers> {
-        let token = run_programs.then(|| format!("{:032x}", rand::random::<u128>()));
+        let token = run_programs.then(pool_common::auth::random_token);
         let mut servers = LocalServers {
             children: Vec::with_capacity(count),
             addresses: Vec::with_capacity(count),

@@ -37,6 +37,12 @@ pub fn nonce() -> Nonce {
     nonce
 }
 
+/// A token for servers started for a run (`local = N`, `launch = "ssh"`, `pool-client
+/// up`, a test's lab): 128 random bits from the same generator, as 32 hex digits.
+pub fn random_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// The answer to `nonce` from someone who knows `token`.
 pub fn prove(token: &str, nonce: &Nonce) -> Proof {
     keyed(token, nonce).finalize().into_bytes().into()
@@ -87,5 +93,13 @@ mod tests {
     #[test]
     fn nonces_differ() {
         assert_ne!(nonce(), nonce());
+    }
+
+    #[test]
+    fn random_tokens_are_32_hex_digits_and_differ() {
+        let token = random_token();
+        assert_eq!(token.len(), 32);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+        assert_ne!(token, random_token());
     }
 }

@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::jobs::{Job, JobSpec, KIND_NAMES};
+use crate::sshhosts::{read_hosts_file, SshHost};
 use crate::tls::{read_certificates, Fingerprint, TlsTrust};
 
 /// The most servers `local = N` may start.
@@ -46,6 +47,9 @@ pub struct JobFile {
     pub discover: Option<Duration>,
     /// `local = N`: start N servers on this machine for the run.
     pub local_servers: Option<usize>,
+    /// `ssh_hosts`: servers on hosts reached with ssh, started for the run
+    /// (`launch = "ssh"`) or by `pool-client up`.
+    pub ssh: Option<SshServers>,
     /// Number of parts.
     pub parts: usize,
     /// Seed for the random choice of servers; `None` picks a fresh one each run.
@@ -62,6 +66,33 @@ pub struct JobFile {
     pub client: ClientSettings,
     /// Where `parts` was written, to point at it when it proves too large.
     parts_location: Location,
+}
+
+/// The servers of a job file's `ssh_hosts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshServers {
+    /// `ssh_hosts`, resolved against the job file's folder.
+    pub hosts_file: PathBuf,
+    /// Its hosts, read with the job file when `launch = "ssh"` will start servers there.
+    pub hosts: Vec<SshHost>,
+    /// `launch = "ssh"`: start the servers before the job and stop them after it.
+    /// Without it, the servers are those `pool-client up` started on these hosts.
+    pub launch: bool,
+    /// `ssh_config`, given to ssh as `-F FILE` (resolved against the job file's folder).
+    pub config: Option<PathBuf>,
+    /// `server_binary`: the program copied to the hosts that lack it (resolved against
+    /// the job file's folder); `None` for `pool-server` beside `pool-client`.
+    pub server_binary: Option<PathBuf>,
+    /// The port the servers listen on (`port`, default [`DEFAULT_PORT`]).
+    pub port: u16,
+}
+
+/// What `launch` may say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Launch {
+    /// Start the servers with ssh on `ssh_hosts`' hosts.
+    Ssh,
 }
 
 /// When the client hands parts to servers.
@@ -317,6 +348,10 @@ struct RawJobFile {
     port: Option<Spanned<u16>>,
     discover_window: Option<Spanned<f64>>,
     local: Option<Spanned<u64>>,
+    launch: Option<Spanned<Launch>>,
+    ssh_hosts: Option<Spanned<String>>,
+    ssh_config: Option<Spanned<String>>,
+    server_binary: Option<Spanned<String>>,
     seed: Option<u64>,
     #[serde(default)]
     schedule: Schedule,
@@ -522,10 +557,13 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
             ))
         }
     }
+    if raw.ssh_hosts.is_some() {
+        takes_port = true;
+    }
     if let (Some((_, span)), false) = (&port, takes_port) {
         return Err(error_at(
             Some(span.clone()),
-            "port is for servers = \"slurm\" (the node names carry no port); \
+            "port is for servers = \"slurm\" or ssh_hosts (host names without a port); \
              give each address in servers as host:port"
                 .into(),
         ));
@@ -565,6 +603,8 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
             ))
         }
     };
+
+    let ssh = ssh_servers(&raw, base, port.map_or(DEFAULT_PORT, |(p, _)| p), &error_at)?;
 
     let seconds =
         |value: &Option<Spanned<f64>>, key: &str| -> Result<Option<Duration>, JobFileError> {
@@ -634,6 +674,7 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         servers_file,
         discover,
         local_servers,
+        ssh,
         parts: parts_usize,
         seed: raw.seed,
         schedule: raw.schedule,
@@ -643,6 +684,70 @@ pub fn parse(text: &str, path: &Path) -> Result<JobFile, JobFileError> {
         client,
         parts_location: location_of(text, raw.parts.span().start),
     })
+}
+
+/// The `ssh_hosts` keys: `launch`, `ssh_config` and `server_binary` go with
+/// `ssh_hosts`, which excludes the other ways of naming servers and TLS (servers started
+/// over ssh take plain TCP and a token drawn for them). With `launch = "ssh"` the hosts
+/// file is read now, so its mistakes show before any server starts.
+fn ssh_servers(
+    raw: &RawJobFile,
+    base: &Path,
+    port: u16,
+    error_at: &dyn Fn(Option<Range<usize>>, String) -> JobFileError,
+) -> Result<Option<SshServers>, JobFileError> {
+    let Some(hosts_file) = &raw.ssh_hosts else {
+        let stray = [
+            ("launch = \"ssh\"", raw.launch.as_ref().map(Spanned::span)),
+            ("ssh_config", raw.ssh_config.as_ref().map(Spanned::span)),
+            (
+                "server_binary",
+                raw.server_binary.as_ref().map(Spanned::span),
+            ),
+        ];
+        return match stray.into_iter().find(|(_, span)| span.is_some()) {
+            Some((key, span)) => Err(error_at(
+                span,
+                format!(
+                    "{key} needs ssh_hosts = \"hosts.txt\": the hosts to start servers on with ssh"
+                ),
+            )),
+            None => Ok(None),
+        };
+    };
+    let others = [
+        ("servers", raw.servers.is_some()),
+        ("servers_file", raw.servers_file.is_some()),
+        ("local", raw.local.is_some()),
+    ];
+    if let Some((key, _)) = others.into_iter().find(|(_, given)| *given) {
+        return Err(error_at(
+            Some(hosts_file.span()),
+            format!("give either ssh_hosts or {key}, not both"),
+        ));
+    }
+    if let Some(tls) = raw.tls.as_ref().filter(|on| *on.get_ref()) {
+        return Err(error_at(
+            Some(tls.span()),
+            "servers on ssh_hosts take plain TCP (with a token drawn for them): remove tls = true"
+                .into(),
+        ));
+    }
+    let path = base.join(hosts_file.get_ref());
+    let launch = raw.launch.is_some();
+    let hosts = if launch {
+        read_hosts_file(&path)?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(SshServers {
+        hosts_file: path,
+        hosts,
+        launch,
+        config: raw.ssh_config.as_ref().map(|f| base.join(f.get_ref())),
+        server_binary: raw.server_binary.as_ref().map(|f| base.join(f.get_ref())),
+        port,
+    }))
 }
 
 /// Whom the client trusts under `tls = true`: the `tls_ca` file's authorities (read
@@ -1078,7 +1183,7 @@ mod tests {
             error(&format!(
                 "parts = 2\nservers = [\"a:1\"]\nport = 7001\n{loop_job}"
             )),
-            "job.toml:3:8: port is for servers = \"slurm\" (the node names carry no port); \
+            "job.toml:3:8: port is for servers = \"slurm\" or ssh_hosts (host names without a port); \
              give each address in servers as host:port"
         );
         assert_eq!(
@@ -1095,6 +1200,57 @@ mod tests {
             nodes_at_port("node[01-02", 7001).unwrap_err(),
             "SLURM_JOB_NODELIST: \"node[01-02\": a `[` without its `]`"
         );
+    }
+
+    #[test]
+    fn ssh_keys_are_checked_where_they_are_written() {
+        let job = "[job]\nkind = \"loop\"\niterations = 10\n";
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hosts.txt"), "lab1\nalice@lab2:2222\n").unwrap();
+        let at = dir.path().join("job.toml");
+        let file = parse(
+            &format!("parts = 1\nlaunch = \"ssh\"\nssh_hosts = \"hosts.txt\"\nssh_config = \"cfg\"\nport = 7100\n{job}"),
+            &at,
+        )
+        .unwrap();
+        let ssh = file.ssh.unwrap();
+        assert!(ssh.launch);
+        assert_eq!(ssh.hosts.len(), 2);
+        assert_eq!(ssh.port, 7100);
+        assert_eq!(ssh.config, Some(dir.path().join("cfg")));
+        assert_eq!(ssh.hosts_file, dir.path().join("hosts.txt"));
+        // Without launch the hosts file is the key of `pool-client up`'s state: not read.
+        let up = parse(
+            &format!("parts = 1\nssh_hosts = \"elsewhere.txt\"\n{job}"),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            up.ssh.map(|s| (s.launch, s.port)),
+            Some((false, DEFAULT_PORT))
+        );
+        assert_eq!(
+            error(&format!("parts = 1\nlaunch = \"ssh\"\n{job}")),
+            "job.toml:2:10: launch = \"ssh\" needs ssh_hosts = \"hosts.txt\": the hosts to start servers on with ssh"
+        );
+        assert_eq!(
+            error(&format!("parts = 1\nlaunch = \"slurm\"\n{job}")),
+            "job.toml:2:10: unknown variant `slurm`, expected `ssh`"
+        );
+        assert_eq!(
+            error(&format!(
+                "parts = 1\nlocal = 2\nssh_hosts = \"h.txt\"\n{job}"
+            )),
+            "job.toml:3:13: give either ssh_hosts or local, not both"
+        );
+        assert_eq!(
+            error(&format!("parts = 1\nssh_hosts = \"h.txt\"\ntls = true\n{job}")),
+            "job.toml:3:7: servers on ssh_hosts take plain TCP (with a token drawn for them): remove tls = true"
+        );
+        assert!(error(&format!(
+            "parts = 1\nlaunch = \"ssh\"\nssh_hosts = \"none.txt\"\n{job}"
+        ))
+        .contains("none.txt: cannot read the hosts file"));
     }
 
     #[test]

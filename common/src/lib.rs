@@ -10,6 +10,7 @@
 //! * [`jobs`]: the job kinds: how a job splits into parts, the kernel that computes one
 //!   part, and how partial results combine.
 //! * [`jobfile`]: the `job.toml` schema and its validation.
+//! * [`sshhosts`]: the hosts file of servers started over ssh.
 //! * [`splitmix`]: the mixing function the kernels and generated data share.
 //! * [`exact_sum`]: the exact accumulator that makes float sums independent of the
 //!   split.
@@ -28,6 +29,7 @@ pub mod jobfile;
 pub mod jobs;
 pub mod protocol;
 pub mod splitmix;
+pub mod sshhosts;
 pub mod text;
 pub mod tls;
 pub mod wire;
