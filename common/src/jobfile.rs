@@ -915,6 +915,21 @@ impl JobFile {
     }
 }
 
+/// The entries of a list file (a servers file, an ssh hosts file): each line's text
+/// before any `#`, trimmed, with where it starts; blank and comment lines skipped.
+pub fn listed_lines(text: &str) -> impl Iterator<Item = (Location, &str)> {
+    text.lines().enumerate().filter_map(|(index, line)| {
+        let entry = line.split('#').next().unwrap_or("").trim();
+        (!entry.is_empty()).then(|| {
+            let location = Location {
+                line: index + 1,
+                column: line.find(entry).unwrap_or(0) + 1,
+            };
+            (location, entry)
+        })
+    })
+}
+
 /// Reads a servers file: one `host:port` (or `N/host:port`, N slots) per line; `#`
 /// starts a comment; blank lines are skipped.
 pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
@@ -925,17 +940,10 @@ pub fn read_servers_file(path: &Path) -> Result<Vec<String>, JobFileError> {
         message: format!("cannot read the servers file: {e}"),
     })?;
     let mut servers = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let entry = line.split('#').next().unwrap_or("").trim();
-        if entry.is_empty() {
-            continue;
-        }
+    for (location, entry) in listed_lines(&text) {
         ServerEntry::parse(entry).map_err(|message| JobFileError {
             path: shown.clone(),
-            location: Some(Location {
-                line: index + 1,
-                column: line.find(entry).unwrap_or(0) + 1,
-            }),
+            location: Some(location),
             message,
         })?;
         servers.push(entry.to_string());

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use crate::jobfile::{JobFileError, Location};
+use crate::jobfile::{listed_lines, JobFileError};
 
 /// One line of a hosts file: where ssh logs in, and how many workers the server gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,15 +118,8 @@ pub fn read_hosts_file(path: &Path) -> Result<Vec<SshHost>, JobFileError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| error(None, format!("cannot read the hosts file: {e}")))?;
     let mut hosts: Vec<SshHost> = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let entry = line.split('#').next().unwrap_or("").trim();
-        if entry.is_empty() {
-            continue;
-        }
-        let at = Some(Location {
-            line: index + 1,
-            column: line.find(entry).unwrap_or(0) + 1,
-        });
+    for (location, entry) in listed_lines(&text) {
+        let at = Some(location);
         let host = SshHost::parse(entry).map_err(|message| error(at, message))?;
         if let Some(twin) = hosts
             .iter()
@@ -154,6 +147,7 @@ pub fn read_hosts_file(path: &Path) -> Result<Vec<SshHost>, JobFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobfile::Location;
 
     #[test]
     fn entries_parse_as_gnu_parallel_writes_them() {
