@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use pool_common::jobfile;
 use serde_json::Value;
-use support::{client_exe, dead_address, job_file, reference_result, temp_dir};
+use support::{client_exe, dead_address, job_file, reference_result, temp_dir, ServerProcess};
 
 /// The repository's root.
 fn repository() -> PathBuf {
@@ -155,26 +156,28 @@ fn free_port() -> String {
     address.rsplit_once(':').unwrap().1.to_string()
 }
 
+/// `pool-client status` of the server at `address`, with `token` (or none): its JSON
+/// object, `reachable` false if it did not answer within 2 s.
+fn status_with(address: &str, token: Option<&str>) -> Value {
+    let mut command = Command::new(client_exe());
+    command
+        .args(["status", "--servers", address, "--format", "json"])
+        .args(["--timeout", "2"])
+        .env_remove("POOL_TOKEN")
+        .env("RUST_LOG", "warn");
+    if let Some(token) = token {
+        command.env("POOL_TOKEN", token);
+    }
+    let output = command.output().expect("run pool-client status");
+    let status: Value = serde_json::from_slice(&output.stdout).expect("status prints JSON");
+    status[0].clone()
+}
+
 /// The token check of a server at `address`, asked without a token: `Some(true)` if it
 /// refused for want of one, `Some(false)` if it served a client without one, `None` if
 /// it did not answer (not listening yet, or any more).
 fn refuses_without_token(address: &str) -> Option<bool> {
-    let output = Command::new(client_exe())
-        .args([
-            "status",
-            "--servers",
-            address,
-            "--format",
-            "json",
-            "--timeout",
-            "2",
-        ])
-        .env_remove("POOL_TOKEN")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run pool-client status");
-    let status: Value = serde_json::from_slice(&output.stdout).expect("status prints JSON");
-    let server = &status[0];
+    let server = status_with(address, None);
     if server["reachable"] == true {
         return Some(false);
     }
@@ -310,5 +313,112 @@ fn pool_sbatch_runs_the_example_job_on_servers_started_with_srun() {
         report["settings"]["servers"],
         serde_json::json!([format!("localhost:{port}")]),
         "{report:#}"
+    );
+}
+
+/// The manifest file's documents, split at its `---` lines.
+fn manifest_documents(text: &str) -> Vec<&str> {
+    text.split("\n---\n").collect()
+}
+
+/// The value of the first line `key: value` in `document` (any indentation, a `- `
+/// list marker allowed), without quotes; the manifests keep one setting per line, so
+/// this finds what a YAML parser would.
+fn yaml_value<'a>(document: &'a str, key: &str) -> Option<&'a str> {
+    document.lines().find_map(|line| {
+        let line = line.trim_start().trim_start_matches("- ");
+        let value = line.strip_prefix(key)?.strip_prefix(':')?.trim();
+        Some(value.trim_matches('"'))
+    })
+}
+
+/// The document of `documents` whose `kind` is `kind`.
+fn manifest<'a>(documents: &[&'a str], kind: &str) -> &'a str {
+    documents
+        .iter()
+        .find(|d| yaml_value(d, "kind") == Some(kind))
+        .unwrap_or_else(|| panic!("deploy/kubernetes/pool.yaml has no {kind}"))
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_job_file_and_the_server_takes_their_arguments() {
+    let deploy = repository().join("deploy/kubernetes");
+    let text = std::fs::read_to_string(deploy.join("pool.yaml")).unwrap();
+    let documents = manifest_documents(&text);
+    let service = manifest(&documents, "Service");
+    let set = manifest(&documents, "StatefulSet");
+
+    // A headless Service whose name, namespace and port the job file's dns: entry
+    // names, selecting the StatefulSet's pods.
+    let name = yaml_value(service, "name").unwrap();
+    let namespace = yaml_value(service, "namespace").unwrap();
+    let port = yaml_value(service, "port").unwrap();
+    assert_eq!(yaml_value(service, "clusterIP"), Some("None"));
+    assert_eq!(yaml_value(set, "serviceName"), Some(name));
+    assert_eq!(yaml_value(set, "namespace"), Some(namespace));
+    let selector = service.split("selector:").nth(1).unwrap();
+    let label = yaml_value(selector, "app").unwrap();
+    let template = set.split("template:").nth(1).unwrap();
+    assert_eq!(yaml_value(template, "app"), Some(label));
+    assert_eq!(yaml_value(set, "containerPort"), Some(port));
+    let job = jobfile::parse(
+        &std::fs::read_to_string(deploy.join("job.toml")).unwrap(),
+        &deploy.join("job.toml"),
+    )
+    .expect("deploy/kubernetes/job.toml parses");
+    assert_eq!(
+        job.servers,
+        [format!("dns:{name}.{namespace}.svc.cluster.local:{port}")]
+    );
+
+    // The token from a Secret, the probes on the port.
+    assert!(set.contains("name: POOL_TOKEN\n"), "{set}");
+    assert!(set.contains("secretKeyRef:"), "{set}");
+    for probe in ["readinessProbe:", "livenessProbe:"] {
+        let after = set.split(probe).nth(1).expect(probe);
+        assert_eq!(yaml_value(after, "port"), Some("pool"), "{probe}");
+    }
+
+    // The server takes the StatefulSet's arguments: the same ones, on 127.0.0.1 and a
+    // port the OS chooses instead of every address and the Service's port.
+    let args: Vec<String> = serde_json::from_str(yaml_value(set, "args").unwrap_or("[]"))
+        .expect("the container's args, one JSON-style list on one line");
+    let mut local: Vec<&str> = vec!["serve"];
+    let mut rest = args.iter().map(String::as_str);
+    let mut replaced = 0;
+    while let Some(arg) = rest.next() {
+        local.push(arg);
+        let value = rest.next().unwrap_or_default();
+        match arg {
+            "--bind" => {
+                assert_eq!(value, "0.0.0.0");
+                local.push("127.0.0.1");
+                replaced += 1;
+            }
+            "--port" => {
+                assert_eq!(value, port);
+                local.push("0");
+                replaced += 1;
+            }
+            _ => local.push(value),
+        }
+    }
+    assert_eq!(replaced, 2, "--bind and --port in {args:?}");
+    local.push("--exit-with-stdin");
+    let token = "a-secret-of-the-test";
+    let server = ServerProcess::start_with(&local, &[("POOL_TOKEN", token)]);
+    let answer = status_with(&server.address, Some(token));
+    assert_eq!(answer["reachable"], true, "{answer:#}");
+    assert_eq!(refuses_without_token(&server.address), Some(true));
+
+    // The image runs pool-server, and ships the job file where pool.yaml says.
+    let containerfile = std::fs::read_to_string(deploy.join("Containerfile")).unwrap();
+    assert!(
+        containerfile.contains("ENTRYPOINT [\"pool-server\"]"),
+        "{containerfile}"
+    );
+    assert!(
+        containerfile.contains("COPY deploy/kubernetes/job.toml /etc/pool/job.toml"),
+        "{containerfile}"
     );
 }
