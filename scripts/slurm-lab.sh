@@ -26,12 +26,16 @@ need() {
     done
 }
 
-free_port() { # a port nothing listens on, from a random start
-    local port=$((20000 + RANDOM % 30000))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+free_port() { # a port nothing listens on, from a random start; at most 100 tried
+    local port=$((20000 + RANDOM % 30000)) tries
+    for ((tries = 0; tries < 100; tries++)); do
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
         port=$((port + 1))
     done
-    echo "$port"
+    die "no free port among 100 on 127.0.0.1 from $((port - 100))"
 }
 
 # The processes whose environment names this lab's slurm.conf: the daemons (started
