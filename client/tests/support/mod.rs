@@ -145,6 +145,15 @@ impl ServerProcess {
         ServerProcess { child, address }
     }
 
+    /// Starts the pool-client binary with `args` (`serve` and options that make it
+    /// listen on 127.0.0.1), with `env` added to its environment.
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let (child, address) =
+            pool_client::servers::spawn_listening_in(None, &client_exe(), args, env)
+                .expect("start a server");
+        ServerProcess { child, address }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
