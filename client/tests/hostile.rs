@@ -22,25 +22,14 @@ use pool_common::jobs::matmul::B_INPUT;
 use pool_common::jobs::{JobInputs, Part, PartResult, PartTask, SharedInput};
 use pool_common::protocol::{Request, Welcome, MAGIC, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
-use support::{job_file, options, pool_only, reference_result, ServerProcess};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{
+    job_file, options, pool_only, reference_result, send_and_read_to_close, ServerProcess,
+};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A bound on every wait in these tests, so a bug shows as a failure, not a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-/// Sends `bytes` and reads until the server closes the connection.
-async fn send_and_read_to_close(address: std::net::SocketAddr, bytes: Vec<u8>) -> Vec<u8> {
-    tokio::time::timeout(HANG_GUARD, async move {
-        let mut socket = TcpStream::connect(address).await.unwrap();
-        let _ = socket.write_all(&bytes).await;
-        let mut answer = Vec::new();
-        let _ = socket.read_to_end(&mut answer).await;
-        answer
-    })
-    .await
-    .expect("the server must close a hostile connection")
-}
 
 fn loop_part(index: usize, lo: u64, hi: u64) -> Part {
     Part::new(

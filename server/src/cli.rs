@@ -10,8 +10,9 @@ use tracing::{info, warn};
 
 use crate::announce::Announcement;
 use crate::commands::{AllowedPrograms, CommandPolicy, DEFAULT_MAX_OUTPUT_BYTES};
+use crate::models::fork::{serve_inherited, ServeCommand};
 use crate::tls::ServerTls;
-use crate::{start, ServerConfig};
+use crate::{start, ServerConfig, ServerModel};
 
 /// Options of a pool server.
 #[derive(clap::Args, Debug, Clone)]
@@ -96,6 +97,17 @@ pub struct ServerArgs {
     #[arg(long)]
     pub announce: bool,
 
+    /// How connections are served: `async` (tokio tasks, the default), `threads` (an
+    /// OS thread per connection, blocking I/O), `iterative` (one connection at a time)
+    /// or `fork` (a child process per connection). Only `async` serves TLS.
+    #[arg(long, value_enum, default_value_t = ServerModel::Async)]
+    pub model: ServerModel,
+
+    /// Serve only the connection on this inherited socket, then exit: how the fork
+    /// model starts its children.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub serve_fd: Option<i32>,
+
     /// Shut down when standard input closes: lets a parent process (pool-client's
     /// `local = N`) be sure its servers never outlive it.
     #[arg(long, hide = true)]
@@ -126,34 +138,17 @@ pub fn init_logging(default_level: &str) {
 /// once it accepts connections, then, with TLS, the job file line that pins its
 /// certificate.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let defaults = ServerConfig::default();
-    let tls = match (&args.tls, &args.tls_cert, &args.tls_key) {
-        (Some(TlsMode::SelfSigned), _, _) => Some(ServerTls::self_signed()),
-        (None, Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)),
-        _ => None,
+    let config = config(&args)?;
+    if let Some(fd) = args.serve_fd {
+        let stop = CancellationToken::new();
+        let serving = serve_inherited(fd, config, stop.clone());
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => return Ok(served?),
+            _ = shutdown_signal() => stop.cancel(),
+        }
+        return Ok(serving.await?);
     }
-    .transpose()
-    .map_err(anyhow::Error::msg)?;
-    let config = ServerConfig {
-        workers: args.workers.unwrap_or(defaults.workers).max(1),
-        max_connections: args.max_connections.max(1),
-        max_parts_per_connection: args.max_parts_per_connection.max(1),
-        max_part_bytes: args.max_part_bytes,
-        max_part_work: args.max_part_work,
-        max_buffer_memory: args.max_buffer_memory,
-        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
-        token: args.token.filter(|t| !t.is_empty()),
-        tls,
-        commands: CommandPolicy {
-            allowed: args
-                .allow_commands
-                .as_deref()
-                .map_or(AllowedPrograms::None, AllowedPrograms::parse),
-            max_output_bytes: args.max_output_bytes,
-        },
-        shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        ..defaults
-    };
     let workers = config.workers;
     let open_to_all = config.token.is_none();
     let fingerprint = config.tls.as_ref().map(ServerTls::fingerprint);
@@ -225,6 +220,46 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// The server's configuration from its options.
+fn config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
+    let defaults = ServerConfig::default();
+    let tls = match (&args.tls, &args.tls_cert, &args.tls_key) {
+        (Some(TlsMode::SelfSigned), _, _) => Some(ServerTls::self_signed()),
+        (None, Some(cert), Some(key)) => Some(ServerTls::from_pem_files(cert, key)),
+        _ => None,
+    }
+    .transpose()
+    .map_err(anyhow::Error::msg)?;
+    let config = ServerConfig {
+        workers: args.workers.unwrap_or(defaults.workers).max(1),
+        max_connections: args.max_connections.max(1),
+        max_parts_per_connection: args.max_parts_per_connection.max(1),
+        max_part_bytes: args.max_part_bytes,
+        max_part_work: args.max_part_work,
+        max_buffer_memory: args.max_buffer_memory,
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        tls,
+        commands: CommandPolicy {
+            allowed: args
+                .allow_commands
+                .as_deref()
+                .map_or(AllowedPrograms::None, AllowedPrograms::parse),
+            max_output_bytes: args.max_output_bytes,
+        },
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        model: args.model,
+        serve_command: match args.model {
+            ServerModel::Fork => {
+                Some(ServeCommand::this_process().context("cannot find the server's own program")?)
+            }
+            _ => None,
+        },
+        ..defaults
+    };
+    Ok(config)
 }
 
 /// The line a program that listens prints on standard output once it accepts

@@ -5,6 +5,7 @@
 //! order it was submitted. A kernel that panics is caught: its caller gets an error and
 //! the thread lives on.
 
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,6 +21,17 @@ pub struct Executor {
     threads: Mutex<Vec<thread::JoinHandle<()>>>,
     workers: usize,
     busy: Arc<AtomicUsize>,
+}
+
+/// Calls its callback with [`WorkLost`] unless the work's result was handed to it.
+struct Report<T, D: FnOnce(Result<T, WorkLost>)>(Option<D>, PhantomData<fn(T)>);
+
+impl<T, D: FnOnce(Result<T, WorkLost>)> Drop for Report<T, D> {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(Err(WorkLost));
+        }
+    }
 }
 
 /// The work did not run to completion: it panicked, or the executor was shut down.
@@ -80,19 +92,32 @@ impl Executor {
         F: FnOnce() -> T + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
-        let queued = match &*self.queue.lock().expect("queue lock poisoned") {
-            Some(queue) => queue
-                .send(Box::new(move || {
-                    let _ = reply.send(work());
-                }))
-                .is_ok(),
-            None => false,
-        };
-        async move {
-            if !queued {
-                return Err(WorkLost);
+        self.submit(work, move |outcome| {
+            let _ = reply.send(outcome);
+        });
+        async move { result.await.unwrap_or(Err(WorkLost)) }
+    }
+
+    /// Queues `work`, and calls `done` with its result on the worker thread that ran
+    /// it; with [`WorkLost`] (at once, or when the executor stops) if it never runs to
+    /// completion. For callers without an async runtime.
+    pub fn submit<T, F, D>(&self, work: F, done: D)
+    where
+        T: 'static,
+        F: FnOnce() -> T + Send + 'static,
+        D: FnOnce(Result<T, WorkLost>) + Send + 'static,
+    {
+        let mut report = Report(Some(done), PhantomData);
+        let item: Work = Box::new(move || {
+            let result = work();
+            if let Some(done) = report.0.take() {
+                done(Ok(result));
             }
-            result.await.map_err(|_| WorkLost)
+        });
+        // A closure that is never run (no queue, or a panic inside it) drops its
+        // `Report`, which reports the loss.
+        if let Some(queue) = &*self.queue.lock().expect("queue lock poisoned") {
+            let _ = queue.send(item);
         }
     }
 

@@ -1,7 +1,13 @@
 //! `pool-server`: computes parts of jobs for `pool-client`s.
 //!
-//! * [`listener`]: the accept loop, the connection limit and graceful shutdown.
-//! * [`connection`]: one connection's life, from handshake to the last reply.
+//! * [`models`]: the ways a server can serve its connections (`--model`): [`listener`]
+//!   and [`connection`] are the default, async one; [`blocking`] serves a connection for
+//!   the others.
+//! * [`listener`]: the async accept loop, the connection limit and graceful shutdown.
+//! * [`connection`]: one connection's life on the async model, from handshake to the
+//!   last reply.
+//! * [`blocking`]: one connection's life with blocking I/O (threads, iterative, fork).
+//! * [`session`]: what a connection does with each frame, whatever model serves it.
 //! * [`reader`]: reading a connection's frames, each claimed from the [`budget`] for
 //!   buffered input before its body is read.
 //! * [`parts`]: the rules for a connection's parts, as a state machine without I/O.
@@ -15,6 +21,7 @@
 //! To embed a server (tests do), call [`start`] inside a tokio runtime.
 
 pub mod announce;
+pub mod blocking;
 pub mod budget;
 pub mod cli;
 pub mod commands;
@@ -22,12 +29,14 @@ pub mod connection;
 pub mod executor;
 pub mod listener;
 pub mod load;
+pub mod models;
 pub mod parts;
 pub mod reader;
+pub mod session;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +45,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use executor::Executor;
+pub use models::ServerModel;
+use pool_common::protocol::ServerStatus;
 
 /// A server's limits and sizes. [`ServerConfig::default`] has the documented defaults.
 #[derive(Debug, Clone)]
@@ -67,6 +78,19 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// On shutdown, how long parts in flight may take to finish.
     pub shutdown_grace: Duration,
+    /// How connections are served (`--model`).
+    pub model: ServerModel,
+    /// How to start a process that serves one connection, for the fork model: the
+    /// server's own program and arguments (see [`models::fork`]).
+    pub serve_command: Option<models::fork::ServeCommand>,
+}
+
+impl ServerConfig {
+    /// Data chunks one connection may have waiting for the executor before it stops
+    /// reading, so its memory stays bounded while its client waits on TCP.
+    pub fn max_pending_chunks(&self) -> usize {
+        self.workers.max(2) * 2
+    }
 }
 
 impl Default for ServerConfig {
@@ -84,6 +108,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
+            model: ServerModel::Async,
+            serve_command: None,
         }
     }
 }
@@ -113,6 +139,41 @@ pub struct Shared {
     pub force_stop: CancellationToken,
 }
 
+impl Shared {
+    /// The state of a new server with `config`: its executor's threads start now.
+    pub fn new(config: ServerConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            executor: Executor::new(config.workers),
+            buffers: budget::BufferBudget::new(
+                usize::try_from(config.max_buffer_memory).unwrap_or(usize::MAX),
+            ),
+            config,
+            parts_served: AtomicU64::new(0),
+            parts_in_flight: AtomicUsize::new(0),
+            started: Instant::now(),
+            load: load::LoadMonitor::start(),
+            force_stop: CancellationToken::new(),
+        })
+    }
+
+    /// The answer to a status request: counters and readings, nothing that waits.
+    pub fn status(&self) -> ServerStatus {
+        ServerStatus {
+            server: format!("pool-server {}", env!("CARGO_PKG_VERSION")),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as u32,
+            workers: self.executor.workers() as u32,
+            workers_busy: self.executor.busy() as u32,
+            parts_in_flight: self.parts_in_flight.load(Ordering::Relaxed) as u32,
+            parts_served: self.parts_served.load(Ordering::Relaxed),
+            uptime_nanos: self.started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            load_average_milli: load::load_average_milli(),
+            cpu_idle_milli: self.load.cpu_idle_milli(),
+            memory_available_bytes: load::memory_available_bytes(),
+            loop_picos_per_iteration: self.load.loop_picos_per_iteration(),
+        }
+    }
+}
+
 /// A running server, as returned by [`start`].
 pub struct ServerHandle {
     local_addr: SocketAddr,
@@ -139,10 +200,11 @@ impl ServerHandle {
     }
 }
 
-/// Binds `addr` and serves on the current tokio runtime until shut down. Refuses to
-/// run users' programs for anyone who reaches a port beyond loopback without a token,
-/// and a buffer budget below [`MIN_BUFFER_MEMORY`] (errors of kind `InvalidInput`,
-/// whose message says what to change).
+/// Binds `addr` and serves on the current tokio runtime, in the configured
+/// [`ServerModel`], until shut down. Refuses to run users' programs for anyone who
+/// reaches a port beyond loopback without a token, a buffer budget below
+/// [`MIN_BUFFER_MEMORY`], and what the model does not support (errors of kind
+/// `InvalidInput`, whose message says what to change).
 pub async fn start(
     addr: impl ToSocketAddrs,
     config: ServerConfig,
@@ -170,19 +232,7 @@ pub async fn start(
         ));
     }
     let shutdown = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        executor: Executor::new(config.workers),
-        buffers: budget::BufferBudget::new(
-            usize::try_from(config.max_buffer_memory).unwrap_or(usize::MAX),
-        ),
-        config,
-        parts_served: AtomicU64::new(0),
-        parts_in_flight: AtomicUsize::new(0),
-        started: Instant::now(),
-        load: load::LoadMonitor::start(),
-        force_stop: CancellationToken::new(),
-    });
-    let task = tokio::spawn(listener::run(listener, shared, shutdown.clone()));
+    let task = models::serve(listener, config, shutdown.clone())?;
     Ok(ServerHandle {
         local_addr,
         shutdown,

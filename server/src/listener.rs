@@ -61,10 +61,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellat
             let Some(permit) = permit else {
                 let max = shared.config.max_connections;
                 warn!(max, "connection refused: at the connection limit");
-                let reason = format!(
-                    "the server is at its limit of {max} connections (raise it with pool-server --max-connections)"
-                );
-                return refuse(halves.1, reason).await;
+                return refuse(halves.1, crate::session::over_the_limit(max)).await;
             };
             info!("connection opened");
             match Connection::new(halves, Arc::clone(&shared), shutdown)

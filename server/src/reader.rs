@@ -9,7 +9,9 @@
 //! on TCP.
 //!
 //! [`FrameReader::next`] keeps its progress in the reader, so a `select!` may drop it
-//! at any await and call it again without losing a byte.
+//! at any await and call it again without losing a byte. [`BlockingFrameReader`] does
+//! the same for the server models that read with blocking calls (see
+//! [`crate::models`]), waiting on the budget's claims in the reading thread.
 //!
 //! [`BufferBudget`]: crate::budget::BufferBudget
 
@@ -18,6 +20,11 @@ use pool_common::codec::{
     check_frame_len, decode_body, Frame, FrameError, MAX_FRAME_BYTES, MAX_HANDSHAKE_FRAME_BYTES,
 };
 use pool_common::tls::ReadHalf;
+use std::io::Read;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use tokio::io::{AsyncReadExt, BufReader};
 
 use crate::budget::{Account, Claim, FrameBuffer};
@@ -135,11 +142,11 @@ impl FrameReader {
                     self.state = body(*len, Body::Granted(buffer));
                 }
                 State::Body { body, len, filled } if *filled < *len => {
-                    let unread = match body {
-                        Body::Small(bytes) => &mut bytes[*filled..*len],
-                        Body::Granted(buffer) => &mut buffer[*filled..*len],
-                    };
-                    match self.socket.read(unread).await? {
+                    match self
+                        .socket
+                        .read(&mut body.bytes_mut(*len)[*filled..])
+                        .await?
+                    {
                         0 => return Err(FrameError::Truncated),
                         n => *filled += n,
                     }
@@ -150,15 +157,154 @@ impl FrameReader {
                     else {
                         unreachable!("matched above")
                     };
-                    let bytes = match body {
-                        Body::Small(bytes) => Bytes::from(bytes),
-                        Body::Granted(buffer) => Bytes::from_owner(Granted { buffer, len }),
-                    };
-                    return decode_body(bytes).map(Some);
+                    return body.decode(len).map(Some);
                 }
             }
         }
     }
+}
+
+impl Body {
+    /// A body for a frame of `len` bytes: small ones at once, larger ones once
+    /// `granted` returns their memory from the budget.
+    fn new(
+        len: usize,
+        granted: impl FnOnce() -> Result<FrameBuffer, std::io::Error>,
+    ) -> Result<Body, std::io::Error> {
+        Ok(if len > SMALL_FRAME_BYTES {
+            Body::Granted(granted()?)
+        } else {
+            Body::Small(vec![0; len])
+        })
+    }
+
+    /// The first `len` bytes, where the next read goes.
+    fn bytes_mut(&mut self, len: usize) -> &mut [u8] {
+        match self {
+            Body::Small(bytes) => &mut bytes[..len],
+            Body::Granted(buffer) => &mut buffer[..len],
+        }
+    }
+
+    /// The frame in the body's first `len` bytes.
+    fn decode(self, len: usize) -> Result<Frame, FrameError> {
+        let bytes = match self {
+            Body::Small(bytes) => Bytes::from(bytes),
+            Body::Granted(buffer) => Bytes::from_owner(Granted { buffer, len }),
+        };
+        decode_body(bytes)
+    }
+}
+
+/// How long a [`BlockingFrameReader`] waits for its peer.
+#[derive(Debug, Clone, Copy)]
+pub enum Patience<'a> {
+    /// Until this instant (the handshake's deadline).
+    Until(Instant),
+    /// `idle` at a time, again and again while `busy` says the connection has work of
+    /// its own in progress (a part computing).
+    WhileBusy {
+        /// Whether the connection is busy.
+        busy: &'a AtomicBool,
+        /// How long the peer may stay silent while the connection is not.
+        idle: Duration,
+    },
+}
+
+/// Reads one connection's frames with blocking calls, each claimed from the budget
+/// before its body is read. A read that waits beyond the reader's [`Patience`] fails
+/// with an error of kind `TimedOut` or `WouldBlock`.
+pub struct BlockingFrameReader {
+    socket: std::io::BufReader<TcpStream>,
+    account: Account,
+    max_frame: usize,
+    /// The socket's read timeout, as last set.
+    timeout: Option<Duration>,
+}
+
+impl BlockingFrameReader {
+    /// Reads `socket` for a connection that has not shaken hands yet, charging
+    /// `account`.
+    pub fn new(socket: TcpStream, account: Account) -> BlockingFrameReader {
+        BlockingFrameReader {
+            socket: std::io::BufReader::with_capacity(READ_AHEAD_BYTES, socket),
+            account,
+            max_frame: MAX_HANDSHAKE_FRAME_BYTES,
+            timeout: None,
+        }
+    }
+
+    /// Raises the frame limit to [`MAX_FRAME_BYTES`]: the peer completed the handshake.
+    pub fn handshake_done(&mut self) {
+        self.max_frame = MAX_FRAME_BYTES;
+    }
+
+    /// The next frame; `None` at a clean end of stream (between frames).
+    pub fn next(&mut self, patience: Patience<'_>) -> Option<Result<Frame, FrameError>> {
+        self.next_frame(patience).transpose()
+    }
+
+    fn next_frame(&mut self, patience: Patience<'_>) -> Result<Option<Frame>, FrameError> {
+        let mut prefix = [0u8; 4];
+        let mut filled = 0;
+        while filled < prefix.len() {
+            match self.read(&mut prefix[filled..], patience)? {
+                0 if filled == 0 => return Ok(None),
+                0 => return Err(FrameError::Truncated),
+                n => filled += n,
+            }
+        }
+        let len = u32::from_be_bytes(prefix) as usize;
+        check_frame_len(len, self.max_frame)?;
+        let account = &self.account;
+        let mut body = Body::new(len, || {
+            FrameBuffer::new(futures::executor::block_on(account.claim_frame()))
+        })?;
+        let mut filled = 0;
+        while filled < len {
+            match self.read(&mut body.bytes_mut(len)[filled..], patience)? {
+                0 => return Err(FrameError::Truncated),
+                n => filled += n,
+            }
+        }
+        body.decode(len).map(Some)
+    }
+
+    /// Reads what has arrived into `buf`, waiting as `patience` says.
+    fn read(&mut self, buf: &mut [u8], patience: Patience<'_>) -> std::io::Result<usize> {
+        loop {
+            let timeout = match patience {
+                Patience::Until(deadline) => deadline
+                    .checked_duration_since(Instant::now())
+                    .filter(|left| !left.is_zero())
+                    .ok_or(std::io::ErrorKind::TimedOut)?,
+                Patience::WhileBusy { idle, .. } => idle,
+            };
+            if self.timeout != Some(timeout) {
+                self.socket.get_ref().set_read_timeout(Some(timeout))?;
+                self.timeout = Some(timeout);
+            }
+            match self.socket.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => match patience {
+                    Patience::Until(_) => {}
+                    Patience::WhileBusy { busy, .. } if busy.load(Ordering::Relaxed) => {}
+                    Patience::WhileBusy { .. } => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether a blocking call failed because its timeout passed (`WouldBlock` on Unix,
+/// `TimedOut` elsewhere).
+pub fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// The state for reading a body of `len` bytes into `body`.

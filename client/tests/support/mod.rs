@@ -229,6 +229,24 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Sends `bytes` to `address` and reads until the server closes the connection
+/// (within a minute, or the test fails).
+pub async fn send_and_read_to_close(
+    address: impl tokio::net::ToSocketAddrs,
+    bytes: Vec<u8>,
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(std::time::Duration::from_secs(60), async move {
+        let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+        let _ = socket.write_all(&bytes).await;
+        let mut answer = Vec::new();
+        let _ = socket.read_to_end(&mut answer).await;
+        answer
+    })
+    .await
+    .expect("the server must close a hostile connection")
+}
+
 /// A loopback address where nothing listens (a port that was free a moment ago).
 pub fn dead_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
