@@ -49,16 +49,17 @@ struct BenchArgs {
     json: bool,
 
     /// Repetitions of each scenario; figures are medians [default: 5, or 1 with --quick].
-    /// Scenarios 2, 4, 5, 6, 7, 9, 10 and 12 take tens of seconds per repetition and use at most 3.
+    /// Scenarios 2, 4, 5, 6, 7, 9, 10 and 12 take tens of seconds per repetition and use at most 3;
+    /// scenario 13 (the server models) runs each point once.
     #[arg(long)]
     runs: Option<usize>,
 
-    /// Run only these scenarios (1-12), comma-separated.
+    /// Run only these scenarios (1-13), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
 
-    /// Draw the skewed pool's timelines (scenario 7) and the LAN charts (scenario 11)
-    /// as SVG files in DIR.
+    /// Draw the skewed pool's timelines (scenario 7), the LAN charts (scenario 11) and
+    /// the server models' chart (scenario 13) as SVG files in DIR.
     #[arg(long, value_name = "DIR", visible_alias = "charts")]
     timelines: Option<std::path::PathBuf>,
 }
@@ -154,7 +155,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let wanted = |n: u8| args.only.as_ref().is_none_or(|only| only.contains(&n));
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    for n in 1..=12u8 {
+    for n in 1..=13u8 {
         if !wanted(n) {
             continue;
         }
@@ -171,7 +172,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             9 => scenarios::kernels::run(&settings).await,
             10 => scenarios::matmul::run(&settings).await,
             11 => scenarios::lan::run(&settings, args.timelines.as_deref()).await,
-            _ => scenarios::peers::run(&settings).await,
+            12 => scenarios::peers::run(&settings).await,
+            _ => scenarios::models::run(&settings, args.timelines.as_deref()).await,
         }
         .with_context(|| format!("scenario {n}"))?;
         if !args.json {

@@ -17,7 +17,7 @@ fn the_quick_run_reports_every_scenario() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let figures = doc["figures"].as_array().expect("a list of figures");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for n in 1..=12 {
+    for n in 1..=13 {
         let prefix = format!("{n} ");
         let reported = figures
             .iter()

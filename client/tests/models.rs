@@ -247,3 +247,39 @@ async fn sigterm_lets_a_running_part_finish(model: &str) {
         .unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{model}");
 }
+
+/// The server listens with a backlog of 4096 (or the kernel's `somaxconn`, if lower):
+/// 1,000 clients connecting at once fit in it, where tokio's default of 1024 made the
+/// kernel drop handshakes, which clients retried only after 1 s, 3 s, 7 s (scenario 13
+/// of `pool-bench`). `ss` reports a listening socket's backlog as its Send-Q.
+#[test]
+fn the_listen_backlog_holds_a_thousand_clients() {
+    let server = server("async", &[]);
+    let port = server.address.rsplit(':').next().expect("host:port");
+    let ss = match std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("SKIPPED: `ss` cannot run ({e}): install the iproute2 package");
+            return;
+        }
+    };
+    let listing = String::from_utf8_lossy(&ss.stdout);
+    let backlog: u32 = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listening socket on port {port} in: {listing}"));
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("read somaxconn")
+        .trim()
+        .parse()
+        .expect("somaxconn is a number");
+    assert_eq!(
+        backlog,
+        pool_server::LISTEN_BACKLOG.min(somaxconn),
+        "the listening socket's backlog"
+    );
+}

@@ -200,6 +200,38 @@ impl ServerHandle {
     }
 }
 
+/// Connections that may wait, connected but not yet accepted, before the kernel drops
+/// new ones (it caps this at `net.core.somaxconn`, 4096 on current kernels). Tokio's
+/// default, 1024, overflowed when 1,000 clients connected at once (scenario 13): the
+/// dropped handshakes were retried by the clients' kernels after 1 s, 3 s, 7 s.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first of `addr`'s addresses that can be bound, with [`LISTEN_BACKLOG`].
+async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
 /// Binds `addr` and serves on the current tokio runtime, in the configured
 /// [`ServerModel`], until shut down. Refuses to run users' programs for anyone who
 /// reaches a port beyond loopback without a token, a buffer budget below
@@ -219,7 +251,7 @@ pub async fn start(
             ),
         ));
     }
-    let listener = TcpListener::bind(addr).await?;
+    let listener = listen(addr).await?;
     let local_addr = listener.local_addr()?;
     if config.commands.runs_programs() && config.token.is_none() && !local_addr.ip().is_loopback() {
         return Err(std::io::Error::new(

@@ -5,6 +5,7 @@ pub mod float_sum;
 pub mod kernels;
 pub mod lan;
 pub mod matmul;
+pub mod models;
 pub mod overhead;
 pub mod paper;
 pub mod peers;
