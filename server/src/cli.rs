@@ -150,6 +150,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         return Ok(serving.await?);
     }
     let workers = config.workers;
+    let model = config.model;
     let open_to_all = config.token.is_none();
     let fingerprint = config.tls.as_ref().map(ServerTls::fingerprint);
     let commands = config.commands.allowed.clone();
@@ -157,9 +158,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve on {}:{}", args.bind, args.port))?;
     let mut lines = format!(
-        "{} with {}\n",
+        "{} with {}{}\n",
         listening_line("pool-server", server.local_addr()),
-        pool_common::text::counted(workers, "worker", "workers")
+        pool_common::text::counted(workers, "worker", "workers"),
+        match model {
+            ServerModel::Async => String::new(),
+            other => format!(", --model {other}"),
+        }
     );
     if let Some(fingerprint) = fingerprint {
         lines.push_str(&pin_line(&fingerprint));
@@ -169,7 +174,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     stdout.write_all(lines.as_bytes())?;
     stdout.flush()?;
-    info!(addr = %server.local_addr(), workers, "listening");
+    info!(addr = %server.local_addr(), workers, %model, "listening");
     match &commands {
         AllowedPrograms::None => {}
         AllowedPrograms::Any if server.local_addr().ip().is_loopback() => {
