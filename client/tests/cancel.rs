@@ -1,13 +1,13 @@
 //! Cancelling one part by id, over real sockets: the part's worker is freed, the other
 //! parts on the same connection go on, and only a server that answers nothing at all
-//! costs the connection.
+//! costs the connection. Also: a tiny part does not wait for a busy worker.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use pool_client::connection::{ConnectOptions, ServerConnection, ServerError};
-use pool_common::jobs::loop_sum::LoopPart;
+use pool_common::jobs::loop_sum::{LoopPart, TINY_ITERATIONS};
 use pool_common::jobs::{Part, PartResult, PartTask};
 use pool_server::ServerConfig;
 use support::ServerProcess;
@@ -82,6 +82,61 @@ async fn cancelling_one_part_frees_its_worker_and_leaves_the_others() {
         assert_eq!(reply.unwrap().result, expected(part));
     }
     assert!(!connection.is_broken(), "the connection survives a cancel");
+    server.shutdown().await;
+}
+
+/// A part of at most `TINY_ITERATIONS` is computed on its connection's task, so it is
+/// answered while the server's one worker is busy; one iteration more waits for the
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_part_is_answered_while_every_worker_is_busy() {
+    let config = ServerConfig {
+        workers: 1,
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    let busy = ServerConnection::connect(&address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let connection = ServerConnection::connect(&address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let endless = tokio::spawn(async move { busy.run_part(&endless_part()).await.map(|_| ()) });
+    tokio::time::timeout(HANG_GUARD, async {
+        while connection.status().await.expect("status").workers_busy == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the endless part must start");
+
+    let tiny = loop_part(1, 7, 7 + TINY_ITERATIONS);
+    let reply = tokio::time::timeout(HANG_GUARD, connection.run_part(&tiny))
+        .await
+        .expect("a tiny part needs no worker")
+        .unwrap();
+    assert_eq!(reply.result, expected(&tiny));
+    let status = connection.status().await.unwrap();
+    assert_eq!(
+        status.workers_busy, 1,
+        "the endless part still holds the worker"
+    );
+
+    let small = loop_part(2, 7, 7 + TINY_ITERATIONS + 1);
+    let mut waiting = std::pin::pin!(connection.run_part(&small));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a part over the tiny bound waits for the busy worker"
+    );
+    endless.abort();
+    let reply = tokio::time::timeout(HANG_GUARD, waiting)
+        .await
+        .expect("the worker is freed when the endless part is withdrawn")
+        .unwrap();
+    assert_eq!(reply.result, expected(&small));
     server.shutdown().await;
 }
 

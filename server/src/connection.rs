@@ -14,6 +14,7 @@
 //! connection lives. While a claim waits, the connection reads nothing more but goes on
 //! answering the parts it has.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio_util::codec::FramedWrite;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Account, Charge, Claim};
+use crate::executor::WorkLost;
 use crate::reader::FrameReader;
 use crate::session::{self, Computed, Outgoing, Refusal, Session, Step};
 use crate::Shared;
@@ -52,6 +54,11 @@ pub enum ConnectionError {
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
+
+/// The most frames one pass of the serve loop takes from what is already read before
+/// it writes the replies: a burst of small parts is answered in one write, and the
+/// other events (a computation done, shutdown) wait at most this many frames.
+const BURST_FRAMES: usize = 64;
 
 /// Serves one accepted connection until the client leaves, the server shuts down, or the
 /// client breaks the protocol.
@@ -105,16 +112,9 @@ impl Connection {
         self.handshake().await?;
         let config = &self.shared.config;
         let idle_timeout = config.idle_timeout;
-        let max_pending_chunks = config.max_pending_chunks();
         let mut shutting_down = false;
         loop {
-            // Stop reading while many data chunks wait for the executor: the client then
-            // waits on TCP, and this connection's memory stays bounded. Parts without
-            // data hold no buffer (their number is bounded by the parts limit), so they
-            // do not count: reading them ahead keeps the executor from idling between
-            // small parts. A shared input's data waits until the budget has room for it.
-            let can_read = self.session.parts().data_chunks_computing() < max_pending_chunks
-                && self.share_claim.is_none();
+            let can_read = self.can_read();
             // With nothing computing, and nothing waiting for the budget, the server is
             // waiting on the client (for a request, or for the rest of a part's data);
             // silence then must not last forever.
@@ -142,8 +142,19 @@ impl Connection {
                 }
                 () = self.shared.force_stop.cancelled() => return Err(ConnectionError::ForcedStop),
             }
-            // Answer every computation already finished, then write all queued replies
-            // in one go: one write call for a burst of small parts, not one per part.
+            // Take the frames already read (a burst of requests), answer every
+            // computation already finished, then write all queued replies in one go:
+            // one write call for a burst of small parts, not one per part.
+            for _ in 1..BURST_FRAMES {
+                if !self.can_read() {
+                    break;
+                }
+                match self.reader.next().now_or_never() {
+                    Some(Some(frame)) => self.on_frame(frame?, shutting_down).await?,
+                    Some(None) => return Ok(()),
+                    None => break,
+                }
+            }
             while let Some(Some(done)) = self.computations.next().now_or_never() {
                 self.on_computed(done).await?;
             }
@@ -201,6 +212,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Whether to read the next frame now. Not while many data chunks wait for the
+    /// executor: the client then waits on TCP, and this connection's memory stays
+    /// bounded. Parts without data hold no buffer (their number is bounded by the parts
+    /// limit), so they do not count: reading them ahead keeps the executor from idling
+    /// between small parts. A shared input's data waits until the budget has room.
+    fn can_read(&self) -> bool {
+        self.session.parts().data_chunks_computing() < self.shared.config.max_pending_chunks()
+            && self.share_claim.is_none()
+    }
+
     async fn on_frame(&mut self, frame: Frame, shutting_down: bool) -> Result<(), ConnectionError> {
         match self.session.on_frame(frame, shutting_down)? {
             Step::Do(outgoing) => self.carry_out(outgoing).await,
@@ -221,6 +242,17 @@ impl Connection {
     async fn carry_out(&mut self, outgoing: Vec<Outgoing>) -> Result<(), ConnectionError> {
         for next in outgoing {
             match next {
+                // The one computation on the runtime: a part too small to be worth two
+                // thread wake-ups, answered with the replies this pass of the loop sends.
+                Outgoing::Compute(compute) if compute.is_tiny() => {
+                    let part_id = compute.part_id();
+                    let done =
+                        catch_unwind(AssertUnwindSafe(|| compute.run())).map_err(|_| WorkLost);
+                    self.computations
+                        .push(Box::pin(std::future::ready(Computed::from_executor(
+                            part_id, done,
+                        ))));
+                }
                 Outgoing::Compute(compute) => {
                     let part_id = compute.part_id();
                     let work = self.shared.executor.run(move || compute.run());

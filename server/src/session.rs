@@ -155,7 +155,13 @@ impl Compute {
         self.part_id
     }
 
-    /// Computes the chunk; runs on an executor thread.
+    /// Whether the part is tiny ([`pool_common::jobs::Kind::is_tiny`]): cheaper to
+    /// compute where it arrived than on an executor thread.
+    pub fn is_tiny(&self) -> bool {
+        self.task.is_tiny()
+    }
+
+    /// Computes the chunk; runs on an executor thread, or for a tiny part where it is.
     pub fn run(self) -> Computed {
         let started = Instant::now();
         let chunk = Chunk {

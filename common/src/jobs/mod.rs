@@ -131,6 +131,16 @@ pub trait Kind {
     /// cap it and clients that estimate how long it may take.
     fn work_items(task: &Self::Task) -> u64;
 
+    /// Whether the task alone bounds its cost to a few microseconds on one core (a
+    /// loop of a few thousand iterations), whatever its input. A server computes such
+    /// a part on the connection's own task instead of handing it to a worker thread and
+    /// back, two thread wake-ups that cost more than the part: the one exception to
+    /// "the async runtime never computes". The default, never, is right for any kind
+    /// whose cost the task does not bound (data, pixels, programs).
+    fn is_tiny(_task: &Self::Task) -> bool {
+        false
+    }
+
     /// Checks that a data chunk of `len` bytes can belong to the task.
     fn check_chunk(_task: &Self::Task, _len: usize) -> Result<(), String> {
         Err(format!("a {} part takes no data", Self::NAME))
@@ -564,6 +574,13 @@ macro_rules! job_kinds {
             pub fn work_items(&self) -> u64 {
                 match self {
                     $(PartTask::$variant(task) => <$module::$kind as Kind>::work_items(task),)+
+                }
+            }
+
+            /// See [`Kind::is_tiny`].
+            pub fn is_tiny(&self) -> bool {
+                match self {
+                    $(PartTask::$variant(task) => <$module::$kind as Kind>::is_tiny(task),)+
                 }
             }
 
