@@ -148,7 +148,8 @@ fn exit_with_stdin() {
 
 /// Listens on `bind` with an OS-chosen port and says so on standard output.
 async fn listen(what: &str, bind: IpAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind((bind, 0)).await?;
+    // The server's own listen call, so the baselines' backlog is the server's.
+    let listener = pool_server::listen((bind, 0)).await?;
     println!(
         "{}",
         pool_server::cli::listening_line(what, listener.local_addr()?)

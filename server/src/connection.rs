@@ -89,7 +89,7 @@ impl Connection {
         let account = shared.buffers.account();
         Connection {
             reader: FrameReader::new(read_half, account.clone()),
-            writer: FramedWrite::new(write_half, FrameCodec::new()),
+            writer: lazy_writer(write_half),
             shutdown,
             session: Session::new(Arc::clone(&shared)),
             account,
@@ -283,6 +283,16 @@ impl Connection {
         let _ = tokio::time::timeout(self.shared.config.idle_timeout, closing).await;
         Err(ConnectionError::Protocol(reason))
     }
+}
+
+/// A frame writer whose buffer is allocated at its first frame and grows to what the
+/// replies need, rather than 8 KiB up front: an idle connection holds a few bytes
+/// (tokio-util's default capacity was most of an idle connection's memory). Frames are
+/// still gathered up to 8 KiB before the writer flushes on its own.
+fn lazy_writer(write_half: WriteHalf) -> FramedWrite<WriteHalf, FrameCodec> {
+    let mut writer = FramedWrite::with_capacity(write_half, FrameCodec::new(), 0);
+    writer.set_backpressure_boundary(8 << 10);
+    writer
 }
 
 /// Waits for the budget to grant `claim`; never resolves without one.

@@ -207,7 +207,7 @@ impl ServerHandle {
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds the first of `addr`'s addresses that can be bound, with [`LISTEN_BACKLOG`].
-async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
+pub async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
     let mut last_error = None;
     for addr in tokio::net::lookup_host(addr).await? {
         let socket = if addr.is_ipv4() {
