@@ -450,23 +450,45 @@ impl ServerConnection {
 
     /// Writes the part's frames once the writer is free, moving `stage` from queued to
     /// sending to sent.
+    ///
+    /// A part without data is only queued in the writer's buffer; the part then lets
+    /// the other parts ready to go queue theirs (one yield to the runtime) before it
+    /// flushes, so a burst of parts leaves in one write rather than one each. A part
+    /// dropped at that point is withdrawn by a cancel, whose write flushes it too.
     async fn send_part(
         &self,
         part_id: u64,
         part: &Part,
         stage: &mut Stage,
     ) -> Result<(), ServerError> {
-        let mut writer = self.shared.writer.lock().await;
-        if let Some(error) = self.shared.failure() {
-            return Err(error);
+        let what = || format!("sending part {}", part.index);
+        let batched = part.input.is_empty();
+        {
+            let mut writer = self.shared.writer.lock().await;
+            if let Some(error) = self.shared.failure() {
+                return Err(error);
+            }
+            *stage = Stage::Sending;
+            let frames = part_frames(part_id, &part.task, &part.input);
+            let flush = if batched { Flush::Later } else { Flush::Now };
+            write_frames(&self.shared, &mut writer, frames, flush, &what).await?;
+            *stage = Stage::Sent;
         }
-        *stage = Stage::Sending;
-        let frames = part_frames(part_id, &part.task, &part.input);
-        write_frames(&self.shared, &mut writer, frames, &|| {
-            format!("sending part {}", part.index)
-        })
-        .await?;
-        *stage = Stage::Sent;
+        if batched {
+            tokio::task::yield_now().await;
+            let mut writer = self.shared.writer.lock().await;
+            // Empty if a part queued after this one has flushed it already.
+            if !writer.write_buffer().is_empty() {
+                write_frames(
+                    &self.shared,
+                    &mut writer,
+                    std::iter::empty(),
+                    Flush::Now,
+                    &what,
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 
@@ -482,6 +504,7 @@ impl ServerConnection {
                 &self.shared,
                 &mut writer,
                 share_frames(input_id, input),
+                Flush::Now,
                 &|| format!("sending the job's file {:?}", input.name),
             )
             .await?;
@@ -490,14 +513,24 @@ impl ServerConnection {
     }
 }
 
-/// Writes `frames` and flushes them, stopping if the connection fails meanwhile. Data
-/// frames' payloads go from the job's memory straight to the socket, not copied into
-/// the codec's buffer. A failure to write fails the connection, saying `what` was
-/// being sent.
+/// Whether [`write_frames`] flushes what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Before returning.
+    Now,
+    /// Not: the caller flushes soon (the writer may still flush a full buffer).
+    Later,
+}
+
+/// Writes `frames` and, as `flush` says, flushes them (and whatever the writer held
+/// before), stopping if the connection fails meanwhile. Data frames' payloads go from
+/// the job's memory straight to the socket, not copied into the codec's buffer. A
+/// failure to write fails the connection, saying `what` was being sent.
 async fn write_frames(
     shared: &Shared,
     writer: &mut FramedWrite<WriteHalf, FrameCodec>,
     frames: impl Iterator<Item = Frame>,
+    flush: Flush,
     what: &(dyn Fn() -> String + Sync),
 ) -> Result<(), ServerError> {
     let written = async {
@@ -515,7 +548,9 @@ async fn write_frames(
                 other => writer.feed(other).await?,
             }
         }
-        writer.flush().await?;
+        if flush == Flush::Now {
+            writer.flush().await?;
+        }
         Ok(())
     }
     .await;

@@ -140,6 +140,40 @@ async fn a_tiny_part_is_answered_while_every_worker_is_busy() {
     server.shutdown().await;
 }
 
+/// A part without data is queued in the writer and flushed once the other parts ready
+/// to go have queued theirs. One dropped in between (polled once, then abandoned) is
+/// withdrawn by a cancel whose write flushes both; the connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_abandoned_before_its_flush_leaves_the_connection_usable() {
+    let server = pool_server::start("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let connection =
+        ServerConnection::connect(&server.local_addr().to_string(), &ConnectOptions::default())
+            .await
+            .unwrap();
+    for _ in 0..20 {
+        let endless = endless_part();
+        let mut abandoned = std::pin::pin!(connection.run_part(&endless));
+        assert!(futures::poll!(&mut abandoned).is_pending());
+    }
+    until_idle(&connection).await;
+    let parts: Vec<Part> = (0..300)
+        .map(|i| loop_part(i, i as u64 * 5000, (i as u64 + 1) * 5000))
+        .collect();
+    let replies = tokio::time::timeout(
+        HANG_GUARD,
+        futures::future::join_all(parts.iter().map(|p| connection.run_part(p))),
+    )
+    .await
+    .expect("a burst of parts is answered");
+    for (part, reply) in parts.iter().zip(replies) {
+        assert_eq!(reply.unwrap().result, expected(part));
+    }
+    assert!(!connection.is_broken());
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_part_that_times_out_is_cancelled_and_its_connection_goes_on() {
     let server = pool_server::start("127.0.0.1:0", ServerConfig::default())
