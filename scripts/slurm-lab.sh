@@ -26,10 +26,18 @@ need() {
     done
 }
 
-free_port() { # a port nothing listens on, from a random start; at most 100 tried
-    local port=$((20000 + RANDOM % 30000)) tries
+free_port() { # a port no socket uses, below the ephemeral range; at most 100 tried
+    # Below the range the kernel hands to outgoing connections: a port above it can be
+    # taken by any client socket between this check and the daemon's bind (seen when
+    # the lab ran beside the other tests: "Unable to bind listen port").
+    local low _high span port tries
+    read -r low _high </proc/sys/net/ipv4/ip_local_port_range
+    span=$((low - 10100))
+    ((span > 0)) || span=30000 # no room below the range: take our chances
+    port=$((10000 + RANDOM % span))
     for ((tries = 0; tries < 100; tries++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        if [[ -z $(ss -Htan "sport = :$port" 2>/dev/null) ]] &&
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             echo "$port"
             return 0
         fi
