@@ -6,6 +6,11 @@
 //! their reply in data frames. A part no longer wanted is cancelled by id, and the
 //! others go on. If the connection fails, every part still waiting on it gets the
 //! error, so nothing waits forever.
+//!
+//! A connection may be used before the server has answered its Hello
+//! ([`ServerConnection::start`]): the first requests then travel right behind the
+//! handshake instead of a round trip later, and a refusal reaches every part sent
+//! meanwhile as the server's reason.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +27,7 @@ use pool_common::tls::{plain_halves, ReadHalf, WriteHalf};
 use pool_common::wire::{frames_len, part_frames, share_frames, IncomingResult};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
@@ -186,12 +191,23 @@ struct Waiting {
     failed: Option<ServerError>,
 }
 
+/// Where a connection's handshake stands.
+#[derive(Clone)]
+enum Handshake {
+    /// The server's answer to the Hello has not been read yet.
+    Pending,
+    /// The server welcomed the client, or refused it, or the connection failed first.
+    Answered(Result<Welcome, ServerError>),
+}
+
 /// The state a connection's reader and its parts share.
 struct Shared {
     address: String,
     writer: tokio::sync::Mutex<FramedWrite<WriteHalf, FrameCodec>>,
     waiting: Mutex<Waiting>,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the reader once the server answers the Hello, or by a failure before.
+    handshake: watch::Sender<Handshake>,
 }
 
 impl Shared {
@@ -207,8 +223,15 @@ impl Shared {
             let _ = waiter.answer.send(Err(failure.clone()));
         }
         waiting.status.clear();
-        waiting.failed.get_or_insert(failure);
+        let failure = waiting.failed.get_or_insert(failure).clone();
         drop(waiting);
+        self.handshake.send_if_modified(|handshake| {
+            let pending = matches!(handshake, Handshake::Pending);
+            if pending {
+                *handshake = Handshake::Answered(Err(failure));
+            }
+            pending
+        });
         if let Some(reader) = self.reader.lock().expect("reader lock poisoned").take() {
             reader.abort();
         }
@@ -225,6 +248,29 @@ impl Shared {
         }
     }
 
+    /// The server's answer to the Hello, once it is read (or the connection fails).
+    async fn welcome(&self) -> Result<Welcome, ServerError> {
+        let mut handshake = self.handshake.subscribe();
+        let answered = handshake
+            .wait_for(|handshake| matches!(handshake, Handshake::Answered(_)))
+            .await
+            .map_err(|_| self.closed("the connection's reader stopped"))?;
+        match &*answered {
+            Handshake::Answered(answer) => answer.clone(),
+            Handshake::Pending => unreachable!("waited for an answer"),
+        }
+    }
+
+    /// The error for a write that failed with `error` while sending `what`. A server
+    /// that refuses the handshake closes without reading what followed the Hello, so a
+    /// write may fail before the refusal is read: the refusal is then the reason.
+    async fn write_failed(&self, what: String, error: FrameError) -> ServerError {
+        match self.welcome().await {
+            Err(refused) => refused,
+            Ok(_) => self.closed(format!("{what}: {error}")),
+        }
+    }
+
     /// Writes `frame` and flushes it.
     async fn send_frame(&self, frame: Frame) -> Result<(), FrameError> {
         let mut writer = self.writer.lock().await;
@@ -232,10 +278,9 @@ impl Shared {
     }
 }
 
-/// An open, handshaken connection to one server.
+/// An open connection to one server.
 pub struct ServerConnection {
     shared: Arc<Shared>,
-    welcome: Welcome,
     next_part_id: AtomicU64,
     /// Pessimistic compute time, in nanoseconds, of the parts in flight here.
     queued_nanos: AtomicU64,
@@ -250,18 +295,37 @@ impl ServerConnection {
         address: &str,
         options: &ConnectOptions,
     ) -> Result<ServerConnection, ServerError> {
-        let ((reader, writer), welcome) = open(address, options, "").await?;
+        let connection = ServerConnection::start(address, options).await?;
+        connection.welcome().await?;
+        Ok(connection)
+    }
+
+    /// Connects to `address` (`host:port`) and sends the Hello (and, to a server that
+    /// challenges it, the token's proof), without waiting for the server's welcome:
+    /// requests made at once travel right behind the Hello, saving a round trip. If the
+    /// server refuses the connection instead, every part sent meanwhile fails with its
+    /// reason, as does [`ServerConnection::welcome`].
+    pub async fn start(
+        address: &str,
+        options: &ConnectOptions,
+    ) -> Result<ServerConnection, ServerError> {
+        let ((reader, writer), answer) = begin_handshake(address, options, "").await?;
         let shared = Arc::new(Shared {
             address: address.to_string(),
             writer: tokio::sync::Mutex::new(writer),
             waiting: Mutex::new(Waiting::default()),
             reader: Mutex::new(None),
+            handshake: watch::Sender::new(Handshake::Pending),
         });
-        let task = tokio::spawn(route_replies(reader, Arc::clone(&shared)));
+        let task = tokio::spawn(route_replies(
+            reader,
+            Arc::clone(&shared),
+            answer,
+            options.handshake_timeout,
+        ));
         *shared.reader.lock().expect("reader lock poisoned") = Some(task);
         Ok(ServerConnection {
             shared,
-            welcome,
             next_part_id: AtomicU64::new(0),
             queued_nanos: AtomicU64::new(0),
             part_timeout: options.part_timeout,
@@ -274,9 +338,10 @@ impl ServerConnection {
         &self.shared.address
     }
 
-    /// What the server said about itself in the handshake.
-    pub fn welcome(&self) -> &Welcome {
-        &self.welcome
+    /// What the server said about itself in the handshake, once it has said it; the
+    /// server's refusal (or why the connection failed first) otherwise.
+    pub async fn welcome(&self) -> Result<Welcome, ServerError> {
+        self.shared.welcome().await
     }
 
     /// Whether the connection has failed; a failed connection fails every part at once.
@@ -554,10 +619,11 @@ async fn write_frames(
         Ok(())
     }
     .await;
-    written.map_err(|e| match e {
-        SendError::Failed(error) => error,
-        SendError::Frame(e) => shared.closed(format!("{}: {e}", what())),
-    })
+    match written {
+        Ok(()) => Ok(()),
+        Err(SendError::Failed(error)) => Err(error),
+        Err(SendError::Frame(e)) => Err(shared.write_failed(what(), e).await),
+    }
 }
 
 /// Why a part's frames were not all written.
@@ -668,6 +734,28 @@ pub async fn open(
     options: &ConnectOptions,
     purpose: &str,
 ) -> Result<(Frames, Welcome), ServerError> {
+    let ((mut reader, writer), answer) = begin_handshake(address, options, purpose).await?;
+    let welcome = finish_handshake(address, &mut reader, answer, options.handshake_timeout).await?;
+    Ok(((reader, writer), welcome))
+}
+
+/// The server's answer to the handshake, as [`begin_handshake`] leaves it.
+enum Answer {
+    /// Already read (a server without a token answered the Hello of a client with one).
+    Read(Option<Frame>),
+    /// Still to be read: the client may write requests meanwhile.
+    Due,
+}
+
+/// Connects to `address`, completes TLS's handshake if the options ask for it, and
+/// sends the Hello; to a server that challenges it, a client with a token answers
+/// with the proof. What is left is the server's welcome or refusal, which
+/// [`finish_handshake`] reads. Each step is bounded by the options' timeouts.
+async fn begin_handshake(
+    address: &str,
+    options: &ConnectOptions,
+    purpose: &str,
+) -> Result<(Frames, Answer), ServerError> {
     let timeout = |what, timeout| ServerError::Timeout {
         address: address.to_string(),
         what,
@@ -689,34 +777,55 @@ pub async fn open(
     };
     let mut reader = FramedRead::new(read_half, FrameCodec::handshake());
     let mut writer = FramedWrite::new(write_half, FrameCodec::new());
-    let protocol = |e: FrameError| ServerError::Protocol {
-        address: address.to_string(),
-        source: Arc::new(e),
-    };
     let hello = Hello {
         client: format!("pool-client {}{purpose}", env!("CARGO_PKG_VERSION")),
     };
     let answer = tokio::time::timeout(options.handshake_timeout, async {
         writer.send(Frame::Hello(hello)).await?;
-        let answer = reader.next().await.transpose()?;
-        match (answer, &options.token) {
+        let Some(token) = &options.token else {
+            return Ok(Answer::Due);
+        };
+        match reader.next().await.transpose()? {
             // The token proves itself without travelling (see pool_common::auth).
-            (Some(Frame::Challenge(nonce)), Some(token)) => {
+            Some(Frame::Challenge(nonce)) => {
                 writer
                     .send(Frame::Proof(auth::prove(token, &nonce)))
                     .await?;
-                reader.next().await.transpose()
+                Ok(Answer::Due)
             }
-            (answer, _) => Ok(answer),
+            answer => Ok(Answer::Read(answer)),
         }
     })
     .await
     .map_err(|_| timeout("handshake", options.handshake_timeout))?
-    .map_err(protocol)?;
+    .map_err(|e| handshake_error(address, e))?;
+    Ok(((reader, writer), answer))
+}
+
+/// Reads the server's answer to the handshake (unless it was read already), within
+/// `timeout`: its welcome, or why there is none.
+async fn finish_handshake(
+    address: &str,
+    reader: &mut FramedRead<ReadHalf, FrameCodec>,
+    answer: Answer,
+    timeout: Duration,
+) -> Result<Welcome, ServerError> {
+    let answer = match answer {
+        Answer::Read(answer) => answer,
+        Answer::Due => tokio::time::timeout(timeout, reader.next())
+            .await
+            .map_err(|_| ServerError::Timeout {
+                address: address.to_string(),
+                what: "handshake",
+                timeout,
+            })?
+            .transpose()
+            .map_err(|e| handshake_error(address, e))?,
+    };
     match answer {
         Some(Frame::Welcome(welcome)) => {
             reader.decoder_mut().handshake_done();
-            Ok(((reader, writer), welcome))
+            Ok(welcome)
         }
         Some(Frame::Refused(reason)) => Err(ServerError::Refused {
             address: address.to_string(),
@@ -727,13 +836,23 @@ pub async fn open(
             reason: "this server requires a token: set `token` in the job file or POOL_TOKEN"
                 .into(),
         }),
-        Some(_) => Err(protocol(FrameError::Decode(
-            "expected a handshake answer".into(),
-        ))),
+        Some(_) => Err(handshake_error(
+            address,
+            FrameError::Decode("expected a handshake answer".into()),
+        )),
         None => Err(ServerError::Closed {
             address: address.to_string(),
             reason: "closed during the handshake".into(),
         }),
+    }
+}
+
+/// The error for a handshake the peer's bytes broke off: not a pool server, or another
+/// version of the protocol.
+fn handshake_error(address: &str, error: FrameError) -> ServerError {
+    ServerError::Protocol {
+        address: address.to_string(),
+        source: Arc::new(error),
     }
 }
 
@@ -751,18 +870,33 @@ impl Drop for ServerConnection {
     }
 }
 
-/// Reads replies until the connection ends, handing each to the part waiting for it.
-async fn route_replies(mut reader: FramedRead<ReadHalf, FrameCodec>, shared: Arc<Shared>) {
-    let failure = loop {
-        let frame = match reader.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => break shared.closed(e.to_string()),
-            None => break shared.closed("the connection ended"),
+/// Reads the server's answer to the handshake (`answer`, within `handshake_timeout`),
+/// then replies until the connection ends, handing each to the part waiting for it.
+async fn route_replies(
+    mut reader: FramedRead<ReadHalf, FrameCodec>,
+    shared: Arc<Shared>,
+    answer: Answer,
+    handshake_timeout: Duration,
+) {
+    let failure =
+        match finish_handshake(&shared.address, &mut reader, answer, handshake_timeout).await {
+            Err(refused) => refused,
+            Ok(welcome) => {
+                shared
+                    .handshake
+                    .send_replace(Handshake::Answered(Ok(welcome)));
+                loop {
+                    let frame = match reader.next().await {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => break shared.closed(e.to_string()),
+                        None => break shared.closed("the connection ended"),
+                    };
+                    if let Err(failure) = route(&shared, frame) {
+                        break failure;
+                    }
+                }
+            }
         };
-        if let Err(failure) = route(&shared, frame) {
-            break failure;
-        }
-    };
     shared.fail(failure);
 }
 

@@ -717,8 +717,15 @@ impl Pool<'_> {
             record.duration += sharing.elapsed();
             record.bytes += bytes;
         }
-        slot.workers
-            .store(opened.welcome().workers, Ordering::Relaxed);
+        // Answered already: connecting waited for the welcome, which tells how many
+        // parts the server takes at once before any is sent.
+        match opened.welcome().await {
+            Ok(welcome) => slot.workers.store(welcome.workers, Ordering::Relaxed),
+            Err(error) => {
+                *slot.connect_error.lock().expect("slot lock poisoned") = Some(error.clone());
+                return Err(error);
+            }
+        }
         *connection = Some(Arc::clone(&opened));
         Ok(opened)
     }

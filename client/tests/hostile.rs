@@ -19,11 +19,13 @@ use pool_common::auth;
 use pool_common::codec::{encode_message, read_frame_blocking, write_frame_blocking, Frame};
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::matmul::B_INPUT;
-use pool_common::jobs::{JobInputs, Part, PartResult, PartTask, SharedInput};
-use pool_common::protocol::{Request, Welcome, MAGIC, PROTOCOL_VERSION};
+use pool_common::jobs::matrix_sum::{Element, MatrixPart};
+use pool_common::jobs::{CancelFlag, JobInputs, Part, PartResult, PartTask, SharedInput};
+use pool_common::protocol::{Reply, Request, Welcome, MAGIC, PROTOCOL_VERSION};
 use pool_server::ServerConfig;
 use support::{
-    job_file, options, pool_only, reference_result, send_and_read_to_close, ServerProcess,
+    job_file, options, pool_only, reference_result, send_and_read_to_close, with_token,
+    ServerProcess,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -216,28 +218,172 @@ async fn a_token_is_required_when_set() {
     };
     let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
     let address = server.local_addr().to_string();
-    let with = |token: Option<&str>| ConnectOptions {
-        token: token.map(String::from),
-        ..ConnectOptions::default()
-    };
 
-    let connection = ServerConnection::connect(&address, &with(Some("s3cret")))
+    let connection = ServerConnection::connect(&address, &with_token(Some("s3cret")))
         .await
         .unwrap();
     assert!(connection.run_part(&loop_part(0, 0, 10)).await.is_ok());
 
-    let Err(wrong) = ServerConnection::connect(&address, &with(Some("guess"))).await else {
+    let Err(wrong) = ServerConnection::connect(&address, &with_token(Some("guess"))).await else {
         panic!("a wrong token was accepted");
     };
     assert!(wrong.to_string().contains("wrong token"), "{wrong}");
 
-    let Err(missing) = ServerConnection::connect(&address, &with(None)).await else {
+    let Err(missing) = ServerConnection::connect(&address, &with_token(None)).await else {
         panic!("a missing token was accepted");
     };
     assert!(
         missing.to_string().contains("requires a token"),
         "{missing}"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_part_travels_behind_the_hello() {
+    // A server that says nothing until the part has arrived: a client that waited for
+    // the welcome before sending it would wait forever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let part = loop_part(0, 0, 1000);
+    let expected = part.compute(&CancelFlag::new()).unwrap();
+    let server = std::thread::spawn({
+        let expected = expected.clone();
+        move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            let hello = read_frame_blocking(&mut socket);
+            assert!(matches!(hello, Ok(Some(Frame::Hello(_)))), "{hello:?}");
+            let request = read_frame_blocking(&mut socket);
+            let Ok(Some(Frame::Request(Request::RunPart { part_id, .. }))) = request else {
+                panic!("expected the part right behind the Hello, got {request:?}");
+            };
+            let welcome = Welcome {
+                server: "pool-server (test)".into(),
+                workers: 3,
+            };
+            let done = Reply::PartDone {
+                part_id,
+                result: expected,
+                compute_nanos: 1,
+            };
+            for frame in [Frame::Welcome(welcome), Frame::Reply(done)] {
+                write_frame_blocking(&mut socket, &frame).unwrap();
+            }
+            // Until the client closes.
+            while let Ok(Some(_)) = read_frame_blocking(&mut socket) {}
+        }
+    });
+    let connection = ServerConnection::start(&address, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(HANG_GUARD, connection.run_part(&part))
+        .await
+        .expect("the part waited for the welcome")
+        .unwrap();
+    assert_eq!(reply.result, expected);
+    assert_eq!(connection.welcome().await.unwrap().workers, 3);
+    drop(connection);
+    tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_answers_the_parts_sent_behind_the_hello() {
+    let config = ServerConfig {
+        workers: 1,
+        token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    // 64 MiB behind the Hello: the server closes long before reading it all, so the
+    // write fails, and the refusal must still be what the part reports.
+    let rows = 1 << 20;
+    let shipped = Part::new(
+        0,
+        PartTask::MatrixSum(MatrixPart {
+            first_row: 0,
+            rows,
+            cols: 8,
+            element: Element::I64,
+        }),
+        bytes::Bytes::from(vec![0u8; rows as usize * 8 * 8]),
+    );
+    let refused = |connection: ServerConnection, part: Part| async move {
+        let answer = tokio::time::timeout(HANG_GUARD, connection.run_part(&part))
+            .await
+            .expect("a refused part must not wait");
+        let Err(error) = answer else {
+            panic!("a refused connection computed a part");
+        };
+        let welcome = connection.welcome().await.map(|_| ()).unwrap_err();
+        assert_eq!(welcome.to_string(), error.to_string());
+        assert!(matches!(error, ServerError::Refused { .. }), "{error}");
+        error.to_string()
+    };
+
+    let missing = ServerConnection::start(&address, &with_token(None))
+        .await
+        .unwrap();
+    let said = refused(missing, shipped.clone()).await;
+    assert!(said.contains("requires a token"), "{said}");
+
+    let wrong = ServerConnection::start(&address, &with_token(Some("guess")))
+        .await
+        .unwrap();
+    let said = refused(wrong, shipped).await;
+    assert!(said.contains("wrong token"), "{said}");
+
+    // The right token: the part behind the proof is computed.
+    let accepted = ServerConnection::start(&address, &with_token(Some("s3cret")))
+        .await
+        .unwrap();
+    let part = loop_part(0, 0, 1000);
+    let reply = accepted.run_part(&part).await.unwrap();
+    assert_eq!(reply.result, part.compute(&CancelFlag::new()).unwrap());
+    assert_eq!(accepted.welcome().await.unwrap().workers, 1);
+    drop(accepted);
+    server.shutdown().await;
+
+    // Over the connection limit.
+    let config = ServerConfig {
+        workers: 1,
+        max_connections: 1,
+        ..ServerConfig::default()
+    };
+    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
+    let address = server.local_addr().to_string();
+    let first = ServerConnection::connect(&address, &with_token(None))
+        .await
+        .unwrap();
+    let second = ServerConnection::start(&address, &with_token(None))
+        .await
+        .unwrap();
+    let said = refused(second, loop_part(1, 0, 10)).await;
+    assert!(said.contains("--max-connections"), "{said}");
+    drop(first);
+    server.shutdown().await;
+
+    // A peer of another version refused while 8 MiB more follow its Hello: the server
+    // stops reading at once, and the refusal still reaches the peer.
+    let server = pool_server::start("127.0.0.1:0", ServerConfig::default())
+        .await
+        .unwrap();
+    let mut other_hello = BytesMut::new();
+    other_hello.put_u8(b'H');
+    other_hello.put_slice(&MAGIC);
+    other_hello.put_u16_le(PROTOCOL_VERSION + 1);
+    other_hello.put_slice(&encode_message(&"pool-client 9.9.9").unwrap());
+    let mut stream = raw_frame(&other_hello);
+    for _ in 0..8 {
+        stream.extend(data(1, 1 << 20));
+    }
+    let answer = send_and_read_to_close(server.local_addr(), stream).await;
+    let Ok(Some(Frame::Refused(reason))) = read_frame_blocking(&mut &answer[..]) else {
+        panic!("expected a refusal, got {} bytes", answer.len())
+    };
+    assert!(reason.contains("run the same pool release"), "{reason}");
     server.shutdown().await;
 }
 

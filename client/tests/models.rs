@@ -7,13 +7,13 @@ mod support;
 
 use std::time::Duration;
 
-use pool_client::connection::{ConnectOptions, ServerConnection};
+use pool_client::connection::{ServerConnection, ServerError};
 use pool_client::hostile;
 use pool_common::jobs::loop_sum::LoopPart;
 use pool_common::jobs::matrix_sum::MatrixTotal;
 use pool_common::jobs::{CancelFlag, Part, PartResult, PartTask};
 use pool_common::splitmix::splitmix64;
-use support::{job_file, pool_only, send_and_read_to_close, ServerProcess};
+use support::{job_file, pool_only, send_and_read_to_close, with_token, ServerProcess};
 
 /// A bound on every wait in these tests, so a bug shows as a failure, not a hang.
 const HANG_GUARD: Duration = Duration::from_secs(120);
@@ -62,14 +62,29 @@ fn expected(part: &Part) -> PartResult {
 }
 
 async fn connect(address: &str, token: Option<&str>) -> Result<ServerConnection, String> {
-    let options = ConnectOptions {
-        token: token.map(String::from),
-        ..ConnectOptions::default()
-    };
-    tokio::time::timeout(HANG_GUARD, ServerConnection::connect(address, &options))
-        .await
-        .expect("the handshake must end")
-        .map_err(|e| e.to_string())
+    tokio::time::timeout(
+        HANG_GUARD,
+        ServerConnection::connect(address, &with_token(token)),
+    )
+    .await
+    .expect("the handshake must end")
+    .map_err(|e| e.to_string())
+}
+
+/// Runs `part` on a connection to `address` that sends it right behind the Hello (and
+/// the token's proof), without waiting for the server's welcome.
+async fn behind_the_hello(
+    address: &str,
+    token: Option<&str>,
+    part: &Part,
+) -> Result<PartResult, String> {
+    tokio::time::timeout(HANG_GUARD, async {
+        let connection = ServerConnection::start(address, &with_token(token)).await?;
+        Ok(connection.run_part(part).await?.result)
+    })
+    .await
+    .expect("the part must be answered")
+    .map_err(|e: ServerError| e.to_string())
 }
 
 async fn exact_results(model: &str) {
@@ -158,12 +173,16 @@ async fn hostile_streams_disturb_no_other_client(model: &str) {
 async fn a_token_is_required(model: &str) {
     let server = server(model, &["--token", "s3cret"]);
     let address = server.address.clone();
-    let connection = connect(&address, Some("s3cret")).await.unwrap();
     let part = loop_part(0, 0, 10);
-    let reply = connection.run_part(&part).await.unwrap();
-    assert_eq!(reply.result, expected(&part));
-    // On the iterative model the next connection waits for this one to end.
-    drop(connection);
+    let result = behind_the_hello(&address, Some("s3cret"), &part).await;
+    assert_eq!(result, Ok(expected(&part)), "{model}");
+    let refused = behind_the_hello(&address, None, &part).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("requires a token")),
+        "{model}: {refused:?}"
+    );
     let Err(wrong) = connect(&address, Some("guess")).await else {
         panic!("{model}: a wrong token was accepted");
     };

@@ -12,6 +12,10 @@
 //! nonce keyed with the token ([`crate::auth`]). Then comes the Welcome, or a refusal
 //! for a wrong answer. The token itself never travels.
 //!
+//! The client need not wait for the Welcome: requests may follow the Hello (or the
+//! proof) at once, and the server reads them after welcoming the client. A server that
+//! refuses the connection instead closes it without reading what followed.
+//!
 //! After the handshake the client sends [`Request`]s and [`Frame::Data`] chunks, and the
 //! server answers each part with exactly one [`Reply`]: [`Reply::PartDone`],
 //! [`Reply::PartDoneLarge`] (whose result follows in data frames) or

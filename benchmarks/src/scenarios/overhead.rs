@@ -197,12 +197,13 @@ async fn echo_fresh(addr: &str, n: usize, echoes: usize) -> anyhow::Result<Vec<f
 }
 
 /// Times (µs) of: connect and handshake, one part, close; for each part, servers in turn.
+/// The part travels right behind the Hello, as a client's first request does.
 async fn pool_fresh(addrs: &[&str], parts: &[Part]) -> anyhow::Result<Vec<f64>> {
     let mut times = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
         let started = Instant::now();
         let conn =
-            ServerConnection::connect(addrs[i % addrs.len()], &ConnectOptions::default()).await?;
+            ServerConnection::start(addrs[i % addrs.len()], &ConnectOptions::default()).await?;
         conn.run_part(part).await?;
         drop(conn);
         times.push(micros(started.elapsed()));

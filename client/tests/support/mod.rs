@@ -247,6 +247,14 @@ pub async fn send_and_read_to_close(
     .expect("the server must close a hostile connection")
 }
 
+/// The default connection options with `token` (none for `None`).
+pub fn with_token(token: Option<&str>) -> pool_client::connection::ConnectOptions {
+    pool_client::connection::ConnectOptions {
+        token: token.map(String::from),
+        ..Default::default()
+    }
+}
+
 /// A loopback address where nothing listens (a port that was free a moment ago).
 pub fn dead_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
