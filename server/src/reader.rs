@@ -21,11 +21,14 @@ use pool_common::codec::{
 };
 use pool_common::tls::ReadHalf;
 use std::io::Read;
+use std::mem::MaybeUninit;
 use std::net::TcpStream;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::budget::{Account, Claim, FrameBuffer};
 
@@ -34,16 +37,13 @@ use crate::budget::{Account, Claim, FrameBuffer};
 /// time, so they add a bounded few kilobytes per connection.
 pub const SMALL_FRAME_BYTES: usize = MAX_HANDSHAKE_FRAME_BYTES;
 
-/// Bytes read from the socket ahead of the frame being decoded. tokio's `BufReader`
-/// zeroes its buffer, so every connection, idle or not, keeps all of it resident: 4 KiB
-/// (a page) rather than 8 took an idle connection from 12.0 to 7.9
-/// KiB (pool-bench scenario 4), with no change beyond noise in parts per second.
-/// Larger frames' bodies are read past the buffer.
+/// Bytes read from the socket at once ahead of the frame being decoded (a burst of
+/// small requests in one read call). Larger frames' bodies are read past it.
 const READ_AHEAD_BYTES: usize = 4 << 10;
 
 /// Reads one connection's frames, each claimed from the budget before its body is read.
 pub struct FrameReader {
-    socket: BufReader<ReadHalf>,
+    socket: ReadAhead,
     account: Account,
     max_frame: usize,
     state: State,
@@ -94,7 +94,11 @@ impl FrameReader {
     /// yet, charging `account`.
     pub fn new(socket: ReadHalf, account: Account) -> FrameReader {
         FrameReader {
-            socket: BufReader::with_capacity(READ_AHEAD_BYTES, socket),
+            socket: ReadAhead {
+                inner: socket,
+                kept: Vec::new(),
+                taken: 0,
+            },
             account,
             max_frame: MAX_HANDSHAKE_FRAME_BYTES,
             state: NEW_FRAME,
@@ -197,6 +201,50 @@ impl Body {
             Body::Granted(buffer) => Bytes::from_owner(Granted { buffer, len }),
         };
         decode_body(bytes)
+    }
+}
+
+/// A read-ahead that holds memory only while it holds bytes, so an idle connection
+/// keeps none. A small read lands first in a buffer of [`READ_AHEAD_BYTES`] on the
+/// polling thread's stack; what the caller asked for is copied out, and only the rest
+/// is kept, on the heap, until it is consumed. (tokio's `BufReader` zeroes its buffer
+/// when it is made, so each connection kept all of it resident for its whole life:
+/// half of an idle connection's memory, pool-bench scenario 4.)
+struct ReadAhead {
+    inner: ReadHalf,
+    /// Bytes read ahead, of which the first `taken` were asked for; freed once all are.
+    kept: Vec<u8>,
+    taken: usize,
+}
+
+impl AsyncRead for ReadAhead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.kept.len() {
+            let n = out.remaining().min(this.kept.len() - this.taken);
+            out.put_slice(&this.kept[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.kept.len() {
+                this.kept = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if out.remaining() >= READ_AHEAD_BYTES {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_AHEAD_BYTES];
+        let mut ahead = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut ahead))?;
+        let read = ahead.filled();
+        let n = out.remaining().min(read.len());
+        out.put_slice(&read[..n]);
+        this.kept = read[n..].to_vec();
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -317,5 +365,68 @@ fn body(len: usize, body: Body) -> State {
         body,
         len,
         filled: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::BufferBudget;
+    use bytes::BytesMut;
+    use pool_common::codec::encode_frame;
+    use pool_common::protocol::Request;
+    use pool_common::tls::plain_halves;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Frames written in pieces of every size, cut anywhere (a prefix split, many frames
+    /// in one read, a frame longer than the read-ahead), come out whole and in order,
+    /// and a reader with nothing left to read keeps no bytes.
+    #[tokio::test]
+    async fn frames_cut_anywhere_come_out_whole_and_an_idle_reader_keeps_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read_half, _write_half) = plain_halves(server);
+        let budget = BufferBudget::new(64 << 20);
+        let mut reader = FrameReader::new(read_half, budget.account());
+        reader.handshake_done();
+
+        let frames: Vec<Frame> = (0..500)
+            .map(|part_id| match part_id % 100 {
+                99 => Frame::Data {
+                    part_id,
+                    bytes: Bytes::from(vec![part_id as u8; 3 * READ_AHEAD_BYTES + 5]),
+                },
+                _ => Frame::Request(Request::Cancel { part_id }),
+            })
+            .collect();
+        let mut stream = BytesMut::new();
+        for frame in &frames {
+            encode_frame(frame, &mut stream).unwrap();
+        }
+        let writer = tokio::spawn(async move {
+            // Pieces of 1, 2, ... 4,099 bytes, and the rest at once.
+            let mut sent = 0;
+            for piece in (1..READ_AHEAD_BYTES + 4).step_by(97) {
+                let end = (sent + piece).min(stream.len() / 2);
+                client.write_all(&stream[sent..end]).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                sent = end;
+            }
+            client.write_all(&stream[sent..]).await.unwrap();
+            client
+        });
+        for expected in &frames {
+            let frame = reader.next().await.unwrap().unwrap();
+            assert_eq!(&frame, expected);
+        }
+        let client = writer.await.unwrap();
+        assert_eq!(reader.socket.kept.capacity(), 0, "bytes kept while idle");
+        drop(client);
+        assert!(reader.next().await.is_none(), "a clean end of stream");
     }
 }
