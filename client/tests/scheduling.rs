@@ -88,6 +88,52 @@ async fn dynamic_beats_static_when_one_server_is_slowed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_parts_are_read_ahead_to_cover_the_round_trip_and_long_ones_are_not() {
+    let servers = one_worker_servers(2);
+    let list = addresses(&servers);
+    // The most attempts each server held at once, from the attempts' own times.
+    let most_held = |job: &'static str| {
+        let list = list.clone();
+        async move {
+            let run = pool_run(job, list.clone()).await;
+            list.iter()
+                .map(|server| {
+                    let attempts: Vec<_> = run
+                        .parts
+                        .iter()
+                        .flat_map(|p| &p.attempts)
+                        .filter(|a| &a.server == server)
+                        .collect();
+                    attempts
+                        .iter()
+                        .map(|a| {
+                            attempts
+                                .iter()
+                                .filter(|b| b.start <= a.start && a.start < b.end)
+                                .count()
+                        })
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect::<Vec<usize>>()
+        }
+    };
+    // 2,000 parts of 10 iterations: far shorter than a round trip, so a server that
+    // held one part beyond its worker would wait a round trip between parts.
+    let held = most_held("parts = 2000\n[job]\nkind = \"loop\"\niterations = 20_000\n").await;
+    assert!(
+        held.iter().all(|&h| h > 2),
+        "tiny parts held at once: {held:?}"
+    );
+    // Parts of about 50 ms each: one beyond the worker, as before.
+    let held = most_held("parts = 8\n[job]\nkind = \"loop\"\niterations = 400_000_000\n").await;
+    assert!(
+        held.iter().all(|&h| h <= 2),
+        "long parts held at once: {held:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_is_copied_around_and_its_worker_freed_after() {
     let servers = one_worker_servers(3);
     // One part per server, each of about 2 s: no part is answered before the frozen
