@@ -190,13 +190,7 @@ async fn requests_over_a_limit_name_the_limit_and_its_flag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_the_limit_is_refused_with_the_flag_named() {
-    let config = ServerConfig {
-        workers: 1,
-        max_connections: 1,
-        ..ServerConfig::default()
-    };
-    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
-    let address = server.local_addr().to_string();
+    let (server, address) = one_worker_server(|c| c.max_connections = 1).await;
     let first = ServerConnection::connect(&address, &ConnectOptions::default())
         .await
         .unwrap();
@@ -209,15 +203,23 @@ async fn a_connection_over_the_limit_is_refused_with_the_flag_named() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_is_required_when_set() {
-    let config = ServerConfig {
+/// A server with one worker and the settings `adjust` makes, and its address.
+async fn one_worker_server(
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> (pool_server::ServerHandle, String) {
+    let mut config = ServerConfig {
         workers: 1,
-        token: Some("s3cret".into()),
         ..ServerConfig::default()
     };
+    adjust(&mut config);
     let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
     let address = server.local_addr().to_string();
+    (server, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_required_when_set() {
+    let (server, address) = one_worker_server(|c| c.token = Some("s3cret".into())).await;
 
     let connection = ServerConnection::connect(&address, &with_token(Some("s3cret")))
         .await
@@ -290,13 +292,7 @@ async fn a_first_part_travels_behind_the_hello() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_answers_the_parts_sent_behind_the_hello() {
-    let config = ServerConfig {
-        workers: 1,
-        token: Some("s3cret".into()),
-        ..ServerConfig::default()
-    };
-    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
-    let address = server.local_addr().to_string();
+    let (server, address) = one_worker_server(|c| c.token = Some("s3cret".into())).await;
     // 64 MiB behind the Hello: the server closes long before reading it all, so the
     // write fails, and the refusal must still be what the part reports.
     let rows = 1 << 20;
@@ -347,13 +343,7 @@ async fn a_refusal_answers_the_parts_sent_behind_the_hello() {
     server.shutdown().await;
 
     // Over the connection limit.
-    let config = ServerConfig {
-        workers: 1,
-        max_connections: 1,
-        ..ServerConfig::default()
-    };
-    let server = pool_server::start("127.0.0.1:0", config).await.unwrap();
-    let address = server.local_addr().to_string();
+    let (server, address) = one_worker_server(|c| c.max_connections = 1).await;
     let first = ServerConnection::connect(&address, &with_token(None))
         .await
         .unwrap();

@@ -408,7 +408,7 @@ mod tests {
             encode_frame(frame, &mut stream).unwrap();
         }
         let writer = tokio::spawn(async move {
-            // Pieces of 1, 2, ... 4,099 bytes, and the rest at once.
+            // Half the stream in pieces of 1, 98, 195, ... 4,075 bytes, the rest at once.
             let mut sent = 0;
             for piece in (1..READ_AHEAD_BYTES + 4).step_by(97) {
                 let end = (sent + piece).min(stream.len() / 2);
